@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine:
+#   make serve   venv, install, train missing default checkpoints (quick profile), serve on HOST:PORT
+#   make test    install what the tests need, then run them
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CHECKPOINT_DIR ?= checkpoints
+PROFILE ?= quick
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install checkpoints serve test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+checkpoints: install
+	$(PY) -m training all --profile $(PROFILE) --missing --out $(CHECKPOINT_DIR)
+
+serve: checkpoints
+	CHECKPOINT_DIR=$(CHECKPOINT_DIR) HOST=$(HOST) PORT=$(PORT) $(PY) -m app
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check app models training tests bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

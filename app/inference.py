@@ -1,0 +1,69 @@
+"""Model code runs off the event loop, in a bounded pool.
+
+At most ``max_concurrent_inferences`` run at once and ``max_queued_inferences`` wait; a request past
+that is answered 429 with ``Retry-After`` at once rather than queued without bound, and one that
+waits and runs longer than ``request_timeout`` is answered 504.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+from fastapi import HTTPException, Request
+
+T = TypeVar("T")
+
+
+class OverCapacity(HTTPException):
+    def __init__(self, retry_after: int = 1):
+        super().__init__(status_code=429, detail="the service is at capacity; retry shortly",
+                         headers={"Retry-After": str(retry_after)})
+
+
+class InferenceTimeout(HTTPException):
+    def __init__(self, seconds: float):
+        super().__init__(status_code=504, detail=f"inference did not finish within {seconds:g} s")
+
+
+class InferencePool:
+    def __init__(self, max_concurrent: int, max_queued: int, timeout: float):
+        self.limiter = anyio.CapacityLimiter(max_concurrent)
+        self.capacity = max_concurrent + max_queued
+        self.timeout = timeout
+        self.admitted = 0  # running + waiting; only touched from the event loop
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.admitted - int(self.limiter.borrowed_tokens))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Admission for one request (429 past capacity); hold it for the request's whole work."""
+        if self.admitted >= self.capacity:
+            raise OverCapacity()
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` in a worker thread within the concurrency limit and the timeout."""
+        try:
+            with anyio.fail_after(self.timeout):
+                return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+        except TimeoutError as e:
+            raise InferenceTimeout(self.timeout) from e
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Admit, then run: what a route handler calls for one inference."""
+        async with self.slot():
+            return await self.call(fn, *args)
+
+
+def get_pool(request: Request) -> InferencePool:
+    return request.app.state.pool

@@ -1,0 +1,65 @@
+"""The app factory: settings, lifespan (load every checkpoint), middleware, routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from app.inference import InferencePool
+from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.registry import Registry
+from app.routers import system, word2vec
+from app.security import require_api_key
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("app")
+
+DESCRIPTION = """
+The classic lineage of neural language models — word2vec, seq2seq with attention, BERT, GPT, and the
+MLP/CNN/RNN/LSTM/GRU models before them — each trained from scratch by this project's `training`
+package and served here. Errors come as `{"detail": ...}`: 422 for malformed input, 404 for unknown
+words, 429 when the service is at capacity, 503 for a model that is not loaded (the message names the
+command that trains it).
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        registry = Registry(settings.checkpoint_dir, torch.device(settings.device))
+        registry.load_all()
+        app.state.registry = registry
+        log.info("%d models loaded from %s", len(registry.models), settings.checkpoint_dir)
+        yield
+
+    app = FastAPI(title="Lineage", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.pool = InferencePool(settings.max_concurrent_inferences, settings.max_queued_inferences,
+                                   settings.request_timeout)
+
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+    protected = [Depends(require_api_key)]
+    app.include_router(system.router)
+    app.include_router(system.v1_router, dependencies=protected)
+    app.include_router(word2vec.router, dependencies=protected)
+    return app

@@ -1,0 +1,117 @@
+"""Every checkpoint under ``CHECKPOINT_DIR``, loaded once, looked up by family and short name."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import HTTPException, Request
+
+from models import word2vec
+from models.catalog import train_command
+from models.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint
+
+log = logging.getLogger("app.registry")
+
+# family -> the model file's loader, which builds the ready-to-use inference object
+LOADERS: dict[str, Callable[[Checkpoint, torch.device], Any]] = {
+    "word2vec": word2vec.load,
+}
+
+
+@dataclass
+class LoadedModel:
+    id: str
+    family: str
+    name: str
+    architecture: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    parameters: int
+    model: Any = field(repr=False)
+
+
+@dataclass
+class CheckpointStatus:
+    id: str
+    status: str  # "loaded" or "refused"
+    reason: str | None = None
+
+
+class ModelNotLoaded(HTTPException):
+    """503: the asked-for model is not loaded; the message names the command that trains it."""
+
+    def __init__(self, family: str, name: str):
+        super().__init__(
+            status_code=503,
+            detail=f"model '{family}-{name}' is not loaded; train it with `{train_command(family, name)}` "
+                   f"and restart or reload the service",
+        )
+
+
+class Registry:
+    def __init__(self, root: Path, device: torch.device):
+        self.root = Path(root)
+        self.device = device
+        self._models: dict[str, LoadedModel] = {}
+        self.statuses: dict[str, CheckpointStatus] = {}
+        self._lock = threading.Lock()
+
+    def load_all(self) -> None:
+        """Load every checkpoint; a bad one is refused (logged, listed in /ready), the rest still serve."""
+        models: dict[str, LoadedModel] = {}
+        statuses: dict[str, CheckpointStatus] = {}
+        for path in find_checkpoints(self.root):
+            try:
+                loaded = self._load(path)
+            except Exception as e:  # any failure in one checkpoint must not stop the others
+                log.error("refused checkpoint %s: %s", path.name, e)
+                statuses[path.name] = CheckpointStatus(path.name, "refused", str(e))
+                continue
+            models[loaded.id] = loaded
+            statuses[path.name] = CheckpointStatus(path.name, "loaded")
+            log.info("loaded %s (%s, %d parameters)", loaded.id, loaded.architecture, loaded.parameters)
+        with self._lock:
+            self._models = models
+            self.statuses = statuses
+
+    def _load(self, path: Path) -> LoadedModel:
+        checkpoint = load_checkpoint(path)
+        if checkpoint.id != path.name:
+            raise CheckpointError(f"directory {path.name} holds checkpoint id {checkpoint.id!r}")
+        loader = LOADERS.get(checkpoint.family)
+        if loader is None:
+            raise CheckpointError(f"unknown family {checkpoint.family!r}")
+        config = checkpoint.config
+        return LoadedModel(
+            id=checkpoint.id,
+            family=checkpoint.family,
+            name=config.get("name", checkpoint.id.removeprefix(checkpoint.family + "-")),
+            architecture=config["architecture"],
+            config=config,
+            metrics=checkpoint.metrics,
+            parameters=sum(t.numel() for t in checkpoint.state_dict.values()),
+            model=loader(checkpoint, self.device),
+        )
+
+    @property
+    def models(self) -> list[LoadedModel]:
+        return sorted(self._models.values(), key=lambda m: m.id)
+
+    def get(self, family: str, name: str) -> LoadedModel:
+        for model in self._models.values():
+            if model.family == family and model.name == name:
+                return model
+        raise ModelNotLoaded(family, name)
+
+    def names(self, family: str) -> list[str]:
+        return sorted(m.name for m in self._models.values() if m.family == family)
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry

@@ -1,0 +1,33 @@
+"""Service configuration, read from the environment (or a ``.env`` file) by pydantic-settings."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    checkpoint_dir: Path = Field(Path("checkpoints"), description="Root holding checkpoints/<id>/ directories.")
+    host: str = Field("127.0.0.1", description="Address uvicorn binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="Where models run: cpu or cuda.")
+    api_key: str | None = Field(None, description="When set, every /v1 route needs 'Authorization: Bearer <key>'.")
+    max_text_length: int = Field(2000, ge=1, description="Longest text (characters) one input may have.")
+    max_batch_texts: int = Field(32, ge=1, description="Most texts one request may carry.")
+    max_new_tokens: int = Field(512, ge=1, description="Cap on tokens one generation may produce.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's own).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (JSON list).")
+    request_timeout: float = Field(60.0, gt=0, description="Seconds before an inference request gets 504.")
+    max_concurrent_inferences: int = Field(4, ge=1, description="Inferences running at once.")
+    max_queued_inferences: int = Field(16, ge=0, description="Inferences waiting for a slot before 429.")
+    max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body accepted (413 above).")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

