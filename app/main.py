@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.inference import InferencePool
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from app.registry import Registry
+from app.observability import Metrics, ObservabilityMiddleware
+from app.registry import Registry, get_registry
 from app.routers import system, word2vec
 from app.security import require_api_key
 from app.settings import Settings, get_settings
@@ -39,24 +41,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(settings.checkpoint_dir, torch.device(settings.device))
         registry.load_all()
         app.state.registry = registry
+        metrics.loaded_models.set_function(lambda: len(registry.models))
         log.info("%d models loaded from %s", len(registry.models), settings.checkpoint_dir)
         yield
 
     app = FastAPI(title="Lineage", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.pool = InferencePool(settings.max_concurrent_inferences, settings.max_queued_inferences,
-                                   settings.request_timeout)
+    app.state.pool = pool = InferencePool(settings.max_concurrent_inferences, settings.max_queued_inferences,
+                                          settings.request_timeout)
+    app.state.metrics = metrics = Metrics()
+    metrics.queue_depth.set_function(lambda: pool.queued)
+    metrics.in_flight.set_function(lambda: pool.admitted)
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost, so every log line carries the id
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+    @app.get("/metrics", tags=["system"], summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/admin/reload", tags=["system"], response_model=system.Readiness,
+              dependencies=[Depends(require_api_key)],
+              summary="Reload checkpoints from CHECKPOINT_DIR without a restart")
+    async def reload(registry: Registry = Depends(get_registry)) -> system.Readiness:
+        await pool.run(registry.load_all)
+        return system.readiness(registry)
 
     protected = [Depends(require_api_key)]
     app.include_router(system.router)

@@ -13,6 +13,7 @@ import torch
 from fastapi import HTTPException, Request
 
 from models import word2vec
+from app.observability import note_model
 from models.catalog import train_command
 from models.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint
 
@@ -63,20 +64,31 @@ class Registry:
         self._lock = threading.Lock()
 
     def load_all(self) -> None:
-        """Load every checkpoint; a bad one is refused (logged, listed in /ready), the rest still serve."""
-        models: dict[str, LoadedModel] = {}
-        statuses: dict[str, CheckpointStatus] = {}
-        for path in find_checkpoints(self.root):
-            try:
-                loaded = self._load(path)
-            except Exception as e:  # any failure in one checkpoint must not stop the others
-                log.error("refused checkpoint %s: %s", path.name, e)
-                statuses[path.name] = CheckpointStatus(path.name, "refused", str(e))
-                continue
-            models[loaded.id] = loaded
-            statuses[path.name] = CheckpointStatus(path.name, "loaded")
-            log.info("loaded %s (%s, %d parameters)", loaded.id, loaded.architecture, loaded.parameters)
-        with self._lock:
+        """Load every checkpoint; a bad one is refused (logged, listed in /ready), the rest still serve.
+
+        Called again (``POST /v1/admin/reload``), each model is swapped only once its new version has
+        loaded: a checkpoint that now fails keeps serving its previous version, and one whose
+        directory is gone is dropped.
+        """
+        with self._lock:  # one reload at a time; lookups never wait on this
+            previous = dict(self._models)
+            models: dict[str, LoadedModel] = {}
+            statuses: dict[str, CheckpointStatus] = {}
+            for path in find_checkpoints(self.root):
+                try:
+                    loaded = self._load(path)
+                except Exception as e:  # any failure in one checkpoint must not stop the others
+                    log.error("refused checkpoint %s: %s", path.name, e)
+                    if path.name in previous:
+                        models[path.name] = previous[path.name]
+                        statuses[path.name] = CheckpointStatus(path.name, "loaded", f"kept previous version: {e}")
+                    else:
+                        statuses[path.name] = CheckpointStatus(path.name, "refused", str(e))
+                    continue
+                models[loaded.id] = loaded
+                statuses[path.name] = CheckpointStatus(path.name, "loaded")
+                log.info("loaded %s (%s, %d parameters)", loaded.id, loaded.architecture, loaded.parameters)
+            # Readers see the old dict or the new one, never a half-built one.
             self._models = models
             self.statuses = statuses
 
@@ -106,6 +118,7 @@ class Registry:
     def get(self, family: str, name: str) -> LoadedModel:
         for model in self._models.values():
             if model.family == family and model.name == name:
+                note_model(model.id)
                 return model
         raise ModelNotLoaded(family, name)
 

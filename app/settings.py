@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,7 @@ class Settings(BaseSettings):
     request_timeout: float = Field(60.0, gt=0, description="Seconds before an inference request gets 504.")
     max_concurrent_inferences: int = Field(4, ge=1, description="Inferences running at once.")
     max_queued_inferences: int = Field(16, ge=0, description="Inferences waiting for a slot before 429.")
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body accepted (413 above).")
 
 

@@ -36,16 +36,19 @@ def free_port() -> int:
 
 
 class Server:
-    """A uvicorn subprocess serving ``checkpoint_dir``; stopped with SIGTERM."""
+    """The service in a subprocess serving ``checkpoint_dir`` on a free loopback port; stopped with SIGTERM.
 
-    def __init__(self, checkpoint_dir: Path, log_path: Path, **env: str):
+    ``command`` defaults to ``python -m app``; the Docker entrypoint script is started the same way.
+    """
+
+    def __init__(self, checkpoint_dir: Path, log_path: Path, command: list[str] | None = None, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         environment = {**os.environ, "CHECKPOINT_DIR": str(checkpoint_dir), "HOST": "127.0.0.1",
                        "PORT": str(self.port), **env}
         self.log = open(log_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environment,
+        self.process = subprocess.Popen(command or [sys.executable, "-m", "app"], cwd=ROOT, env=environment,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_until_up()
 

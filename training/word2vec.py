@@ -36,6 +36,8 @@ PROFILES = {
 DEFAULT_ALPHA = {"sg": 0.025, "cbow": 0.05}  # the reference implementation's starting rates
 NOISE_TABLE_SIZE = 10_000_000
 BLOCKS_PER_EPOCH = 50  # progress-bar updates per epoch
+PIECES_PER_WORKER = 8
+LOSS_SAMPLE_EVERY = 8  # sentences: the progress bar's loss is estimated on one in this many
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,61 +108,69 @@ def _next_random(state: np.uint64) -> np.uint64:
 
 
 @njit(fastmath=True, inline="always")
-def _negative_sampling_step(h, target, w_out, grad_h, table, negative, alpha, rng):
+def _negative_sampling_step(h, target, w_out, grad_h, table, negative, alpha, rng, track_loss):
     """One positive and ``negative`` noise targets for input ``h``: update ``w_out`` rows in place,
-    accumulate the input's gradient step into ``grad_h``; returns (loss, rng)."""
+    accumulate the input's gradient step into ``grad_h``; returns (loss, rng).
+
+    Scalars stay float32 so the vector loops run at single precision width.
+    """
     dim = h.shape[0]
-    loss = 0.0
+    loss = np.float32(0.0)
     for k in range(negative + 1):
         if k == 0:
             word = target
-            label = 1.0
+            label = np.float32(1.0)
         else:
             rng = _next_random(rng)
             word = table[(rng >> np.uint64(16)) % np.uint64(table.shape[0])]
             if word == target:
                 continue
-            label = 0.0
-        f = 0.0
+            label = np.float32(0.0)
+        row = w_out[word]
+        f = np.float32(0.0)
         for d in range(dim):
-            f += h[d] * w_out[word, d]
-        f = min(max(f, -20.0), 20.0)
-        e = math.exp(-f)
-        sigma = 1.0 / (1.0 + e)
-        loss += math.log1p(e) if label == 1.0 else math.log1p(1.0 / e)
+            f += h[d] * row[d]
+        f = min(max(f, np.float32(-20.0)), np.float32(20.0))
+        e = np.exp(-f)
+        sigma = np.float32(1.0) / (np.float32(1.0) + e)
+        if track_loss:
+            loss += np.log1p(e) if k == 0 else np.log1p(np.float32(1.0) / e)
         g = (label - sigma) * alpha
         for d in range(dim):
-            grad_h[d] += g * w_out[word, d]
-            w_out[word, d] += g * h[d]
+            grad_h[d] += g * row[d]
+            row[d] += g * h[d]
     return loss, rng
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def train_block(w_in, w_out, corpus, starts, keep, table, cbow, window, negative,
                 alpha_start, alpha_end, words_done, words_total, seeds):
-    """Train on the sentences ``starts[:-1]``, split across ``len(seeds)`` threads.
+    """Train on the sentences ``starts[:-1]``, in ``len(seeds)`` pieces shared out to the threads.
 
-    Returns (summed loss, number of predictions, rng states to continue from).
+    Returns (summed loss, number of predictions it sums over, rng states to continue from). The loss
+    is tracked on every ``LOSS_SAMPLE_EVERY``-th sentence only: it is for the progress bar, and its
+    logarithms would otherwise cost as much as the update.
     """
-    n_threads = seeds.shape[0]
+    n_pieces = seeds.shape[0]
     n_sentences = starts.shape[0] - 1
     dim = w_in.shape[1]
-    losses = np.zeros(n_threads)
-    predictions = np.zeros(n_threads, dtype=np.int64)
+    losses = np.zeros(n_pieces)
+    predictions = np.zeros(n_pieces, dtype=np.int64)
     out_seeds = seeds.copy()
     max_len = 0
     for s in range(n_sentences):
         max_len = max(max_len, starts[s + 1] - starts[s])
-    for t in prange(n_threads):
+    for t in prange(n_pieces):
         rng = seeds[t]
         kept = np.empty(max_len, dtype=np.int32)
         h = np.empty(dim, dtype=np.float32)
         grad_h = np.empty(dim, dtype=np.float32)
         seen = 0
-        for s in range(n_sentences * t // n_threads, n_sentences * (t + 1) // n_threads):
-            # Linear decay, the threads' progress counted as if they advanced together.
-            progress = (words_done + seen * n_threads) / words_total
-            alpha = max(alpha_start - (alpha_start - alpha_end) * progress, alpha_end)
+        for s in range(n_sentences * t // n_pieces, n_sentences * (t + 1) // n_pieces):
+            # Linear decay, the pieces' progress counted as if they advanced together.
+            progress = (words_done + seen * n_pieces) / words_total
+            alpha = np.float32(max(alpha_start - (alpha_start - alpha_end) * progress, alpha_end))
+            track_loss = s % LOSS_SAMPLE_EVERY == 0
             n = 0
             for i in range(starts[s], starts[s + 1]):
                 word = corpus[i]
@@ -186,11 +196,14 @@ def train_block(w_in, w_out, corpus, starts, keep, table, cbow, window, negative
                         if j != pos:
                             for d in range(dim):
                                 h[d] += w_in[kept[j], d]
+                    inverse = np.float32(1.0 / count)
                     for d in range(dim):
-                        h[d] /= count
-                    loss, rng = _negative_sampling_step(h, kept[pos], w_out, grad_h, table, negative, alpha, rng)
-                    losses[t] += loss
-                    predictions[t] += 1
+                        h[d] *= inverse
+                    loss, rng = _negative_sampling_step(h, kept[pos], w_out, grad_h, table, negative, alpha, rng,
+                                                        track_loss)
+                    if track_loss:
+                        losses[t] += loss
+                        predictions[t] += 1
                     for j in range(lo, hi):
                         if j != pos:
                             for d in range(dim):
@@ -204,9 +217,11 @@ def train_block(w_in, w_out, corpus, starts, keep, table, cbow, window, negative
                         for d in range(dim):
                             h[d] = w_in[context, d]
                             grad_h[d] = 0.0
-                        loss, rng = _negative_sampling_step(h, kept[pos], w_out, grad_h, table, negative, alpha, rng)
-                        losses[t] += loss
-                        predictions[t] += 1
+                        loss, rng = _negative_sampling_step(h, kept[pos], w_out, grad_h, table, negative, alpha,
+                                                            rng, track_loss)
+                        if track_loss:
+                            losses[t] += loss
+                            predictions[t] += 1
                         for d in range(dim):
                             w_in[context, d] += grad_h[d]
         out_seeds[t] = rng
@@ -235,7 +250,10 @@ def fit(
     keep = keep_probabilities(counts, config.sample)
     table = noise_table(counts)
     numba.set_num_threads(workers)
-    seeds = np.array([seed * 1_000_003 + t + 1 for t in range(workers)], dtype=np.uint64)
+    # Several pieces per thread, handed out one at a time, so a thread slowed by other work on the
+    # machine does not hold the rest back; with one worker the order is fixed and runs reproduce.
+    numba.set_parallel_chunksize(1)
+    seeds = np.array([seed * 1_000_003 + t + 1 for t in range(PIECES_PER_WORKER * workers)], dtype=np.uint64)
     n_sentences = len(starts) - 1
     words_total = epochs * int(corpus.shape[0])
     block_bounds = np.linspace(0, n_sentences, BLOCKS_PER_EPOCH + 1).astype(np.int64)

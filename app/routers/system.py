@@ -57,11 +57,15 @@ def health() -> Health:
 @router.get("/ready", response_model=Readiness, summary="Ready once at least one model is loaded",
             responses={503: {"model": Readiness, "description": "No model is loaded"}})
 def ready(registry: Registry = Depends(get_registry)) -> JSONResponse:
-    body = Readiness(
+    body = readiness(registry)
+    return JSONResponse(status_code=200 if body.ready else 503, content=body.model_dump())
+
+
+def readiness(registry: Registry) -> Readiness:
+    return Readiness(
         ready=bool(registry.models),
         checkpoints=[CheckpointState(id=s.id, status=s.status, reason=s.reason) for s in registry.statuses.values()],
     )
-    return JSONResponse(status_code=200 if body.ready else 503, content=body.model_dump())
 
 
 @v1_router.get("/models", response_model=ModelList, summary="Loaded models, in the OpenAI list shape")

@@ -1,0 +1,151 @@
+"""Service behaviour shared by every endpoint: auth, metrics, logs, reload, refused checkpoints,
+capacity, and the Docker entrypoint — each against a real server process where it is an endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from app.inference import InferencePool, InferenceTimeout, OverCapacity
+
+from .conftest import ROOT, Server
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    return tmp_path / "server.log"
+
+
+def test_api_key_guards_v1_routes_only(checkpoint_dir: Path, logs: Path):
+    server = Server(checkpoint_dir, logs, API_KEY="s3cret")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert c.get("/v1/models").status_code == 401
+            assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            response = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"})
+            assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+            assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+            assert c.post("/v1/admin/reload").status_code == 401
+            for open_path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+                assert c.get(open_path).status_code == 200, open_path
+    finally:
+        server.stop()
+
+
+def test_metrics_count_requests_by_route_status_and_model(client: httpx.Client):
+    client.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"})
+    client.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "qqqqzz"})
+    text = client.get("/metrics").text
+    assert ('lineage_requests_total{method="POST",model="word2vec-sg",'
+            'route="/v1/word2vec/similarity",status="200"}') in text
+    assert 'lineage_errors_total{model="word2vec-sg",route="/v1/word2vec/similarity",status="404"}' in text
+    assert "lineage_request_seconds_bucket" in text
+    loaded = next(line for line in text.splitlines() if line.startswith("lineage_loaded_models "))
+    assert float(loaded.split()[1]) >= 2
+    assert "lineage_inference_queue_depth" in text
+
+
+def test_logs_are_json_lines_carrying_the_request_id(checkpoint_dir: Path, logs: Path):
+    server = Server(checkpoint_dir, logs)
+    try:
+        httpx.get(server.url + "/v1/models", headers={"X-Request-ID": "trace-42"}, timeout=30)
+    finally:
+        server.stop()
+    records = [json.loads(line) for line in logs.read_text().splitlines() if line.startswith("{")]
+    access = [r for r in records if r["request_id"] == "trace-42"]
+    assert access and access[0]["route"] == "/v1/models" and access[0]["status"] == 200
+    assert any(r["logger"] == "app.registry" and "loaded word2vec-sg" in r["message"] for r in records)
+
+
+def _copy(source: Path, target: Path, checkpoint_id: str) -> Path:
+    shutil.copytree(source, target / checkpoint_id)
+    config_path = target / checkpoint_id / "config.json"
+    config = json.loads(config_path.read_text())
+    config["id"] = checkpoint_id
+    config_path.write_text(json.dumps(config))
+    return target / checkpoint_id
+
+
+def test_bad_checkpoints_are_refused_and_the_rest_served(checkpoint_dir: Path, tmp_path: Path, logs: Path):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    shutil.copytree(checkpoint_dir / "word2vec-sg", root / "word2vec-sg")
+    truncated = _copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-cbow")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    pickled = _copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-pickled")
+    torch.save({"input_embeddings.weight": torch.zeros(3, 3)}, pickled / "model.safetensors")
+    (_copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-noconfig") / "config.json").write_text("{oops")
+
+    server = Server(root, logs)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            ready = c.get("/ready")
+            assert ready.status_code == 200
+            states = {s["id"]: s for s in ready.json()["checkpoints"]}
+            assert states["word2vec-sg"]["status"] == "loaded"
+            for bad in ("word2vec-cbow", "word2vec-pickled", "word2vec-noconfig"):
+                assert states[bad]["status"] == "refused" and states[bad]["reason"], bad
+            assert "model.safetensors" in states["word2vec-pickled"]["reason"]
+            assert c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).status_code == 200
+            cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
+            assert cbow.status_code == 503
+    finally:
+        server.stop()
+    assert "refused checkpoint word2vec-pickled" in logs.read_text()
+
+
+def test_reload_adds_new_models_and_keeps_old_ones_whose_update_fails(checkpoint_dir, tmp_path, logs):
+    root = tmp_path / "live"
+    root.mkdir()
+    shutil.copytree(checkpoint_dir / "word2vec-sg", root / "word2vec-sg")
+    server = Server(root, logs)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            body = {"word_a": "king", "word_b": "queen", "model": "cbow"}
+            assert c.post("/v1/word2vec/similarity", json=body).status_code == 503
+            shutil.copytree(checkpoint_dir / "word2vec-cbow", root / "word2vec-cbow")
+            (root / "word2vec-sg" / "model.safetensors").write_bytes(b"broken")
+            reloaded = c.post("/v1/admin/reload")
+            assert reloaded.status_code == 200
+            states = {s["id"]: s for s in reloaded.json()["checkpoints"]}
+            assert states["word2vec-cbow"]["status"] == "loaded"
+            assert states["word2vec-sg"]["status"] == "loaded" and "kept previous" in states["word2vec-sg"]["reason"]
+            assert c.post("/v1/word2vec/similarity", json=body).status_code == 200
+            assert c.post("/v1/word2vec/similarity", json={**body, "model": "sg"}).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_docker_entrypoint_serves_the_checkpoints(checkpoint_dir: Path, logs: Path):
+    server = Server(checkpoint_dir, logs, command=["sh", str(ROOT / "docker" / "entrypoint.sh")],
+                    PYTHON=sys.executable)
+    try:
+        ready = httpx.get(server.url + "/ready", timeout=30)
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+    finally:
+        server.stop()
+
+
+def test_pool_answers_429_past_capacity_and_504_past_the_timeout():
+    async def scenario() -> None:
+        pool = InferencePool(max_concurrent=1, max_queued=0, timeout=0.2)
+        async with pool.slot():
+            with pytest.raises(OverCapacity) as refused:
+                await pool.run(lambda: 1)
+            assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "1"
+        assert await pool.run(lambda: 41 + 1) == 42
+        with pytest.raises(InferenceTimeout) as late:
+            await pool.run(time.sleep, 1.0)
+        assert late.value.status_code == 504
+        assert pool.admitted == 0
+
+    asyncio.run(scenario())
