@@ -9,7 +9,7 @@ PROFILE ?= quick
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install checkpoints serve test lint bench clean
+.PHONY: install checkpoints serve browser test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,14 @@ checkpoints: install
 serve: checkpoints
 	CHECKPOINT_DIR=$(CHECKPOINT_DIR) HOST=$(HOST) PORT=$(PORT) $(PY) -m app
 
-test: install
+# The playground test drives Debian's chromium (with a CJK font for the translation panel); install them
+# where apt can (as root), never fail where not.
+browser:
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei) \
+		|| echo "chromium unavailable: the browser test will skip"
+
+test: install browser
 	$(PY) -m pytest
 
 lint: install

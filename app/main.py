@@ -5,22 +5,26 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.inference import InferencePool
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.observability import Metrics, ObservabilityMiddleware
 from app.registry import Registry, get_registry
-from app.routers import system, word2vec
+from app.routers import classify, fill_mask, generate, system, translate, word2vec
 from app.security import require_api_key
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("app")
+
+STATIC = Path(__file__).parent / "static"  # the playground: plain HTML, CSS and JS, no build step
 
 DESCRIPTION = """
 The classic lineage of neural language models — word2vec, seq2seq with attention, BERT, GPT, and the
@@ -77,8 +81,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await pool.run(registry.load_all)
         return system.readiness(registry)
 
+    # The playground page stays open like /docs; the /v1 calls it makes carry the key the user types in.
+    @app.get("/", include_in_schema=False)
+    def playground() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     protected = [Depends(require_api_key)]
     app.include_router(system.router)
     app.include_router(system.v1_router, dependencies=protected)
     app.include_router(word2vec.router, dependencies=protected)
+    app.include_router(generate.router, dependencies=protected)
+    app.include_router(fill_mask.router, dependencies=protected)
+    app.include_router(translate.router, dependencies=protected)
+    app.include_router(classify.router, dependencies=protected)
     return app

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from fastapi import HTTPException, Request
 
-from models import word2vec
 from app.observability import note_model
-from models.catalog import train_command
+from models import bert, classifier, gpt, rnn, seq2seq, word2vec
+from models.catalog import CATALOG, entry
 from models.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint
 
 log = logging.getLogger("app.registry")
@@ -22,6 +22,11 @@ log = logging.getLogger("app.registry")
 # family -> the model file's loader, which builds the ready-to-use inference object
 LOADERS: dict[str, Callable[[Checkpoint, torch.device], Any]] = {
     "word2vec": word2vec.load,
+    "gpt": gpt.load,
+    "bert": bert.load,
+    "seq2seq": seq2seq.load,
+    "classifier": classifier.load,
+    "lm": rnn.load,
 }
 
 
@@ -45,14 +50,22 @@ class CheckpointStatus:
 
 
 class ModelNotLoaded(HTTPException):
-    """503: the asked-for model is not loaded; the message names the command that trains it."""
+    """503: a model the project knows is not loaded; the message names the command that trains it."""
 
-    def __init__(self, family: str, name: str):
+    def __init__(self, checkpoint_id: str, command: str):
         super().__init__(
             status_code=503,
-            detail=f"model '{family}-{name}' is not loaded; train it with `{train_command(family, name)}` "
-                   f"and restart or reload the service",
+            detail=f"model '{checkpoint_id}' is not loaded; train it with `{command}` "
+                   "and restart or reload the service",
         )
+
+
+class UnknownModel(HTTPException):
+    """404: no checkpoint of that name exists in the family, loaded or not."""
+
+    def __init__(self, family: str, name: str, known: list[str]):
+        super().__init__(status_code=404,
+                         detail=f"unknown {family} model {name!r}; known models: {', '.join(known) or 'none'}")
 
 
 class Registry:
@@ -120,7 +133,10 @@ class Registry:
             if model.family == family and model.name == name:
                 note_model(model.id)
                 return model
-        raise ModelNotLoaded(family, name)
+        known = entry(family, name)
+        if known is None:
+            raise UnknownModel(family, name, [e.name for e in CATALOG if e.family == family])
+        raise ModelNotLoaded(known.id, known.train_command)
 
     def names(self, family: str) -> list[str]:
         return sorted(m.name for m in self._models.values() if m.family == family)

@@ -25,14 +25,17 @@ class CatalogEntry:
 CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("word2vec-sg", "word2vec", "sg", ("word2vec", "--mode", "sg")),
     CatalogEntry("word2vec-cbow", "word2vec", "cbow", ("word2vec", "--mode", "cbow")),
+    CatalogEntry("gpt", "gpt", "gpt", ("gpt",)),
+    CatalogEntry("bert", "bert", "bert", ("bert",)),
+    CatalogEntry("seq2seq-zh-en", "seq2seq", "zh-en", ("seq2seq", "--direction", "zh-en")),
+    CatalogEntry("seq2seq-en-zh", "seq2seq", "en-zh", ("seq2seq", "--direction", "en-zh")),
+    *(CatalogEntry(f"clf-{arch}", "classifier", arch, ("classifier", "--arch", arch))
+      for arch in ("mlp", "cnn", "rnn", "lstm", "gru")),
+    *(CatalogEntry(f"lm-{cell}", "lm", cell, ("lm", "--cell", cell)) for cell in ("rnn", "lstm", "gru")),
+    # Fine-tunes the bert checkpoint, so it comes after it.
+    CatalogEntry("clf-bert", "classifier", "bert", ("classifier", "--arch", "bert")),
 )
 
 
 def entry(family: str, name: str) -> CatalogEntry | None:
     return next((e for e in CATALOG if e.family == family and e.name == name), None)
-
-
-def train_command(family: str, name: str) -> str:
-    """The command that trains ``<family>-<name>``, for messages that tell a user what to run."""
-    known = entry(family, name)
-    return known.train_command if known else f"python -m training {family}"

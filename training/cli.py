@@ -28,6 +28,12 @@ from training.common import PROFILES, configure_threads
 # family name -> module implementing it
 FAMILIES: dict[str, str] = {
     "word2vec": "training.word2vec",
+    "gpt": "training.gpt",
+    "bert": "training.bert",
+    "seq2seq": "training.seq2seq",
+    "classifier": "training.classifier",
+    "lm": "training.lm",
+    "leaderboard": "training.leaderboard",
 }
 
 log = logging.getLogger("training")

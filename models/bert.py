@@ -1,0 +1,400 @@
+"""BERT (Devlin et al., 2018): a bidirectional Transformer encoder pretrained by masked-language
+modelling (MLM) and next-sentence prediction (NSP).
+
+Read top to bottom like the paper: the config, the input embeddings (token + position + segment), one
+encoder layer (multi-head self-attention, GELU feed-forward, residuals with post-layer-norm), the encoder
+stack with its ``[CLS]`` pooler, the two pretraining heads, the pretraining model, the classification
+model that reuses the pretrained encoder, and finally ``FillMask``, the inference helper the service
+loads (fill-mask in the Hugging Face pipeline's shape, and next-sentence probability).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from models.checkpoint import Checkpoint
+
+# The special tokens, in the order they are given to the WordPiece trainer, so they take ids 0..4.
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+TOKENIZER_FILE = "tokenizer.json"
+# Label for positions that carry no MLM target (the cross-entropy ignore_index).
+IGNORE = -100
+# NSP labels follow the original and Hugging Face: 0 = B really follows A, 1 = B is a random sentence.
+IS_NEXT, NOT_NEXT = 0, 1
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int
+    max_position: int = 128  # longest input, [CLS] and [SEP]s included: the learned position table's size
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    type_vocab_size: int = 2  # segments: sentence A = 0, sentence B = 1
+    layer_norm_eps: float = 1e-12
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
+        return cls(**values)
+
+
+class BertEmbeddings(nn.Module):
+    """Input representation = token embedding + learned position embedding + segment embedding."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.token = nn.Embedding(config.vocab_size, config.dim, padding_idx=config.pad_id)
+        self.position = nn.Embedding(config.max_position, config.dim)
+        self.segment = nn.Embedding(config.type_vocab_size, config.dim)
+        self.norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        x = self.token(input_ids) + self.position(positions)[None] + self.segment(segment_ids)
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head bidirectional self-attention; padding keys are masked out."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)  # Q, K and V projections in one matmul
+        self.proj = nn.Linear(config.dim, config.dim)
+        self.attn_dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, dim); ``keep`` (B, 1, 1, T) bool, True where a key may be attended to."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        # softmax(QKᵀ/√d_k)V in one fused kernel (flash / memory-efficient where the device has one).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN(x) = W₂ GELU(W₁ x + b₁) + b₂."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.dim, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """One encoder layer as in BERT (post-norm): x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = self.attention_norm(x + self.attention(x, keep))
+        return self.ffn_norm(x + self.ffn(x))
+
+
+class BertModel(nn.Module):
+    """The encoder: embeddings, a stack of layers, and the pooler (dense + tanh on ``[CLS]``) that
+    summarises the whole input for sentence-level heads (NSP, classification)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
+        self.pooler = nn.Linear(config.dim, config.dim)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` (B, T) -> (hidden states (B, T, dim), pooled ``[CLS]`` (B, dim)).
+
+        ``segment_ids`` defaults to all sentence A; ``attention_mask`` (B, T, 1 = real token) defaults
+        to every non-``[PAD]`` token.
+        """
+        if input_ids.size(1) > self.config.max_position:
+            raise ValueError(f"input of {input_ids.size(1)} tokens; the model has {self.config.max_position} "
+                             "positions")
+        if segment_ids is None:
+            segment_ids = torch.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.pad_id
+        keep = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, segment_ids)
+        for layer in self.layers:
+            x = layer(x, keep)
+        pooled = torch.tanh(self.pooler(x[:, 0]))
+        return x, pooled
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit layer norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class MaskedLMHead(nn.Module):
+    """Predicts the original token at a position: dense + GELU + LN, then a decoder onto the vocabulary."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = nn.Linear(config.dim, config.dim)
+        self.norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
+        # Weight tying: the decoder is the input embedding matrix, so a token is read and written with the
+        # same vector (fewer parameters, better small-data MLM), as in BERT. Passing it in, rather than
+        # registering it twice, keeps one copy in the state dict and an honest parameter count.
+        return F.linear(self.norm(F.gelu(self.transform(h))), token_embedding, self.bias)
+
+
+class BertForPreTraining(nn.Module):
+    """The encoder with its two pretraining heads: MLM on every position, NSP on the pooled ``[CLS]``."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm = MaskedLMHead(config)
+        self.nsp = nn.Linear(config.dim, 2)
+        self.apply(init_weights)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        nsp_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Returns ``(mlm_logits, nsp_logits (B, 2), loss)``.
+
+        Without ``mlm_labels`` the MLM logits cover every position, (B, T, vocab). With them (original
+        token at selected positions, ``IGNORE`` elsewhere) the head runs on the selected positions only,
+        (N_selected, vocab) in row-major order: the other ~85% would cost a vocabulary-sized matmul each
+        just to be ignored. ``loss`` = MLM cross-entropy + NSP cross-entropy (either when its labels are
+        given), else None.
+        """
+        hidden, pooled = self.bert(input_ids, segment_ids, attention_mask)
+        nsp_logits = self.nsp(pooled)
+        embedding = self.bert.embeddings.token.weight
+        loss = None
+        if mlm_labels is None:
+            mlm_logits = self.mlm(hidden, embedding)
+        else:
+            selected = mlm_labels != IGNORE
+            mlm_logits = self.mlm(hidden[selected], embedding)
+            loss = F.cross_entropy(mlm_logits.float(), mlm_labels[selected])
+        if nsp_labels is not None:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels)
+            loss = nsp_loss if loss is None else loss + nsp_loss
+        return mlm_logits, nsp_logits, loss
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay matrices (and embeddings), not biases or layer-norm gains (as BERT)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class BertForSequenceClassification(nn.Module):
+    """The pretrained encoder with a linear classifier on the pooled ``[CLS]`` (fine-tuning, §4.1)."""
+
+    def __init__(self, config: BertConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.dropout if classifier_dropout is None else classifier_dropout)
+        self.classifier = nn.Linear(config.dim, num_labels)
+        self.apply(init_weights)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``input_ids`` (B, T) -> (logits (B, num_labels), cross-entropy loss or None)."""
+        _, pooled = self.bert(input_ids, segment_ids, attention_mask)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return logits, loss
+
+    @classmethod
+    def from_pretrained(
+        cls, checkpoint: Checkpoint, num_labels: int, **kwargs: Any
+    ) -> BertForSequenceClassification:
+        """The encoder (embeddings, layers, pooler) of a ``bert`` pretraining checkpoint; a fresh head."""
+        model = cls(BertConfig.from_dict(checkpoint.config["model"]), num_labels, **kwargs)
+        encoder = {k.removeprefix("bert."): v for k, v in checkpoint.state_dict.items()
+                   if k.startswith("bert.")}
+        model.bert.load_state_dict(encoder)
+        return model
+
+
+def load_tokenizer(checkpoint: Checkpoint) -> Tokenizer:
+    """The checkpoint's WordPiece tokenizer, with its ``[CLS] A [SEP] B [SEP]`` post-processor."""
+    return Tokenizer.from_file(str(checkpoint.file(checkpoint.config["tokenizer"]["file"])))
+
+
+# ---- inference -----------------------------------------------------------------------------------
+
+
+class BertInputError(ValueError):
+    """Input the model cannot answer (no ``[MASK]``, too long, a target outside the vocabulary)."""
+
+
+class FillMask:
+    """A pretrained BERT and its tokenizer, answering fill-mask and next-sentence questions.
+
+    Fill-mask results use the Hugging Face pipeline's item shape, ``{score, token, token_str,
+    sequence}``, one list per ``[MASK]`` in order. Each mask is predicted independently from one forward
+    pass (as the pipeline does); ``sequence`` shows the sentence with that mask filled and any other
+    masks left as ``[MASK]``.
+    """
+
+    def __init__(self, model: BertForPreTraining, tokenizer: Tokenizer, device: torch.device):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.config = model.config
+        self.mask_id = self._special_id(MASK)
+        self.cls_id = self._special_id(CLS)
+        self.sep_id = self._special_id(SEP)
+
+    def _special_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no {token} token")
+        return token_id
+
+    def _check_length(self, n_tokens: int) -> None:
+        if n_tokens > self.config.max_position:
+            raise BertInputError(
+                f"input is {n_tokens} tokens long ([CLS] and [SEP] included); this model accepts at most "
+                f"{self.config.max_position} tokens")
+
+    def _target_ids(self, targets: list[str]) -> list[int]:
+        """Each target must be one vocabulary token (after the tokenizer's lower-casing)."""
+        ids: list[int] = []
+        bad: list[str] = []
+        for target in targets:
+            pieces = self.tokenizer.encode(target, add_special_tokens=False).tokens
+            if len(pieces) == 1 and pieces[0] != UNK:
+                token_id = self.tokenizer.token_to_id(pieces[0])
+                if token_id not in ids:
+                    ids.append(token_id)
+            else:
+                bad.append(f"{target!r} -> {pieces}")
+        if bad:
+            raise BertInputError("targets must each be a single vocabulary token; these are not: "
+                                 + "; ".join(bad))
+        return ids
+
+    @torch.inference_mode()
+    def fill_mask(
+        self, text: str, top_k: int = 5, targets: list[str] | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """For each ``[MASK]`` in ``text``, in order, the ``top_k`` most probable tokens (among
+        ``targets`` when given) with their probabilities and the filled-in sentence."""
+        encoding = self.tokenizer.encode(text)
+        ids = encoding.ids
+        mask_positions = [i for i, token_id in enumerate(ids) if token_id == self.mask_id]
+        if not mask_positions:
+            raise BertInputError(f"text must contain at least one {MASK} token")
+        self._check_length(len(ids))
+        candidate_ids = self._target_ids(targets) if targets else None
+
+        input_ids = torch.tensor([ids], device=self.device)
+        mlm_logits, _, _ = self.model(input_ids)
+        probs = mlm_logits[0, mask_positions].float().softmax(dim=-1)  # (n_masks, vocab)
+        if candidate_ids is not None:
+            candidates = torch.tensor(candidate_ids, device=self.device)
+            scores, order = probs[:, candidates].topk(min(top_k, len(candidate_ids)), dim=-1)
+            token_ids = candidates[order]
+        else:
+            scores, token_ids = probs.topk(min(top_k, probs.size(-1)), dim=-1)
+
+        predictions: list[list[dict[str, Any]]] = []
+        for row, position in enumerate(mask_positions):
+            items = []
+            for score, token_id in zip(scores[row].tolist(), token_ids[row].tolist(), strict=True):
+                filled = list(ids)
+                filled[position] = token_id
+                items.append({
+                    "score": score,
+                    "token": token_id,
+                    "token_str": self.tokenizer.decode([token_id]),
+                    "sequence": self._decode_text(filled),
+                })
+            predictions.append(items)
+        return predictions
+
+    def _decode_text(self, ids: list[int]) -> str:
+        """The text of a single-sentence input: [CLS]/[SEP] dropped, remaining [MASK]s kept visible."""
+        body = [i for i in ids if i not in (self.cls_id, self.sep_id)]
+        return self.tokenizer.decode(body, skip_special_tokens=False)
+
+    @torch.inference_mode()
+    def next_sentence(self, text_a: str, text_b: str) -> float:
+        """P(``text_b`` follows ``text_a``) from the NSP head."""
+        encoding = self.tokenizer.encode(text_a, text_b)
+        self._check_length(len(encoding.ids))
+        input_ids = torch.tensor([encoding.ids], device=self.device)
+        segment_ids = torch.tensor([encoding.type_ids], device=self.device)
+        _, nsp_logits, _ = self.model(input_ids, segment_ids)
+        return nsp_logits[0].float().softmax(dim=-1)[IS_NEXT].item()
+
+
+def load(checkpoint: Checkpoint, device: torch.device) -> FillMask:
+    """The service's loader: the pretraining model (both heads) and its tokenizer."""
+    model = BertForPreTraining(BertConfig.from_dict(checkpoint.config["model"]))
+    model.load_state_dict(checkpoint.state_dict)
+    return FillMask(model, load_tokenizer(checkpoint), device)
+

@@ -1,0 +1,59 @@
+"""A multilayer perceptron over a bag of word embeddings.
+
+Each neuron computes z = wᵀx + b and passes it through an activation; a layer is many neurons, a
+``Linear`` then the activation. The input is the mean of the passage's word embeddings, so word order
+is lost (a "bag") — the simplest text classifier that still learns its own word representations,
+and the baseline the order-aware models (CNN, RNN) have to beat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD_ID = 0
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+@dataclass
+class MLPConfig:
+    vocab_size: int
+    num_classes: int
+    embed_dim: int = 128
+    hidden_sizes: tuple[int, ...] = (128,)
+    activation: str = "relu"
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        self.hidden_sizes = tuple(self.hidden_sizes)
+
+
+class MLPClassifier(nn.Module):
+    """Token ids (B, T), padded with ``PAD_ID``, in; class logits out."""
+
+    def __init__(self, config: MLPConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        layers: list[nn.Module] = []
+        width = config.embed_dim
+        for size in config.hidden_sizes:
+            layers += [nn.Dropout(config.dropout), nn.Linear(width, size), ACTIVATIONS[config.activation]()]
+            width = size
+        layers += [nn.Dropout(config.dropout), nn.Linear(width, config.num_classes)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits (B, classes) and, with ``targets`` (B,), their mean cross-entropy."""
+        mask = (inputs != PAD_ID).unsqueeze(-1)
+        # The padding row is zero, so the sum counts real tokens only; divide by their number.
+        bag = self.embedding(inputs).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+        logits = self.layers(bag)
+        return logits, (None if targets is None else F.cross_entropy(logits.float(), targets))

@@ -1,0 +1,520 @@
+"""RNN encoder–decoder for translation, with and without attention.
+
+The walk of the papers, in one file:
+
+- Cho et al. (2014) / Sutskever et al. (2014): an encoder RNN reads the source and its final state is the
+  one fixed vector ``c`` the decoder starts from and reads at every step (``attention="none"``). Every
+  source sentence, long or short, has to fit through that vector: the information bottleneck.
+- Bahdanau et al. (2015), *additive* attention: before each step the previous decoder state
+  ``s_{t-1}`` scores every encoder annotation ``h_j`` with ``v^T tanh(W s_{t-1} + U h_j)``; the softmax
+  of those scores, ``alpha_t``, weighs the annotations into a context ``c_t`` the cell then reads.
+- Luong et al. (2015), *dot* ``s_t^T h_j`` and *general* ``s_t^T W h_j`` attention: the cell steps first,
+  the new state ``s_t`` attends, and the attentional state ``h~_t = tanh(W_c [s_t; c_t])`` is fed back
+  into the next step's input ("input feeding").
+
+``alpha_t`` is the alignment the service shows: one row per target token over the source tokens.
+The recurrences are torch's ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (encoder, whole sequence at once) and
+their one-step cells (decoder); ``models/rnn.py`` writes out their equations.
+
+Chinese is read and written as characters, English as lower-cased words with punctuation split off.
+Each side has a frequency-ordered ``WordVocab`` whose first four entries are the special tokens.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from models.checkpoint import Checkpoint
+from models.tokenizers import WordVocab
+
+CELLS = ("rnn", "lstm", "gru")
+ATTENTIONS = ("additive", "dot", "general", "none")
+DIRECTIONS = ("zh-en", "en-zh")
+
+# ---- tokens and vocabularies ----------------------------------------------------------------------
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIALS = (PAD, UNK, BOS, EOS)
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIALS))
+
+# Numbers ("1.4", "3-1"), hyphenated and contracted words ("well-known", "it's") stay whole; every
+# other non-space character (punctuation, a stray CJK character) becomes a token of its own.
+_ENGLISH_TOKEN = re.compile(r"[a-z0-9]+(?:['.\-][a-z0-9]+)*|\S")
+_SPACE_BEFORE = re.compile(r" ([.,;:?!%)])")
+_SPACE_AFTER = re.compile(r"([(]) ")
+
+
+def tokenize(text: str, language: str) -> list[str]:
+    """Chinese: one token per non-space character. English: lower-cased words and punctuation marks."""
+    if language == "zh":
+        return [ch for ch in text if not ch.isspace()]
+    if language == "en":
+        return _ENGLISH_TOKEN.findall(text.lower().replace("\u2019", "'"))
+    raise ValueError(f"unsupported language {language!r}")
+
+
+def detokenize(tokens: Sequence[str], language: str) -> str:
+    """Inverse of ``tokenize`` up to case: Chinese characters are joined, English words spaced."""
+    if language == "zh":
+        return "".join(tokens)
+    tokens = ["I" + t[1:] if t == "i" or t.startswith("i'") else t for t in tokens]  # "i'll" -> "I'll"
+    text = _SPACE_AFTER.sub(r"\1", _SPACE_BEFORE.sub(r"\1", " ".join(tokens)))
+    return text[:1].upper() + text[1:]
+
+
+def build_vocab(sentences: Iterable[list[str]], min_count: int = 1) -> WordVocab:
+    """A ``WordVocab`` of the tokens seen at least ``min_count`` times, the specials first (count 0)."""
+    counted = WordVocab.build(sentences, min_count=min_count)
+    keep = [(w, c) for w, c in zip(counted.itos, counted.counts, strict=True) if w not in SPECIALS]
+    return WordVocab(list(SPECIALS) + [w for w, _ in keep], [0] * len(SPECIALS) + [c for _, c in keep])
+
+
+def encode(tokens: Sequence[str], vocab: WordVocab) -> list[int]:
+    """Token ids, unknown tokens mapped to ``<unk>`` (``WordVocab.encode`` would drop them)."""
+    return [vocab.stoi.get(t, UNK_ID) for t in tokens]
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], device: torch.device | None = None) -> torch.Tensor:
+    """(B, longest) ids, right-padded with ``<pad>``."""
+    longest = max(len(s) for s in sequences)
+    batch = torch.full((len(sequences), longest), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        batch[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return batch.to(device) if device is not None else batch
+
+
+# ---- configuration --------------------------------------------------------------------------------
+
+
+@dataclass
+class Seq2SeqConfig:
+    source_vocab_size: int
+    target_vocab_size: int
+    embedding_dim: int = 128
+    hidden_dim: int = 256
+    cell: str = "gru"  # rnn | lstm | gru
+    attention: str = "additive"  # additive | dot | general | none
+    bidirectional: bool = True
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h, or (h, c) for the LSTM
+
+
+def hidden(state: State) -> torch.Tensor:
+    """The part of a cell state the decoder attends and predicts with: h (the LSTM's c stays inside)."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def select(state: State, index: torch.Tensor) -> State:
+    """Rows ``index`` of a state (beam search reorders hypotheses with it)."""
+    return tuple(s[index] for s in state) if isinstance(state, tuple) else state[index]
+
+
+# ---- encoder ----------------------------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    """Annotations ``h_j`` for every source token, plus the summary state the decoder starts from.
+
+    With ``bidirectional`` each annotation concatenates a forward and a backward RNN, so it summarises
+    the whole sentence with a focus on token j (Bahdanau et al.); a linear map brings it back to
+    ``hidden_dim`` so that all three attention scores compare vectors of one size.
+    """
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[config.cell]
+        directions = 2 if config.bidirectional else 1
+        self.embedding = nn.Embedding(config.source_vocab_size, config.embedding_dim, padding_idx=PAD_ID)
+        self.rnn = rnn(config.embedding_dim, config.hidden_dim, batch_first=True,
+                       bidirectional=config.bidirectional)
+        self.dropout = nn.Dropout(config.dropout)
+        self.annotations = (nn.Linear(directions * config.hidden_dim, config.hidden_dim)
+                            if config.bidirectional else nn.Identity())
+        # s_0 = tanh(W_s [h_fwd_N; h_bwd_1]): the fixed vector c of the encoder–decoder.
+        self.bridge = nn.Linear(directions * config.hidden_dim, config.hidden_dim)
+        self.cell_bridge = (nn.Linear(directions * config.hidden_dim, config.hidden_dim)
+                            if config.cell == "lstm" else None)
+
+    def forward(self, source: torch.Tensor) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """source (B, S) -> memory (B, S, H), initial decoder state, mask (B, S) True on real tokens."""
+        mask = source != PAD_ID
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.dropout(self.embedding(source)), lengths, batch_first=True,
+                                      enforce_sorted=False)
+        outputs, final = self.rnn(packed)
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.size(1))
+        memory = self.annotations(outputs)
+        h_n, c_n = final if isinstance(final, tuple) else (final, None)
+        # (directions, B, H) -> (B, directions * H): last forward state next to the first backward one.
+        state: State = torch.tanh(self.bridge(torch.cat(list(h_n), dim=-1)))
+        if self.cell_bridge is not None:
+            state = (state, self.cell_bridge(torch.cat(list(c_n), dim=-1)))
+        return memory, state, mask
+
+
+# ---- attention ------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """score(q, h_j) for every annotation, a masked softmax over j, and the weighted context.
+
+    ``keys`` is computed once per source sentence: for additive attention ``U h_j``, for general
+    ``W h_j``, for dot the annotations themselves; each decoder step then costs one query product.
+    """
+
+    def __init__(self, kind: str, dim: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "additive":
+            self.W = nn.Linear(dim, dim, bias=False)
+            self.U = nn.Linear(dim, dim)
+            self.v = nn.Linear(dim, 1, bias=False)
+        elif kind == "general":
+            self.W = nn.Linear(dim, dim, bias=False)
+        elif kind != "dot":
+            raise ValueError(f"no attention of kind {kind!r}")
+
+    def keys(self, memory: torch.Tensor) -> torch.Tensor:
+        if self.kind == "additive":
+            return self.U(memory)
+        if self.kind == "general":
+            return self.W(memory)
+        return memory
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, H), keys/memory (B, S, H), mask (B, S) -> context (B, H), alpha (B, S)."""
+        if self.kind == "additive":
+            scores = self.v(torch.tanh(self.W(query).unsqueeze(1) + keys)).squeeze(-1)
+        else:
+            scores = torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1)
+        # Padding gets no weight: its score is -inf before the softmax, not zeroed after it.
+        alpha = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1).to(memory.dtype)
+        context = torch.bmm(alpha.unsqueeze(1), memory).squeeze(1)
+        return context, alpha
+
+
+# ---- decoder ----------------------------------------------------------------------------------------
+
+
+class Decoder(nn.Module):
+    """One target token per ``step``; the three papers differ only in when the cell reads the context."""
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        cell = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[config.cell]
+        H = config.hidden_dim
+        self.embedding = nn.Embedding(config.target_vocab_size, config.embedding_dim, padding_idx=PAD_ID)
+        # Input: y_{t-1} and a context (Cho, Bahdanau) or the previous attentional state (Luong).
+        self.cell = cell(config.embedding_dim + H, H)
+        self.attention = Attention(config.attention, H) if config.attention != "none" else None
+        self.attend_first = config.attention in ("additive", "none")
+        self.combine = nn.Linear(2 * H, H)  # h~_t = tanh(W_c [s_t; c_t])
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(H, config.target_vocab_size)
+
+    def keys(self, memory: torch.Tensor) -> torch.Tensor | None:
+        return self.attention.keys(memory) if self.attention is not None else None
+
+    def step(self, y_prev: torch.Tensor, state: State, feed: torch.Tensor, memory: torch.Tensor,
+             keys: torch.Tensor | None, mask: torch.Tensor, fixed: torch.Tensor
+             ) -> tuple[State, torch.Tensor, torch.Tensor | None]:
+        """y_{t-1} (B,) -> s_t, h~_t (B, H), alpha_t (B, S) or None without attention."""
+        e = self.dropout(self.embedding(y_prev))
+        alpha = None
+        if self.attention is None:
+            # Cho et al.: the same fixed vector c at every step, whatever the source length.
+            context = fixed
+            state = self.cell(torch.cat([e, context], -1), state)
+        elif self.attend_first:
+            # Bahdanau: s_{t-1} decides where to look, then the cell reads c_t.
+            context, alpha = self.attention(hidden(state), keys, memory, mask)
+            state = self.cell(torch.cat([e, context], -1), state)
+        else:
+            # Luong: step first with input feeding, then s_t attends.
+            state = self.cell(torch.cat([e, feed], -1), state)
+            context, alpha = self.attention(hidden(state), keys, memory, mask)
+        attentional = torch.tanh(self.combine(torch.cat([hidden(state), context], -1)))
+        return state, attentional, alpha
+
+    def logits(self, attentional: torch.Tensor) -> torch.Tensor:
+        """h~ (..., H) -> scores over the target vocabulary (..., V)."""
+        return self.out(self.dropout(attentional))
+
+
+# ---- the model --------------------------------------------------------------------------------------
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def start(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                     State, torch.Tensor]:
+        """Encode once: memory, attention keys, mask, s_0 and the initial input feed (zeros)."""
+        memory, state, mask = self.encoder(source)
+        return memory, self.decoder.keys(memory), mask, state, torch.zeros_like(hidden(state))
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor, teacher_forcing: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """source (B, S), target (B, T) = ``<bos> y_1 .. y_n <eos> <pad>..`` -> logits (B, T-1, V), loss.
+
+        With probability ``1 - teacher_forcing`` (per sentence and step) the decoder reads its own
+        previous prediction instead of the reference token, as it must at inference time.
+        """
+        memory, keys, mask, state, feed = self.start(source)
+        fixed = hidden(state)
+        y = target[:, 0]
+        states = []
+        for t in range(target.size(1) - 1):
+            state, feed, _ = self.decoder.step(y, state, feed, memory, keys, mask, fixed)
+            states.append(feed)
+            y = target[:, t + 1]
+            if teacher_forcing < 1.0:
+                own = torch.rand(y.shape, device=y.device) >= teacher_forcing
+                with torch.no_grad():
+                    y = torch.where(own, self.decoder.logits(feed).argmax(-1), y)
+        # One projection onto the vocabulary for all steps: the largest matrix is used once, not T times.
+        logits = self.decoder.logits(torch.stack(states, dim=1))
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=PAD_ID)
+        return logits, loss
+
+    @torch.no_grad()
+    def greedy(self, source: torch.Tensor, max_length: int
+               ) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        """Batched greedy decoding: per sentence, the token ids (no ``<eos>``) and alpha (T, S) or None."""
+        memory, keys, mask, state, feed = self.start(source)
+        fixed = hidden(state)
+        batch = source.size(0)
+        y = torch.full((batch,), BOS_ID, dtype=torch.long, device=source.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=source.device)
+        tokens, alphas = [], []
+        for _ in range(max_length):
+            state, feed, alpha = self.decoder.step(y, state, feed, memory, keys, mask, fixed)
+            y = self.decoder.logits(feed).argmax(-1)
+            tokens.append(y)
+            alphas.append(alpha)
+            done |= y == EOS_ID
+            if done.all():
+                break
+        ids = torch.stack(tokens, 1).tolist()
+        attention = torch.stack(alphas, 1).float().cpu() if alphas[0] is not None else None
+        results, maps = [], []
+        for i, row in enumerate(ids):
+            n = row.index(EOS_ID) if EOS_ID in row else len(row)
+            length = int(mask[i].sum())
+            results.append(row[:n])
+            maps.append(attention[i, :n, :length] if attention is not None else None)
+        return results, maps
+
+    @torch.no_grad()
+    def beam_search(self, source: torch.Tensor, beam_size: int, max_length: int, length_penalty: float
+                    ) -> tuple[list[int], torch.Tensor | None]:
+        """One sentence (1, S): the best hypothesis by log-probability / lp(|Y|), and its alpha (T, S).
+
+        lp(|Y|) = ((5 + |Y|) / 6) ** length_penalty (Wu et al., 2016): 0 ranks by raw log-probability,
+        which favours short outputs; larger values favour longer ones.
+        """
+        memory, keys, mask, state, feed = self.start(source)
+        fixed = hidden(state)
+        k = beam_size
+        memory, mask, fixed = memory.expand(k, -1, -1), mask.expand(k, -1), fixed.expand(k, -1)
+        keys = keys.expand(k, -1, -1) if keys is not None else None
+        state = select(state, torch.zeros(k, dtype=torch.long, device=source.device))
+        feed = feed.expand(k, -1)
+        y = torch.full((k,), BOS_ID, dtype=torch.long, device=source.device)
+        # Only the first beam is alive at the start, or the k beams would be k copies of one hypothesis.
+        scores = torch.full((k,), float("-inf"), device=source.device)
+        scores[0] = 0.0
+        history = torch.zeros(k, 0, dtype=torch.long, device=source.device)
+        alphas = torch.zeros(k, 0, source.size(1), device=source.device)
+        finished: list[tuple[float, list[int], torch.Tensor]] = []
+
+        def lp(length: int) -> float:
+            return ((5 + length) / 6) ** length_penalty
+
+        for t in range(max_length):
+            state, feed, alpha = self.decoder.step(y, state, feed, memory, keys, mask, fixed)
+            log_probs = torch.log_softmax(self.decoder.logits(feed).float(), -1) + scores.unsqueeze(1)
+            top_scores, top = log_probs.flatten().topk(min(2 * k, log_probs.numel()))
+            beams, tokens = top // log_probs.size(1), top % log_probs.size(1)
+            if alpha is not None:
+                alphas = torch.cat([alphas, alpha.float().unsqueeze(1)], 1)
+            # The k best candidates: those ending in <eos> are finished; the others stay alive, topped
+            # up from the next best so that k hypotheses keep going.
+            keep = []
+            candidates = zip(top_scores.tolist(), beams.tolist(), tokens.tolist(), strict=True)
+            for rank, (score, beam, token) in enumerate(candidates):
+                if score == float("-inf"):
+                    break
+                if token == EOS_ID:
+                    if rank < k:
+                        finished.append((score / lp(t + 1), history[beam].tolist(), alphas[beam]))
+                elif len(keep) < k:
+                    keep.append((score, beam, token))
+            if len(finished) >= k or not keep:
+                break
+            index = torch.tensor([b for _, b, _ in keep], device=source.device)
+            y = torch.tensor([tok for _, _, tok in keep], device=source.device)
+            scores = torch.full((k,), float("-inf"), device=source.device)
+            scores[: len(keep)] = torch.tensor([s for s, _, _ in keep], device=source.device)
+            # Fewer than k survivors: pad with copies of the first, kept dead by their -inf score.
+            index = torch.cat([index, index[:1].expand(k - len(keep))])
+            y = torch.cat([y, y[:1].expand(k - len(keep))])
+            state, feed = select(state, index), feed[index]
+            history = torch.cat([history[index], y.unsqueeze(1)], 1)
+            alphas = alphas[index]
+        if not finished:  # max_length reached first: rank the hypotheses still alive the same way
+            finished = [(scores[b].item() / lp(history.size(1)), history[b].tolist(), alphas[b])
+                        for b in range(k) if scores[b] > float("-inf")]
+        _, ids, alpha_map = max(finished, key=lambda f: f[0])
+        if self.config.attention == "none":
+            return ids, None
+        return ids, alpha_map[: len(ids)].cpu()
+
+
+# ---- inference helper -------------------------------------------------------------------------------
+
+
+@dataclass
+class Translation:
+    translation: str  # the target tokens as text, special tokens (an output <unk>) left out
+    source_tokens: list[str]
+    target_tokens: list[str]  # as produced, <unk> included, <eos> not
+    attention: list[list[float]] | None  # len(target_tokens) x len(source_tokens), rows sum to 1
+    unknown_tokens: list[str]  # source tokens outside the vocabulary (read as <unk>)
+
+
+class Translator:
+    """A trained model with its vocabularies: text in, text plus alignment out."""
+
+    def __init__(self, model: Seq2Seq, source_vocab: WordVocab, target_vocab: WordVocab, direction: str,
+                 device: torch.device):
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.model = model.eval()
+        self.source_vocab = source_vocab
+        self.target_vocab = target_vocab
+        self.direction = direction
+        self.source_language, self.target_language = direction.split("-")
+        self.device = device
+
+    @property
+    def has_attention(self) -> bool:
+        return self.model.config.attention != "none"
+
+    def translate(self, texts: Sequence[str], beam_size: int = 1, max_length: int | None = None,
+                  length_penalty: float = 0.6) -> list[Translation]:
+        """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence.
+
+        ``max_length`` (target tokens) defaults to twice the longest source plus 10: an English word
+        becomes about two Chinese characters, and a model that never says ``<eos>`` still stops.
+        """
+        if beam_size < 1:
+            raise ValueError("beam_size must be at least 1")
+        sources = [tokenize(text, self.source_language) for text in texts]
+        if empty := [i for i, s in enumerate(sources) if not s]:
+            raise ValueError(f"text {empty[0]} has no tokens")
+        max_length = max_length or 2 * max(map(len, sources)) + 10
+        ids = [encode(tokens, self.source_vocab) for tokens in sources]
+        if beam_size == 1:
+            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length)
+        else:
+            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam_size, max_length,
+                                              length_penalty) for s in ids]
+            outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
+        results = []
+        for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True):
+            words = [self.target_vocab.itos[i] for i in out]
+            results.append(Translation(
+                translation=detokenize([w for w in words if w not in SPECIALS], self.target_language),
+                source_tokens=tokens,
+                target_tokens=words,
+                attention=alpha.tolist() if alpha is not None else None,
+                unknown_tokens=[t for t, i in zip(tokens, token_ids, strict=True) if i == UNK_ID],
+            ))
+        return results
+
+
+def load(checkpoint: Checkpoint, device: torch.device) -> Translator:
+    """The service's loader: model from ``config["model"]``, vocabularies from the checkpoint's files."""
+    model_config = dict(checkpoint.config["model"])
+    direction = model_config.pop("direction")
+    model = Seq2Seq(Seq2SeqConfig(**model_config))
+    model.load_state_dict(checkpoint.state_dict)
+    files = checkpoint.config["tokenizer"]["files"]
+    return Translator(model.to(device), WordVocab.from_file(checkpoint.file(files["source"])),
+                      WordVocab.from_file(checkpoint.file(files["target"])), direction, device)
+
+
+def model_config_dict(config: Seq2SeqConfig, direction: str) -> dict:
+    """What ``load`` reads back: the config's fields plus the direction."""
+    return {**asdict(config), "direction": direction}
+
+
+# ---- pictures of the alignment ----------------------------------------------------------------------
+
+
+@cache
+def _cjk_font_family() -> str | None:
+    """Register the Noto Sans CJK font shipped on PyPI so Chinese tick labels render as glyphs."""
+    try:
+        from noto_cjk_sans_otc import FONT_PATH
+    except ImportError:
+        return None
+    from matplotlib import font_manager
+
+    font_manager.fontManager.addfont(str(FONT_PATH))
+    return font_manager.FontProperties(fname=str(FONT_PATH)).get_name()
+
+
+def attention_png(result: Translation, title: str | None = None) -> bytes:
+    """A heatmap of ``result.attention``: source tokens across, target tokens down, as PNG bytes."""
+    if result.attention is None:
+        raise ValueError("this model has no attention to draw")
+    if not result.target_tokens:
+        raise ValueError("the translation is empty, so there is no alignment to draw")
+    from matplotlib.figure import Figure
+
+    family = _cjk_font_family()
+    rows, cols = len(result.target_tokens), len(result.source_tokens)
+    # About half an inch per token, within limits that keep a long input's image a sane size.
+    figure = Figure(figsize=(min(max(3.0, 0.45 * cols + 1.8), 24.0), min(max(2.5, 0.4 * rows + 1.4), 24.0)),
+                    dpi=120)
+    axes = figure.add_subplot()
+    image = axes.imshow(result.attention, cmap="viridis", vmin=0.0, vmax=1.0,
+                        aspect="auto")
+    font = {"family": [family, "sans-serif"]} if family else {}
+    words_across = any(len(token) > 1 for token in result.source_tokens)  # side by side, words would overlap
+    axes.set_xticks(range(cols), result.source_tokens, rotation=90 if words_across else 0, fontdict=font)
+    axes.set_yticks(range(rows), result.target_tokens, fontdict=font)
+    axes.set_xlabel("source")
+    axes.set_ylabel("target")
+    if title:
+        axes.set_title(title, fontdict=font)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+

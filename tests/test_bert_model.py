@@ -1,0 +1,338 @@
+"""BERT: embeddings, attention, weight tying, masking, sentence pairs, training, reuse, fill-mask."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.bert import (
+    IGNORE,
+    IS_NEXT,
+    MASK,
+    NOT_NEXT,
+    BertConfig,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    BertInputError,
+    FillMask,
+    SelfAttention,
+    load,
+)
+from models.checkpoint import load_checkpoint
+from training.bert import (
+    Pair,
+    SpecialIds,
+    collate,
+    epoch_batches,
+    make_pairs,
+    mask_tokens,
+    train_step,
+    train_tokenizer,
+    warmup_linear_decay,
+)
+
+from .conftest import run_training
+
+SMALL = BertConfig(vocab_size=50, max_position=16, dim=32, n_layers=2, n_heads=4, ffn_dim=64, dropout=0.0)
+LINES = [f"line {i} of the play, with words such as love and death and {w}" for i, w in
+         enumerate(["king", "queen", "lord", "lady", "fool", "sword", "crown", "night"] * 8)]
+
+
+def small_model(seed: int = 0) -> BertForPreTraining:
+    torch.manual_seed(seed)
+    return BertForPreTraining(SMALL).eval()
+
+
+def test_segment_and_position_embeddings_change_the_representation():
+    model = small_model()
+    ids = torch.tensor([[2, 7, 8, 3, 9, 3]])
+    hidden_a, _ = model.bert(ids, torch.zeros_like(ids))
+    hidden_b, _ = model.bert(ids, torch.tensor([[0, 0, 0, 0, 1, 1]]))
+    assert hidden_a.shape == (1, 6, SMALL.dim)
+    assert not torch.allclose(hidden_a[0, 4:], hidden_b[0, 4:])
+    assert not torch.allclose(hidden_a[0, :4], hidden_b[0, :4])  # attention carries segment B into A
+    # The same token at two positions gets two different vectors.
+    same, _ = model.bert(torch.tensor([[7, 7]]))
+    assert not torch.allclose(same[0, 0], same[0, 1])
+    assert model.bert.embeddings.segment.num_embeddings == 2
+
+
+def test_attention_is_softmax_of_scaled_dot_products_with_padding_masked():
+    torch.manual_seed(0)
+    attention = SelfAttention(SMALL).eval()
+    x = torch.randn(2, 5, SMALL.dim)
+    keep = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)[:, None, None, :]
+    q, k, v = attention.qkv(x).split(SMALL.dim, dim=2)
+    heads = SMALL.n_heads
+    d_k = SMALL.dim // heads
+    q, k, v = (t.view(2, 5, heads, d_k).transpose(1, 2) for t in (q, k, v))
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(d_k)
+    weights = scores.masked_fill(~keep, -math.inf).softmax(dim=-1)
+    expected = attention.proj((weights @ v).transpose(1, 2).reshape(2, 5, SMALL.dim))
+    torch.testing.assert_close(attention(x, keep), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_does_not_change_real_positions():
+    model = small_model()
+    ids = torch.tensor([[2, 11, 12, 13, 3]])
+    padded = torch.tensor([[2, 11, 12, 13, 3, 0, 0, 0]])
+    logits, nsp, _ = model(ids)
+    logits_padded, nsp_padded, _ = model(padded)
+    torch.testing.assert_close(logits_padded[:, :5], logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(nsp_padded, nsp, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_is_bidirectional():
+    model = small_model()
+    first, _ = model.bert(torch.tensor([[2, 11, 12, 13, 3]]))
+    changed, _ = model.bert(torch.tensor([[2, 11, 12, 14, 3]]))
+    assert not torch.allclose(first[0, 1], changed[0, 1])  # an earlier position sees a later token
+
+
+def test_mlm_decoder_is_the_token_embedding_matrix():
+    model = small_model()
+    state = model.state_dict()
+    assert not any("decoder" in k for k in state)  # one copy of the tied matrix
+    assert sum(t.numel() for t in state.values()) == sum(p.numel() for p in model.parameters())
+    hidden, _ = model.bert(torch.tensor([[2, 11, 3]]))
+    head = model.mlm
+    expected = head.norm(F.gelu(head.transform(hidden))) @ model.bert.embeddings.token.weight.T + head.bias
+    logits, _, _ = model(torch.tensor([[2, 11, 3]]))
+    torch.testing.assert_close(logits, expected)
+
+
+def test_pretraining_outputs_and_loss():
+    model = small_model()
+    ids = torch.randint(5, SMALL.vocab_size, (3, 10))
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 2], labels[1, 5], labels[2, 7] = 9, 10, 11
+    nsp_labels = torch.tensor([IS_NEXT, NOT_NEXT, IS_NEXT])
+    all_logits, nsp_logits, no_loss = model(ids)
+    assert all_logits.shape == (3, 10, SMALL.vocab_size) and nsp_logits.shape == (3, 2) and no_loss is None
+    selected_logits, _, loss = model(ids, mlm_labels=labels, nsp_labels=nsp_labels)
+    assert selected_logits.shape == (3, SMALL.vocab_size)
+    expected = (F.cross_entropy(all_logits[labels != IGNORE], labels[labels != IGNORE])
+                + F.cross_entropy(nsp_logits, nsp_labels))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_longer_input_than_positions_is_refused():
+    with pytest.raises(ValueError, match="16 positions"):
+        small_model()(torch.ones(1, 17, dtype=torch.long))
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(LINES, vocab_size=300)
+
+
+def test_tokenizer_has_the_special_tokens_first_and_a_pair_template(tokenizer):
+    assert [tokenizer.id_to_token(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    encoding = tokenizer.encode("love and", "death")
+    assert encoding.tokens == ["[CLS]", "love", "and", "[SEP]", "death", "[SEP]"]
+    assert encoding.type_ids == [0, 0, 0, 0, 1, 1]
+    assert tokenizer.encode("the [MASK] king").tokens[2] == MASK
+
+
+def _ids() -> SpecialIds:
+    return SpecialIds(pad=0, cls=2, sep=3, mask=4, n_special=5, vocab_size=1000)
+
+
+def test_masking_selects_fifteen_percent_and_splits_80_10_10():
+    ids = _ids()
+    input_ids = torch.randint(5, 1000, (400, 100))
+    maskable = torch.ones_like(input_ids, dtype=torch.bool)
+    maskable[:, :5] = False  # e.g. [CLS] and padding
+    corrupted, labels = mask_tokens(input_ids, maskable, ids, torch.Generator().manual_seed(0))
+    selected = labels != IGNORE
+    assert (selected.sum(dim=1) == round(0.15 * 95)).all()
+    assert not selected[:, :5].any() and (corrupted[:, :5] == input_ids[:, :5]).all()
+    assert (labels[selected] == input_ids[selected]).all()
+    assert (corrupted[~selected] == input_ids[~selected]).all()
+    n = selected.sum().item()
+    to_mask = (corrupted[selected] == ids.mask).sum().item() / n
+    unchanged = (corrupted[selected] == input_ids[selected]).sum().item() / n
+    assert to_mask == pytest.approx(0.8, abs=0.02)
+    assert unchanged == pytest.approx(0.1 + 0.1 / 995, abs=0.02)  # a random token may equal the original
+    assert 1 - to_mask - unchanged == pytest.approx(0.1, abs=0.02)
+    assert (corrupted >= ids.n_special).logical_or(corrupted == ids.mask).all()  # no other specials drawn
+
+
+def test_masking_is_reproducible_and_selects_at_least_one():
+    ids = _ids()
+    input_ids = torch.randint(5, 1000, (4, 3))
+    maskable = torch.ones_like(input_ids, dtype=torch.bool)
+    a = mask_tokens(input_ids, maskable, ids, torch.Generator().manual_seed(1))
+    b = mask_tokens(input_ids, maskable, ids, torch.Generator().manual_seed(1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert ((a[1] != IGNORE).sum(dim=1) == 1).all()
+
+
+def _documents() -> list[list[list[int]]]:
+    # Lines are unique token runs, so a pair's text tells where it came from.
+    return [[[100 * d + 10 * i + k for k in range(3)] for i in range(9)] for d in range(1, 5)]
+
+
+def test_pairs_are_consecutive_lines_or_text_from_another_document():
+    documents = _documents()
+    pairs = make_pairs(documents, max_position=16, rng=random.Random(0))
+    labels = [p.label for p in pairs]
+    assert set(labels) == {IS_NEXT, NOT_NEXT}
+    for pair in pairs:
+        assert len(pair.a) + len(pair.b) + 3 <= 16 and pair.a and pair.b
+        doc_a = pair.a[-1] // 100
+        if pair.label == IS_NEXT:
+            assert pair.b[0] == pair.a[-1] + 8  # the next line of the same document (…2 -> …0 of next line)
+        else:
+            assert {t // 100 for t in pair.b} != {doc_a}
+    many = make_pairs(documents * 50, max_position=16, rng=random.Random(1))
+    assert sum(p.label == IS_NEXT for p in many) / len(many) == pytest.approx(0.5, abs=0.05)
+
+
+def test_collate_builds_cls_a_sep_b_sep_with_segments_and_padding():
+    ids = _ids()
+    batch = collate([Pair([10, 11], [12], IS_NEXT), Pair([13], [14], NOT_NEXT)], ids,
+                    torch.Generator().manual_seed(0), split=(0.0, 0.0))  # selected tokens left unchanged
+    assert batch["input_ids"].tolist() == [[2, 10, 11, 3, 12, 3], [2, 13, 3, 14, 3, 0]]
+    assert batch["segment_ids"].tolist() == [[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]]
+    assert batch["attention_mask"].tolist() == [[True] * 6, [True] * 5 + [False]]
+    assert batch["nsp_labels"].tolist() == [IS_NEXT, NOT_NEXT]
+    labelled = batch["mlm_labels"] != IGNORE
+    assert labelled.sum(dim=1).tolist() == [1, 1]
+    assert not labelled[:, 0].any() and not labelled[0, 3].any() and not labelled[1, 5].any()
+
+
+def test_rank_shards_partition_each_global_batch():
+    single = list(epoch_batches(10, 4, random.Random(3)))
+    shards = [list(epoch_batches(10, 4, random.Random(3), rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == len(single) == 3
+    for step, batch in enumerate(single):
+        assert sorted(shards[0][step] + shards[1][step]) == sorted(batch)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factor = warmup_linear_decay(total_steps=100, warmup=0.1)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.5) and factor(100) == 0.0
+
+
+def test_a_tiny_model_learns_to_fill_masks(tokenizer):
+    torch.manual_seed(0)
+    ids = SpecialIds.of(tokenizer)
+    documents = [[e.ids for e in tokenizer.encode_batch(LINES[i:i + 16], add_special_tokens=False)]
+                 for i in range(0, len(LINES), 16)]
+    config = BertConfig(vocab_size=ids.vocab_size, max_position=32, dim=32, n_layers=1, n_heads=2,
+                        ffn_dim=64, dropout=0.0)
+    model = BertForPreTraining(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    rng, generator = random.Random(0), torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(12):
+        pairs = make_pairs(documents, config.max_position, rng)
+        for indices in epoch_batches(len(pairs), 16, rng):
+            batch = collate([pairs[i] for i in indices], ids, generator)
+            losses.append(train_step(model, batch, optimizer, scheduler, torch.device("cpu"), "fp32"))
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+# ---- reuse and inference -------------------------------------------------------------------------
+
+
+def _checkpoint_dir(tmp_path: Path, tokenizer) -> Path:
+    from models.checkpoint import save_checkpoint
+
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), max_position=16, dim=32, n_layers=1,
+                        n_heads=2, ffn_dim=64)
+    torch.manual_seed(0)
+    model = BertForPreTraining(config)
+    return save_checkpoint(tmp_path, {"id": "bert", "family": "bert", "name": "bert",
+                                      "architecture": "BertForPreTraining", "model": config.to_dict(),
+                                      "tokenizer": {"type": "wordpiece", "file": "tokenizer.json"}},
+                           model.state_dict(), {}, {"tokenizer.json": tokenizer.to_str()})
+
+
+def test_classifier_starts_from_the_pretrained_encoder(tmp_path, tokenizer):
+    checkpoint = load_checkpoint(_checkpoint_dir(tmp_path, tokenizer))
+    classifier = BertForSequenceClassification.from_pretrained(checkpoint, num_labels=3).eval()
+    for name, value in classifier.bert.state_dict().items():
+        assert torch.equal(value, checkpoint.state_dict["bert." + name])
+    logits, loss = classifier(torch.tensor([[2, 10, 11, 3, 0]]), labels=torch.tensor([1]))
+    assert logits.shape == (1, 3) and loss.item() > 0
+
+
+@pytest.fixture
+def fill(tmp_path, tokenizer) -> FillMask:
+    return load(load_checkpoint(_checkpoint_dir(tmp_path, tokenizer)), torch.device("cpu"))
+
+
+def test_fill_mask_answers_each_mask_in_the_pipeline_shape(fill):
+    predictions = fill.fill_mask("love and [MASK] and [MASK]", top_k=4)
+    assert len(predictions) == 2 and all(len(p) == 4 for p in predictions)
+    for items in predictions:
+        scores = [item["score"] for item in items]
+        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+        for item in items:
+            assert set(item) == {"score", "token", "token_str", "sequence"}
+            assert fill.tokenizer.id_to_token(item["token"]) == item["token_str"]
+            assert item["sequence"].startswith("love and ")
+            assert item["sequence"].count("[MASK]") == 1  # the other mask stays visible
+        assert len({item["sequence"] for item in items}) == 4
+
+
+def test_fill_mask_scores_are_the_softmax_over_the_vocabulary(fill):
+    [items] = fill.fill_mask("love and [MASK]", top_k=3)
+    ids = fill.tokenizer.encode("love and [MASK]").ids
+    with torch.no_grad():
+        logits, _, _ = fill.model(torch.tensor([ids]))
+    probs = logits[0, ids.index(fill.mask_id)].softmax(-1)
+    assert [i["token"] for i in items] == probs.topk(3).indices.tolist()
+    assert [i["score"] for i in items] == pytest.approx(probs.topk(3).values.tolist(), abs=1e-6)
+
+
+def test_targets_restrict_and_rank_the_candidates(fill):
+    [items] = fill.fill_mask("love and [MASK]", top_k=5, targets=["King", "queen", "king"])
+    assert sorted(i["token_str"] for i in items) == ["king", "queen"]  # lower-cased, deduplicated
+    assert items[0]["score"] >= items[1]["score"]
+    with pytest.raises(BertInputError, match="single vocabulary token"):
+        fill.fill_mask("love and [MASK]", targets=["king", "zyxwvut"])
+
+
+def test_fill_mask_refuses_text_without_a_mask_or_too_long(fill):
+    with pytest.raises(BertInputError, match=r"\[MASK\]"):
+        fill.fill_mask("love and death")
+    with pytest.raises(BertInputError, match="at most 16 tokens"):
+        fill.fill_mask("love " * 20 + "[MASK]")
+    with pytest.raises(BertInputError, match="at most 16 tokens"):
+        fill.next_sentence("love " * 10, "death " * 10)
+
+
+def test_next_sentence_is_a_probability(fill):
+    p = fill.next_sentence("love and death", "the king")
+    assert 0.0 <= p <= 1.0
+
+
+# ---- the trainer end to end ----------------------------------------------------------------------
+
+
+def test_training_and_evaluation_on_a_users_corpus(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
+    out = tmp_path / "ckpt"
+    run_training("bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(out), "--max-steps", "5",
+                 "--vocab-size", "200", "--device", "cpu")
+    checkpoint = load_checkpoint(out / "bert")
+    assert checkpoint.config["data"]["name"] == "user corpus" and checkpoint.config["training"]["steps"] == 5
+    for key in ("mlm_top1", "mlm_top5", "nsp_accuracy"):
+        assert 0.0 <= checkpoint.metrics[key] <= 1.0
+    assert checkpoint.metrics["mlm_top1"] <= checkpoint.metrics["mlm_top5"]
+    run_training("evaluate", "bert", "--out", str(out), "--device", "cpu")
+    assert load_checkpoint(out / "bert").metrics["pairs"] == checkpoint.metrics["pairs"]

@@ -1,0 +1,54 @@
+"""The leaderboard's README block: replaced between its markers, added when they are missing."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from training.leaderboard import MARKERS, table, write_readme
+
+
+def rows() -> tuple[list[dict], list[dict]]:
+    test = {"examples": 1725}
+    classifiers = [
+        {"model": "TF-IDF + logistic regression (baseline)", "test_accuracy": 0.67, "test_macro_f1": 0.66,
+         "parameters": 1000, "train_seconds": 3.0, "test": test},
+        {"model": "LSTM", "test_accuracy": 0.61, "test_macro_f1": 0.59, "parameters": 2000, "train_seconds": 20.0,
+         "test": test},
+    ]
+    lms = [
+        {"model": "GRU LM", "val_bpc": 2.9, "val_bpc_windows": 3.0, "window": 512, "parameters": 10, "steps": 5,
+         "tokens_per_second": 100.0, "curve": [(1.0, 4.0), (2.0, 2.9)]},
+        {"model": "GPT", "val_bpc": 2.7, "val_bpc_windows": 2.7, "window": 512, "parameters": 20, "steps": 4,
+         "tokens_per_second": 90.0, "curve": [(1.0, 3.5), (2.0, 2.7)]},
+    ]
+    return classifiers, lms
+
+
+def test_table_lists_every_row_and_sorts_language_models_by_bits_per_character(tmp_path: Path) -> None:
+    classifiers, lms = rows()
+    args = argparse.Namespace(profile="quick", lm_seconds=60.0, readme=tmp_path / "README.md")
+    text = table(classifiers, lms, args, tmp_path / "docs" / "plot.png")
+    assert "`python -m training leaderboard`" in text
+    assert "| LSTM | 0.610 | 0.590 | 2,000 | 20.0 |" in text
+    assert text.index("| GPT |") < text.index("| GRU LM |")
+    assert "(docs/plot.png)" in text
+
+
+def test_readme_block_is_replaced_between_markers_and_the_rest_kept(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    start, end = MARKERS
+    readme.write_text(f"# Title\n\nintro\n\n{start}\nold table\n{end}\n\n## After\n", encoding="utf-8")
+    write_readme(readme, "new table")
+    content = readme.read_text(encoding="utf-8")
+    assert "old table" not in content and f"{start}\nnew table\n{end}" in content
+    assert content.startswith("# Title\n\nintro\n\n") and content.endswith("\n\n## After\n")
+
+
+def test_readme_without_markers_gets_a_leaderboard_section(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n", encoding="utf-8")
+    write_readme(readme, "table")
+    write_readme(readme, "table again")  # the second run replaces, it does not append again
+    content = readme.read_text(encoding="utf-8")
+    assert content.count("## Leaderboard") == 1 and "table again" in content and "table\n" not in content

@@ -1,0 +1,321 @@
+"""Unit tests of the seq2seq model: tokens, shapes, masking, the attention equations, decoding, training."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.seq2seq import (
+    ATTENTIONS,
+    BOS_ID,
+    CELLS,
+    EOS_ID,
+    PAD_ID,
+    SPECIALS,
+    UNK_ID,
+    Attention,
+    Seq2Seq,
+    Seq2SeqConfig,
+    Translator,
+    attention_png,
+    build_vocab,
+    detokenize,
+    encode,
+    load,
+    model_config_dict,
+    pad_batch,
+    tokenize,
+)
+from training.seq2seq import bucket_of, fit, grid_markdown, split_pairs
+
+torch.set_num_threads(1)
+
+PAIRS = [
+    ("我爱你。", "I love you."),
+    ("他是学生。", "He is a student."),
+    ("我们明天见。", "See you tomorrow."),
+    ("今天很冷。", "It's cold today."),
+    ("你好吗？", "How are you?"),
+    ("她喜欢喝茶。", "She likes drinking tea."),
+    ("这本书很好。", "This book is good."),
+    ("我不知道。", "I don't know."),
+]
+
+
+def small_model(cell: str = "gru", attention: str = "additive", bidirectional: bool = True,
+                vocab: tuple[int, int] = (30, 40)) -> Seq2Seq:
+    torch.manual_seed(0)
+    return Seq2Seq(Seq2SeqConfig(vocab[0], vocab[1], embedding_dim=8, hidden_dim=16, cell=cell,
+                                 attention=attention, bidirectional=bidirectional, dropout=0.0)).eval()
+
+
+def random_batch(lengths: list[int], vocab: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(len(SPECIALS), vocab, (n,), generator=generator).tolist() for n in lengths]
+    return pad_batch(rows)
+
+
+def tiny_translator(attention: str = "additive") -> Translator:
+    source_vocab = build_vocab(tokenize(zh, "zh") for zh, _ in PAIRS)
+    target_vocab = build_vocab(tokenize(en, "en") for _, en in PAIRS)
+    model = small_model(attention=attention, vocab=(len(source_vocab), len(target_vocab)))
+    return Translator(model, source_vocab, target_vocab, "zh-en", torch.device("cpu"))
+
+
+# ---- tokens -------------------------------------------------------------------------------------------
+
+
+def test_chinese_is_split_into_characters_and_spaces_are_dropped():
+    assert tokenize("我 爱你。", "zh") == ["我", "爱", "你", "。"]
+    assert detokenize(["我", "爱", "你", "。"], "zh") == "我爱你。"
+
+
+def test_english_is_lower_cased_with_punctuation_split_and_contractions_kept():
+    assert tokenize("It\u2019s 5.4 yuan, isn't it?", "en") == ["it's", "5.4", "yuan", ",", "isn't", "it", "?"]
+    assert detokenize(["it's", "5.4", "yuan", ",", "isn't", "it", "?"], "en") == "It's 5.4 yuan, isn't it?"
+
+
+def test_vocabulary_puts_specials_first_and_maps_unseen_tokens_to_unk():
+    vocab = build_vocab([["a", "b", "a"], ["c"]])
+    assert vocab.itos[: len(SPECIALS)] == list(SPECIALS)
+    assert vocab.itos[len(SPECIALS)] == "a"  # most frequent first
+    assert encode(["a", "zzz"], vocab) == [vocab.stoi["a"], UNK_ID]
+
+
+# ---- shapes and masking ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cell", "attention"), list(itertools.product(CELLS, ATTENTIONS)))
+def test_every_cell_and_attention_gives_logits_of_the_target_shape(cell, attention):
+    model = small_model(cell, attention, bidirectional=cell != "rnn")
+    source = random_batch([5, 3, 7], 30)
+    target = random_batch([4, 6, 2], 40, seed=1)
+    logits, loss = model(source, target)
+    assert logits.shape == (3, target.size(1) - 1, 40)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("attention", ["additive", "dot", "general"])
+def test_padding_gets_no_attention_and_does_not_change_the_translation(attention):
+    model = small_model(attention=attention)
+    alone = random_batch([4], 30)
+    padded = pad_batch([alone[0].tolist(), list(range(5, 14))])  # a longer neighbour pads it to 9
+    ids_alone, maps_alone = model.greedy(alone, max_length=6)
+    ids_padded, maps_padded = model.greedy(padded, max_length=6)
+    assert ids_alone[0] == ids_padded[0]
+    assert maps_padded[0].shape == maps_alone[0].shape == (len(ids_alone[0]), 4)
+    torch.testing.assert_close(maps_alone[0], maps_padded[0], atol=1e-5, rtol=1e-4)
+    memory, keys, mask, state, _ = model.start(padded)
+    _, alpha = model.decoder.attention(state, keys, memory, mask)
+    assert torch.all(alpha[0, 4:] == 0)
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(2))
+
+
+# ---- the attention equations -----------------------------------------------------------------------------
+
+
+def test_additive_score_is_v_tanh_of_w_query_plus_u_annotation():
+    torch.manual_seed(0)
+    attention = Attention("additive", 6)
+    query, memory = torch.randn(1, 6), torch.randn(1, 3, 6)
+    _, alpha = attention(query, attention.keys(memory), memory, torch.ones(1, 3, dtype=torch.bool))
+    scores = torch.stack([attention.v(torch.tanh(attention.W(query[0]) + attention.U(memory[0, j])))[0]
+                          for j in range(3)])
+    torch.testing.assert_close(alpha[0], torch.softmax(scores, 0))
+
+
+def test_dot_and_general_scores_are_bilinear_in_query_and_annotation():
+    torch.manual_seed(0)
+    query, memory = torch.randn(1, 6), torch.randn(1, 3, 6)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    dot = Attention("dot", 6)
+    context, alpha = dot(query, dot.keys(memory), memory, mask)
+    torch.testing.assert_close(alpha[0], torch.softmax(memory[0] @ query[0], 0))
+    torch.testing.assert_close(context[0], alpha[0] @ memory[0])
+    general = Attention("general", 6)
+    _, alpha = general(query, general.keys(memory), memory, mask)
+    W = general.W.weight
+    torch.testing.assert_close(alpha[0], torch.softmax(torch.stack([query[0] @ W @ h for h in memory[0]]), 0))
+
+
+def test_without_attention_the_decoder_reads_the_same_fixed_vector_whatever_the_source_length():
+    model = small_model(attention="none")
+    assert model.decoder.attention is None
+    ids, maps = model.greedy(random_batch([3, 8], 30), max_length=5)
+    assert maps == [None, None]
+
+
+# ---- decoding -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", ["additive", "general", "none"])
+def test_beam_of_one_is_greedy_decoding(attention):
+    model = small_model(attention=attention)
+    source = random_batch([6], 30, seed=3)
+    greedy_ids, greedy_maps = model.greedy(source, max_length=7)
+    beam_ids, beam_map = model.beam_search(source, beam_size=1, max_length=7, length_penalty=0.0)
+    assert beam_ids == greedy_ids[0]
+    if attention != "none":
+        torch.testing.assert_close(beam_map, greedy_maps[0])
+
+
+def test_beam_search_finds_a_hypothesis_at_least_as_likely_as_greedy():
+    model = small_model()
+    with torch.no_grad():
+        model.decoder.out.bias[EOS_ID] += 2.0  # so that an untrained model ends its sentences
+    source = random_batch([5], 30, seed=4)
+
+    def log_prob(ids: list[int]) -> float:
+        target = torch.tensor([[BOS_ID, *ids, EOS_ID]])
+        logits, _ = model(source, target)
+        return torch.log_softmax(logits[0], -1).gather(1, target[0, 1:, None]).sum().item()
+
+    greedy_ids, _ = model.greedy(source, max_length=30)
+    beam_ids, _ = model.beam_search(source, beam_size=5, max_length=30, length_penalty=0.0)
+    assert len(greedy_ids[0]) < 30 and len(beam_ids) < 30  # both ended with <eos>
+    assert log_prob(beam_ids) >= log_prob(greedy_ids[0]) - 1e-4
+
+
+def test_max_length_bounds_the_output():
+    model = small_model()
+    source = random_batch([5, 2], 30)
+    ids, _ = model.greedy(source, max_length=3)
+    assert all(len(row) <= 3 for row in ids)
+    beam_ids, _ = model.beam_search(source[:1], beam_size=3, max_length=3, length_penalty=1.0)
+    assert len(beam_ids) <= 3
+
+
+# ---- the translator and its picture ------------------------------------------------------------------------
+
+
+def test_translation_has_one_attention_row_per_target_token_summing_to_one_and_lists_unknowns():
+    translator = tiny_translator()
+    for beam_size in (1, 3):
+        result = translator.translate(["我爱猫。"], beam_size=beam_size)[0]
+        assert result.source_tokens == ["我", "爱", "猫", "。"]
+        assert result.unknown_tokens == ["猫"]
+        assert len(result.attention) == len(result.target_tokens)
+        for row in result.attention:
+            assert len(row) == 4
+            assert sum(row) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_attention_free_model_returns_no_attention():
+    result = tiny_translator("none").translate(["我爱你。"])[0]
+    assert result.attention is None
+
+
+def test_blank_text_is_refused():
+    with pytest.raises(ValueError):
+        tiny_translator().translate(["  "])
+
+
+def test_heatmap_is_a_png_with_chinese_glyphs_available():
+    from matplotlib import image
+
+    from models.seq2seq import Translation, _cjk_font_family
+
+    assert _cjk_font_family() is not None
+    result = Translation("I love you.", ["我", "爱", "你", "。"], ["i", "love", "you", "."],
+                         [[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0, 0, 0, 1.0]], [])
+    png = attention_png(result, title="test")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.imread(io.BytesIO(png)).ndim == 3
+
+
+def test_checkpoint_round_trip_restores_the_same_translations(tmp_path):
+    translator = tiny_translator()
+    config = {"id": "seq2seq-test", "family": "seq2seq", "architecture": "test",
+              "model": model_config_dict(translator.model.config, "zh-en"),
+              "tokenizer": {"type": "WordVocab", "file": "source_vocab.json",
+                            "files": {"source": "source_vocab.json", "target": "target_vocab.json"}}}
+    path = save_checkpoint(tmp_path, config, translator.model.state_dict(), {},
+                           {"source_vocab.json": translator.source_vocab.to_json(),
+                            "target_vocab.json": translator.target_vocab.to_json()})
+    restored = load(load_checkpoint(path), torch.device("cpu"))
+    assert restored.direction == "zh-en"
+    assert restored.translate(["我爱你。"]) == translator.translate(["我爱你。"])
+
+
+# ---- data and training -------------------------------------------------------------------------------------
+
+
+def test_split_is_deterministic_and_shared_by_both_directions():
+    pairs = [(f"中{i}", f"w{i}") for i in range(50)]
+    a = split_pairs(pairs, "zh-en", 7, 0.1, {})
+    b = split_pairs(pairs, "zh-en", 7, 0.1, {})
+    mirror = split_pairs(pairs, "en-zh", 7, 0.1, {})
+    assert a.test == b.test and len(a.test) == len(a.validation) == 5 and len(a.train) == 40
+    assert [(t, s) for s, t in mirror.test] == a.test
+    assert split_pairs(pairs, "zh-en", 8, 0.1, {}).test != a.test
+
+
+def test_source_length_buckets():
+    assert [bucket_of(n, (7, 9, 11)) for n in (3, 7, 8, 11, 12, 18)] == ["1-7", "1-7", "8-9", "10-11", "12+", "12+"]
+
+
+def test_training_lowers_the_validation_loss_and_keeps_the_best_epoch():
+    split = split_pairs(PAIRS * 6, "zh-en", 0, 0.1, {})
+    split.validation = split.train[:8]  # same sentences: a model that learns must improve on them
+    args = argparse.Namespace(seed=0, max_train_pairs=None, min_count=1, batch_size=8, embedding_dim=16,
+                              hidden_dim=32, cell="gru", attention="additive", bidirectional=True, dropout=0.0,
+                              lr=1e-2, epochs=6, teacher_forcing=0.8, clip=1.0, patience=6, bf16=False)
+    fitted = fit(split, "zh-en", args, torch.device("cpu"))
+    losses = [h["val_loss"] for h in fitted.history]
+    assert losses[-1] < losses[0] * 0.7
+    assert fitted.best_epoch == 1 + losses.index(min(losses))
+
+
+def test_pad_id_is_zero_so_embeddings_of_padding_stay_zero():
+    model = small_model()
+    assert PAD_ID == 0
+    assert torch.all(model.encoder.embedding.weight[PAD_ID] == 0)
+
+
+def test_grid_table_lists_every_run_and_averages_each_attention_over_the_cells():
+    runs = [{"cell": cell, "attention": attention, "bleu": 2.0 if attention == "none" else 4.0 + i, "chrf": 20.0,
+             "validation_loss": 3.0, "epochs": 5,
+             "bleu_by_source_length": {"1-7": {"sentences": 10, "bleu": 1.0 + i}, "8+": {"sentences": 5, "bleu": 3.0}}}
+            for i, (cell, attention) in enumerate(itertools.product(CELLS, ATTENTIONS))]
+    table = grid_markdown({"runs": runs})
+    lines = table.splitlines()
+    assert lines[0].startswith("| cell | attention | BLEU | chrF") and "BLEU 1-7 (10)" in lines[0]
+    assert len([line for line in lines if line.startswith("| gru |")]) == len(ATTENTIONS)
+    none_row = next(line for line in lines if line.startswith("| none |"))
+    assert none_row.split(" | ")[1] == "2.0"
+
+
+def test_cli_trains_on_a_user_tsv_then_evaluates_and_draws_the_heatmap(tmp_path):
+    import json
+
+    from training.cli import main
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{zh}\t{en}\n" for zh, en in PAIRS * 5), encoding="utf-8")
+    out = tmp_path / "checkpoints"
+    assert main(["seq2seq", "--profile", "tiny", "--pairs", str(pairs), "--direction", "en-zh", "--name", "mine",
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "seq2seq-mine" / "config.json").read_text(encoding="utf-8"))
+    assert config["model"]["direction"] == "en-zh" and config["data"]["name"] == "user corpus"
+    assert config["data"]["split"]["test"] == 4 and config["split_seed"] == 0
+    assert main(["evaluate", "seq2seq", "--name", "mine", "--out", str(out)]) == 0
+    metrics = json.loads((out / "seq2seq-mine" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["test"]["sentences"] == 4 and 0.0 <= metrics["test"]["chrf"] <= 100.0
+    png = tmp_path / "attention.png"
+    assert main(["evaluate", "seq2seq", "--name", "mine", "--out", str(out), "--heatmap", str(png),
+                 "--text", "I love you."]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_reports_a_malformed_pairs_file(tmp_path, capsys):
+    from training.cli import main
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("我爱你。\tI love you.\nno tab here\n", encoding="utf-8")
+    assert main(["seq2seq", "--profile", "tiny", "--pairs", str(pairs), "--out", str(tmp_path)]) == 2
+    assert "pairs.tsv:2" in capsys.readouterr().err

@@ -1,0 +1,107 @@
+"""The translation routes on the live server (tiny seq2seq checkpoints in both directions)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+
+def assert_alignment(result: dict) -> None:
+    attention = result["attention"]
+    assert len(attention) == len(result["target_tokens"])
+    for row in attention:
+        assert len(row) == len(result["source_tokens"])
+        assert sum(row) == pytest.approx(1.0, abs=1e-3)
+        assert min(row) >= 0.0
+
+
+def test_translates_chinese_to_english_with_one_attention_row_per_output_token(client):
+    response = client.post("/v1/translate", json={"text": "我们明天见。", "direction": "zh-en"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "seq2seq-zh-en" and body["direction"] == "zh-en"
+    [result] = body["results"]
+    assert result["source_tokens"] == ["我", "们", "明", "天", "见", "。"]
+    assert isinstance(result["translation"], str)
+    assert_alignment(result)
+
+
+def test_translates_english_to_chinese_in_a_batch_with_beam_search(client):
+    texts = ["I like tea.", "See you tomorrow."]
+    response = client.post("/v1/translate", json={"texts": texts, "direction": "en-zh", "beam_size": 3})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 2
+    assert results[0]["source_tokens"] == ["i", "like", "tea", "."]
+    for result in results:
+        assert_alignment(result)
+
+
+def test_direction_defaults_to_chinese_to_english(client):
+    response = client.post("/v1/translate", json={"text": "你好。"})
+    assert response.status_code == 200
+    assert response.json()["model"] == "seq2seq-zh-en"
+
+
+def test_model_picks_a_checkpoint_by_name_or_id(client):
+    for model in ("en-zh", "seq2seq-en-zh"):
+        response = client.post("/v1/translate", json={"text": "Thank you.", "direction": "en-zh", "model": model})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == "seq2seq-en-zh"
+
+
+def test_unseen_characters_are_read_as_unknown_and_listed(client):
+    response = client.post("/v1/translate", json={"text": "我爱龘。"})
+    assert response.status_code == 200
+    result = response.json()["results"][0]
+    assert result["unknown_tokens"] == ["龘"]
+    assert "龘" in result["source_tokens"]
+
+
+def test_max_length_caps_the_output(client):
+    response = client.post("/v1/translate", json={"text": "我们明天见。", "max_length": 2})
+    assert response.status_code == 200
+    assert len(response.json()["results"][0]["target_tokens"]) <= 2
+
+
+def test_attention_png_is_a_decodable_image(client):
+    from matplotlib import image
+
+    response = client.post("/v1/translate/attention.png", json={"text": "他是学生。", "direction": "zh-en"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    pixels = image.imread(io.BytesIO(response.content))
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+
+
+@pytest.mark.parametrize(("route", "body", "message"), [
+    ("/v1/translate", {"text": ""}, "at least 1 character"),
+    ("/v1/translate", {"text": "   "}, "empty"),
+    ("/v1/translate", {"text": "好" * 201}, "at most 200 characters"),
+    ("/v1/translate", {"text": "你好", "direction": "zh-fr"}, "zh-en"),
+    ("/v1/translate", {"text": "你好", "texts": ["你好"]}, "exactly one of"),
+    ("/v1/translate", {}, "exactly one of"),
+    ("/v1/translate", {"texts": []}, "at least 1 item"),
+    ("/v1/translate", {"text": "你好", "beam_size": 0}, "greater than or equal to 1"),
+    ("/v1/translate", {"text": "你好", "direction": "zh-en", "model": "en-zh"}, "translates en-zh"),
+    ("/v1/translate/attention.png", {"texts": ["你好"]}, "not `texts`"),
+    ("/v1/translate/attention.png", {"text": ""}, "at least 1 character"),
+])
+def test_malformed_requests_are_422_with_a_clear_message(client, route, body, message):
+    response = client.post(route, json=body)
+    assert response.status_code == 422, response.text
+    assert message in str(response.json()["detail"])
+
+
+def test_an_unknown_model_name_is_404_listing_the_known_ones(client):
+    response = client.post("/v1/translate", json={"text": "你好", "model": "zh-en-never-trained"})
+    assert response.status_code == 404
+    assert "zh-en" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("direction", "route"), [("zh-en", "/v1/translate"), ("en-zh", "/v1/translate/attention.png")])
+def test_a_model_that_is_not_trained_is_503_naming_the_training_command(empty_client, direction, route):
+    response = empty_client.post(route, json={"text": "你好", "direction": direction})
+    assert response.status_code == 503
+    assert f"python -m training seq2seq --direction {direction}" in response.json()["detail"]

@@ -1,0 +1,296 @@
+"""Leaderboard: train the lineage on one task each and write the README table and a loss plot.
+
+    python -m training leaderboard                        quick profile, 60 s per language model
+    python -m training leaderboard --lm-seconds 120 --profile full
+
+Genre classification (comedy / history / tragedy) of the test plays' passages by the MLP, CNN, RNN,
+LSTM, GRU and BERT classifiers, beside a TF-IDF + logistic-regression baseline fitted on the very same
+passages and split, so every network is measured against what a linear model gets. Language
+modelling: the RNN, LSTM and GRU language models and the GPT, all on characters of the same plays,
+each trained for the same wall-clock budget (``--lm-seconds``), compared in validation bits per
+character, with their validation loss plotted against training time.
+
+Everything it trains goes to ``<out>/.leaderboard/`` (hidden from the service, so served checkpoints
+are never replaced), except that an existing ``<out>/bert`` is fine-tuned rather than pretrained
+again. The table replaces whatever is between ``MARKERS`` in the README (a section is added if they
+are missing); the plot and a JSON of every figure go to ``docs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoint import load_checkpoint
+from training.classifier import ALL_ARCHITECTURES, classification_metrics, genre_passages
+from training.data import GENRE_LABELS
+
+log = logging.getLogger("training.leaderboard")
+
+MARKERS = ("<!-- leaderboard:start -->", "<!-- leaderboard:end -->")
+LM_CELLS = ("rnn", "lstm", "gru")
+GPT_NAME = "leaderboard-char"
+BASELINE_C = (0.3, 1.0, 3.0, 10.0)  # inverse regularisation strengths tried; validation macro-F1 picks one
+NAMES = {"mlp": "MLP (bag of embeddings)", "cnn": "TextCNN", "rnn": "RNN", "lstm": "LSTM", "gru": "GRU",
+         "bert": "BERT (fine-tuned)"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("leaderboard")
+    g.add_argument("--lm-seconds", type=float, default=60.0,
+                   help="wall-clock training budget of each language model")
+    g.add_argument("--eval-interval", type=int, default=25,
+                   help="language models: steps between the validation checks that make the plot")
+    g.add_argument("--readme", type=Path, default=Path("README.md"), help="the README whose table is replaced")
+    g.add_argument("--docs", type=Path, default=Path("docs"), help="where the plot and the JSON go")
+    g.add_argument("--skip", nargs="+", default=[], metavar="ROW",
+                   choices=[*ALL_ARCHITECTURES, "gpt", *(f"lm-{c}" for c in LM_CELLS)],
+                   help="leave these rows out (e.g. bert gpt when their code is not installed)")
+
+
+# ---- running the trainers --------------------------------------------------------------------------
+
+
+def _run(argv: list[str]) -> Path:
+    """Train one checkpoint through the CLI's own parser, so flags and profiles are exactly the command's."""
+    from training.cli import build_parser, family_module
+
+    args = build_parser().parse_args(argv)
+    log.info("python -m training %s", " ".join(argv))
+    (path,) = family_module(args.command).train(args)
+    return path
+
+
+def _common(args: argparse.Namespace, runs: Path) -> list[str]:
+    return ["--profile", args.profile, "--seed", str(args.seed), "--out", str(runs), "--device", args.device]
+
+
+# ---- classification --------------------------------------------------------------------------------
+
+
+def tfidf_baseline(seed: int) -> dict[str, Any]:
+    """TF-IDF (words and word pairs, sublinear counts) + logistic regression with balanced class weights."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train, validation, test = (genre_passages(part) for part in ("train", "validation", "test"))
+    index = {label: i for i, label in enumerate(GENRE_LABELS)}
+    started = time.perf_counter()
+    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
+    x_train = vectorizer.fit_transform([text for _, text in train])
+    y_train = [index[label] for label, _ in train]
+    x_val = vectorizer.transform([text for _, text in validation])
+    best: tuple[float, Any, float] | None = None
+    for c in BASELINE_C:
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed).fit(x_train, y_train)
+        score = classification_metrics([index[label] for label, _ in validation], model.predict(x_val).tolist(),
+                                        GENRE_LABELS)["macro_f1"]
+        if best is None or score > best[0]:
+            best = (score, model, c)
+    assert best is not None
+    _, model, c = best
+    seconds = time.perf_counter() - started
+    predicted = model.predict(vectorizer.transform([text for _, text in test])).tolist()
+    test_metrics = classification_metrics([index[label] for label, _ in test], predicted, GENRE_LABELS)
+    return {"test_accuracy": test_metrics["accuracy"], "test_macro_f1": test_metrics["macro_f1"],
+            "parameters": int(model.coef_.size + model.intercept_.size), "train_seconds": round(seconds, 1),
+            "C": c, "features": len(vectorizer.vocabulary_), "test": test_metrics}
+
+
+def classification_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
+    rows = [{"model": "TF-IDF + logistic regression (baseline)", "id": "tfidf-lr", **tfidf_baseline(args.seed)}]
+    for arch in ALL_ARCHITECTURES:
+        if arch in args.skip:
+            continue
+        extra: list[str] = []
+        note = ""
+        if arch == "bert":
+            served = Path(args.out) / "bert"
+            if not (served / "config.json").is_file():
+                served = _run(["bert", *_common(args, runs)])
+            pretraining = load_checkpoint(served).config.get("training", {}).get("seconds")
+            extra = ["--bert", str(served)]
+            note = f"+ {pretraining:.0f} s pretraining" if pretraining else ""
+        if args.epochs is not None:
+            extra += ["--epochs", str(args.epochs)]
+        checkpoint = load_checkpoint(_run(["classifier", "--arch", arch, *extra, *_common(args, runs)]))
+        m = checkpoint.metrics
+        rows.append({"model": NAMES[arch], "id": checkpoint.id, "test_accuracy": m["test_accuracy"],
+                     "test_macro_f1": m["test_macro_f1"], "parameters": m["parameters"],
+                     "train_seconds": m["train_seconds"], "note": note, "test": m["test"]})
+    return rows
+
+
+# ---- language modelling ----------------------------------------------------------------------------
+
+
+def lm_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
+    budget = ["--max-seconds", str(args.lm_seconds), "--max-steps", "1000000000", "--eval-interval",
+              str(args.eval_interval), "--eval-batches", "4", "--tokenizer", "char"]
+    rows = []
+    for cell in LM_CELLS:
+        if f"lm-{cell}" in args.skip:
+            continue
+        checkpoint = load_checkpoint(_run(["lm", "--cell", cell, *budget, *_common(args, runs)]))
+        m = checkpoint.metrics
+        curve = [(point["seconds"], point["val_loss"] / math.log(2)) for point in m["curve"]]
+        rows.append({"model": NAMES[cell] + " LM", "id": checkpoint.id, "val_bpc": m["val_bpc"],
+                     "parameters": m["parameters"], "steps": m["steps"], "train_seconds": m["train_seconds"],
+                     "tokens_per_second": m["tokens_per_second"], "curve": curve})
+    if "gpt" not in args.skip:
+        from training import gpt
+
+        path = _run(["gpt", "--name", GPT_NAME, *budget, *_common(args, runs)])
+        checkpoint = load_checkpoint(path)
+        m = checkpoint.metrics
+        history = json.loads((gpt.state_dir(runs, GPT_NAME) / "history.json").read_text(encoding="utf-8"))
+        # The GPT trainer logs validation checks by step; its steps take equal time, so step / rate.
+        per_step = m["train_seconds"] / max(1, m["steps"])
+        curve = [(step * per_step, loss / math.log(2)) for step, loss in history["val_loss"]]
+        curve.append((m["train_seconds"], m["val_loss"] / math.log(2)))
+        window = checkpoint.config["model"]["block_size"]
+        rows.append({"model": "GPT", "id": checkpoint.id, "val_bpc": m["val_bpc"], "val_bpc_windows": m["val_bpc"],
+                     "window": window, "parameters": m["parameters"], "steps": m["steps"],
+                     "train_seconds": m["train_seconds"], "tokens_per_second": m["tokens_per_second"],
+                     "curve": curve})
+        for row in rows[:-1]:
+            row["val_bpc_windows"], row["window"] = windowed_bpc(runs / row["id"], window, args.device), window
+    return rows
+
+
+def windowed_bpc(path: Path, window: int, device_name: str) -> float:
+    """A recurrent model scored as the GPT is: consecutive windows of ``window`` tokens, each from a zero
+    state, so the two columns compare like with like (the recurrent models' own figure carries the state)."""
+    from models.rnn import RNNLanguageModel, RNNLanguageModelConfig
+    from models.tokenizers import load_text_tokenizer
+    from training import gpt
+    from training.common import pick_device
+
+    checkpoint = load_checkpoint(path)
+    device = pick_device(device_name)
+    model = RNNLanguageModel(RNNLanguageModelConfig(**checkpoint.config["model"]))
+    model.load_state_dict(checkpoint.state_dict)
+    model.to(device)
+    spec = checkpoint.config["tokenizer"]
+    tokenizer = load_text_tokenizer(spec["type"], checkpoint.file(spec["file"]))
+    source = argparse.Namespace(corpus=None, train_chars=None, val_chars=None)
+    _, val_docs, _ = gpt.read_documents(source)
+    ids = gpt.encode(tokenizer, val_docs)
+    nats, _ = gpt.validation_loss(model, ids, window, device, gpt.resolve_dtype("auto", device))
+    return round(nats / gpt.predicted_chars(tokenizer, val_docs, ids) / math.log(2), 5)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, budget: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for row in rows:
+        # The checks during training read a few windows; the star is the full validation text at the end.
+        seconds, bpc = zip(*row["curve"][:-1], strict=True) if len(row["curve"]) > 1 else ((), ())
+        line, = ax.plot(seconds, bpc, marker="o", markersize=3, label=f"{row['model']} ({row['val_bpc']:.2f})")
+        ax.plot(*row["curve"][-1], marker="*", markersize=11, color=line.get_color())
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("validation loss (bits per character)")
+    ax.set_title(f"Character language models, {budget:g} s each on {torch.get_num_threads()} CPU threads")
+    ax.grid(alpha=0.3)
+    ax.legend(title="model (★ final val bits/char)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---- the README table ------------------------------------------------------------------------------
+
+
+def _seconds(row: dict[str, Any]) -> str:
+    text = f"{row['train_seconds']:.1f}"
+    return f"{text} {row['note']}" if row.get("note") else text
+
+
+def table(classifiers: list[dict[str, Any]], lms: list[dict[str, Any]], args: argparse.Namespace,
+          plot_path: Path) -> str:
+    command = "python -m training leaderboard" + (f" --profile {args.profile}" if args.profile != "quick" else "")
+    command += f" --lm-seconds {args.lm_seconds:g}" if args.lm_seconds != 60 else ""
+    lines = [
+        f"Measured with `{command}` ({datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}).",
+        "",
+        f"**Genre of a passage** (comedy / history / tragedy; {classifiers[0]['test']['examples']} passages of "
+        "the 7 held-out test plays):",
+        "",
+        "| Model | Test accuracy | Test macro-F1 | Parameters | Training (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in classifiers:
+        lines.append(f"| {row['model']} | {row['test_accuracy']:.3f} | {row['test_macro_f1']:.3f} | "
+                     f"{row['parameters']:,} | {_seconds(row)} |")
+    if lms:
+        lines += [
+            "",
+            f"**Character language models**, each trained for {args.lm_seconds:g} s of wall-clock time on the "
+            "training plays (validation plays scored):",
+            "",
+            "| Model | Val bits/char | Val bits/char, {w}-char windows | Parameters | Steps | Tokens/s |"
+            .format(w=lms[-1].get("window", "?")),
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        image = Path(os.path.relpath(plot_path, args.readme.parent)).as_posix()
+        for row in sorted(lms, key=lambda r: r["val_bpc"]):
+            windows = f"{row['val_bpc_windows']:.3f}" if "val_bpc_windows" in row else "–"
+            lines.append(f"| {row['model']} | {row['val_bpc']:.3f} | {windows} | {row['parameters']:,} | "
+                         f"{row['steps']:,} | {row['tokens_per_second']:,.0f} |")
+        lines += [
+            "",
+            "Val bits/char: each model's own reading of the validation text — the recurrent models carry their "
+            "state from the start of it, the GPT reads consecutive windows of its context. The windows column "
+            "scores every model the GPT's way.",
+            "",
+            f"![Validation loss against training time]({image})",
+        ]
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, text: str) -> None:
+    start, end = MARKERS
+    block = f"{start}\n{text}\n{end}"
+    content = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if start in content and end in content:
+        head, rest = content.split(start, 1)
+        content = head + block + rest.split(end, 1)[1]
+    else:
+        content = content.rstrip("\n") + ("\n\n" if content else "") + "## Leaderboard\n\n" + block + "\n"
+    readme.write_text(content, encoding="utf-8")
+
+
+def train(args: argparse.Namespace) -> list[Path]:
+    if args.corpus is not None:
+        raise ValueError("the leaderboard compares models on the Shakespeare plays; --corpus is not supported")
+    runs = Path(args.out) / ".leaderboard"
+    classifiers = classification_rows(args, runs)
+    lms = lm_rows(args, runs)
+    plot_path = args.docs / "leaderboard_lm.png"
+    written = [args.readme]
+    if lms:
+        plot(lms, plot_path, args.lm_seconds)
+        written.append(plot_path)
+    write_readme(args.readme, table(classifiers, lms, args, plot_path))
+    results = args.docs / "leaderboard.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"classification": classifiers, "language_models": lms,
+                                   "lm_seconds": args.lm_seconds, "profile": args.profile,
+                                   "threads": torch.get_num_threads()}, indent=2) + "\n", encoding="utf-8")
+    return [*written, results]
