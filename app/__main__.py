@@ -1,10 +1,16 @@
 """``python -m app``: serve on HOST:PORT (default 127.0.0.1:8000)."""
 
-import uvicorn
+import os
 
-from app.main import create_app
-from app.observability import configure_logging
-from app.settings import get_settings
+# Idle OpenMP threads sleep instead of spinning between requests: spinning threads of one request
+# starve the event loop and the next request on a few cores (read when torch loads, so set first).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import uvicorn  # noqa: E402
+
+from app.main import create_app  # noqa: E402
+from app.observability import configure_logging  # noqa: E402
+from app.settings import get_settings  # noqa: E402
 
 settings = get_settings()
 configure_logging(json_logs=settings.log_format == "json")

@@ -35,10 +35,11 @@ class InferencePool:
         self.capacity = max_concurrent + max_queued
         self.timeout = timeout
         self.admitted = 0  # running + waiting; only touched from the event loop
+        self.riding = 0  # requests running in a batch besides the one slot the batch holds (app.batching)
 
     @property
     def queued(self) -> int:
-        return max(0, self.admitted - int(self.limiter.borrowed_tokens))
+        return max(0, self.admitted - int(self.limiter.borrowed_tokens) - self.riding)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -65,5 +66,7 @@ class InferencePool:
             return await self.call(fn, *args)
 
 
-def get_pool(request: Request) -> InferencePool:
+# Dependencies are async although they never wait: FastAPI runs a plain ``def`` dependency in a worker
+# thread, a hop per dependency per request that costs more than the lookup itself.
+async def get_pool(request: Request) -> InferencePool:
     return request.app.state.pool

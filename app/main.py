@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.batching import Batching
 from app.inference import InferencePool
 from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.observability import Metrics, ObservabilityMiddleware
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics = Metrics()
     metrics.queue_depth.set_function(lambda: pool.queued)
     metrics.in_flight.set_function(lambda: pool.admitted)
+    app.state.batching = Batching(pool, settings.max_batch_size, settings.batch_wait_ms,
+                                  metrics.batch_size)
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -38,6 +38,8 @@ class Metrics:
         self.in_flight = Gauge("lineage_inferences_admitted", "Inferences running or waiting",
                                registry=self.registry)
         self.loaded_models = Gauge("lineage_loaded_models", "Models loaded and served", registry=self.registry)
+        self.batch_size = Histogram("lineage_batch_size", "Requests answered together by one batched forward pass",
+                                    ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
 
 
 def note_model(model_id: str) -> None:

@@ -142,5 +142,5 @@ class Registry:
         return sorted(m.name for m in self._models.values() if m.family == family)
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:  # async: see app.inference.get_pool
     return request.app.state.registry

@@ -10,7 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 bearer = HTTPBearer(auto_error=False, description="Needed only when the service runs with API_KEY set.")
 
 
-def require_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+async def require_api_key(request: Request,
+                          credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    """401 unless the bearer token is API_KEY (async: see app.inference.get_pool)."""
     expected = request.app.state.settings.api_key
     if not expected:
         return

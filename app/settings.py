@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     request_timeout: float = Field(60.0, gt=0, description="Seconds before an inference request gets 504.")
     max_concurrent_inferences: int = Field(4, ge=1, description="Inferences running at once.")
     max_queued_inferences: int = Field(16, ge=0, description="Inferences waiting for a slot before 429.")
+    max_batch_size: int = Field(32, ge=1, description="Most fill-mask or classify requests answered together by "
+                                "one batched forward pass (1 turns dynamic batching off).")
+    batch_wait_ms: float = Field(5.0, ge=0, description="Longest a fill-mask or classify request waits for others "
+                                 "to share its forward pass (milliseconds).")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body accepted (413 above).")
 

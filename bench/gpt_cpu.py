@@ -40,9 +40,7 @@ def train(name: str, flags: tuple[str, ...], corpus: Path, out: Path) -> dict:
     command = [sys.executable, "-m", "training", "gpt", "--name", name, "--corpus", str(corpus), "--val-fraction",
                "0.1", "--tokenizer", "char", "--eval-interval", "0", "--out", str(out), "--seed", "0", *flags]
     print("$ " + " ".join(command[1:]), flush=True)
-    # Passive OpenMP waiting: on a machine others share, spinning threads otherwise slow both runs
-    # several-fold. Both runs get the same environment.
-    env = {"OMP_WAIT_POLICY": "PASSIVE", "PROGRESS": "0", **os.environ}
+    env = {"PROGRESS": "0", **os.environ}  # python -m training sets OMP_WAIT_POLICY=PASSIVE unless given
     subprocess.run(command, check=True, env=env)
     return json.loads((out / f"gpt-{name}" / "metrics.json").read_text())
 

@@ -14,12 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# As `python -m training` does: idle OpenMP threads sleep rather than spin (set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from models.checkpoint import load_checkpoint
-from models.gpt import GPT, load
-from models.sampling import SamplingParams
-from training.data import plays_in
+import torch  # noqa: E402
+
+from models.checkpoint import load_checkpoint  # noqa: E402
+from models.gpt import GPT, load  # noqa: E402
+from models.sampling import SamplingParams  # noqa: E402
+from training.data import plays_in  # noqa: E402
 
 
 def timed(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool,
@@ -62,7 +65,8 @@ def main() -> int:
     print(f"model: {args.checkpoint} ({config.n_layer} layers, {config.n_embd} wide, {config.n_head} heads, "
           f"context {config.block_size}, vocabulary {config.vocab_size}), {model.num_parameters() / 1e6:.2f}M "
           f"parameters")
-    print(f"machine: {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"{args.new_tokens} new tokens after a {args.prompt_tokens}-token prompt, greedy, best of {args.repeats}:")
     print(f"  recompute the context : {recompute_s:7.3f} s  {args.new_tokens / recompute_s:8.1f} tokens/s")
     print(f"  KV cache              : {cached_s:7.3f} s  {args.new_tokens / cached_s:8.1f} tokens/s")

@@ -14,6 +14,7 @@ mid-save leaves either the previous checkpoint or none, never half of one.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
@@ -95,6 +96,9 @@ def save_checkpoint(
         "versions": library_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    # Staging directories a killed writer left behind (hidden: the service never lists them).
+    for stale in root.glob(glob.escape(f".{config['id']}.") + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{config['id']}.", dir=root))
     try:
         # safetensors refuses shared or non-contiguous storage; tied weights are saved once per name.

@@ -97,7 +97,11 @@ def pad_batch(encoded: list[list[int]], pad_id: int) -> torch.Tensor:
 
 
 class TextClassifier:
-    """A trained classifier: ``probabilities(texts)`` and the API's ``classify(texts)``."""
+    """A trained classifier: ``probabilities(texts)`` and the API's ``classify(texts)``.
+
+    Both encode each text, then pad and run the encoded texts together (``classify_encoded``), so
+    texts from many requests can share one forward pass.
+    """
 
     def __init__(self, model: nn.Module, encoder: WordEncoder | SubwordEncoder, labels: list[str],
                  device: torch.device, batch_size: int = 64):
@@ -107,23 +111,34 @@ class TextClassifier:
         self.device = device
         self.batch_size = batch_size
 
+    def encode(self, text: str) -> list[int]:
+        return self.encoder.encode(text)
+
     @torch.no_grad()
-    def probabilities(self, texts: list[str]) -> torch.Tensor:
-        """Class probabilities (N, classes), in ``labels`` order."""
+    def _probabilities(self, encoded: list[list[int]]) -> torch.Tensor:
         out = [torch.empty(0, len(self.labels))]
-        for start in range(0, len(texts), self.batch_size):
-            encoded = [self.encoder.encode(t) for t in texts[start:start + self.batch_size]]
-            logits, _ = self.model(pad_batch(encoded, self.encoder.pad_id).to(self.device))
+        for start in range(0, len(encoded), self.batch_size):
+            ids = pad_batch(encoded[start:start + self.batch_size], self.encoder.pad_id)
+            logits, _ = self.model(ids.to(self.device))
             out.append(torch.softmax(logits.float(), dim=-1).cpu())
         return torch.cat(out)
 
-    def classify(self, texts: list[str]) -> list[dict[str, Any]]:
-        """One ``{label, probabilities: {label: p}}`` per text."""
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        """Class probabilities (N, classes), in ``labels`` order."""
+        return self._probabilities([self.encode(t) for t in texts])
+
+    def classify_encoded(self, encoded: list[list[int]]) -> list[dict[str, Any]]:
+        """One ``{label, probabilities: {label: p}}`` per encoded text; padding changes no answer (each
+        network masks it out)."""
         results = []
-        for row in self.probabilities(texts).tolist():
+        for row in self._probabilities(encoded).tolist():
             best = max(range(len(row)), key=row.__getitem__)
             results.append({"label": self.labels[best], "probabilities": dict(zip(self.labels, row, strict=True))})
         return results
+
+    def classify(self, texts: list[str]) -> list[dict[str, Any]]:
+        """One ``{label, probabilities: {label: p}}`` per text."""
+        return self.classify_encoded([self.encode(t) for t in texts])
 
 
 def load(checkpoint: Checkpoint, device: torch.device) -> TextClassifier:

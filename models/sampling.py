@@ -17,7 +17,6 @@ import torch
 
 from models.tokenizers import TextTokenizer
 
-
 MIN_TEMPERATURE = 1e-4
 
 

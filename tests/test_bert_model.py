@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 
 from models.bert import (
     IGNORE,
@@ -24,17 +26,23 @@ from models.bert import (
     load,
 )
 from models.checkpoint import load_checkpoint
+from training import bert as trainer
 from training.bert import (
     Pair,
     SpecialIds,
     collate,
     epoch_batches,
+    lr_schedule,
     make_pairs,
     mask_tokens,
+    pair_batches,
+    share_of_loss,
     train_step,
     train_tokenizer,
-    warmup_linear_decay,
 )
+from training.cli import build_parser
+from training.distributed import Distributed
+from training.state import state_dir
 
 from .conftest import run_training
 
@@ -210,18 +218,41 @@ def test_collate_builds_cls_a_sep_b_sep_with_segments_and_padding():
     assert not labelled[:, 0].any() and not labelled[0, 3].any() and not labelled[1, 5].any()
 
 
-def test_rank_shards_partition_each_global_batch():
-    single = list(epoch_batches(10, 4, random.Random(3)))
-    shards = [list(epoch_batches(10, 4, random.Random(3), rank=r, world_size=2)) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == len(single) == 3
-    for step, batch in enumerate(single):
-        assert sorted(shards[0][step] + shards[1][step]) == sorted(batch)
+def test_shares_of_the_loss_add_up_to_the_batch_loss_however_the_rows_are_split():
+    model = small_model()
+    pairs = make_pairs([[[5 + (7 * d + i) % 45 for i in range(j, j + 3)] for j in range(9)] for d in range(4)],
+                       max_position=16, rng=random.Random(0))[:5]
+    batch = collate(pairs, SpecialIds(pad=0, cls=2, sep=3, mask=4, n_special=5, vocab_size=50),
+                    torch.Generator().manual_seed(0))
+    _, _, whole = model(**batch)
+    n_masked = int((batch["mlm_labels"] != IGNORE).sum())
+    for world_size in (1, 2, 7):  # 7 processes for 5 rows: two of them train row 0 with weight 0
+        total, seen = 0.0, []
+        for rank in range(world_size):
+            for rows, weight in Distributed(rank, world_size, 0, torch.device("cpu")).micro_batches(5, 2):
+                piece = {k: v[torch.tensor(rows)] for k, v in batch.items()}
+                mlm, nsp, _ = model(piece["input_ids"], piece["segment_ids"], piece["attention_mask"],
+                                    piece["mlm_labels"])
+                total += weight * share_of_loss(mlm, nsp, piece, n_masked, len(pairs)).item()
+                seen += rows if weight else []
+        assert sorted(seen) == list(range(5))
+        assert total == pytest.approx(whole.item(), abs=1e-5)
 
 
-def test_schedule_warms_up_then_decays_to_zero():
-    factor = warmup_linear_decay(total_steps=100, warmup=0.1)
+def test_schedule_warms_up_holds_then_decays_to_zero():
+    factor = lr_schedule(total_steps=100, warmup=0.1, decay=0.2)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
-    assert factor(55) == pytest.approx(0.5) and factor(100) == 0.0
+    assert factor(50) == factor(80) == 1.0
+    assert factor(90) == pytest.approx(0.5) and factor(100) == 0.0
+
+
+def test_steps_follow_their_packing_lengths():
+    lengths = [16, 16, 32, 16, 16, 32]
+    batches = list(pair_batches(_documents() * 3, lengths, 4, random.Random(0)))
+    assert [length for length, _ in batches] == lengths
+    for length, pairs in batches:
+        assert len(pairs) == 4 and all(len(p.a) + len(p.b) + 3 <= length for p in pairs)
+    assert max(len(p.a) + len(p.b) + 3 for _, pairs in batches[2::3] for p in pairs) > 16
 
 
 def test_a_tiny_model_learns_to_fill_masks(tokenizer):
@@ -283,7 +314,7 @@ def test_fill_mask_answers_each_mask_in_the_pipeline_shape(fill):
         for item in items:
             assert set(item) == {"score", "token", "token_str", "sequence"}
             assert fill.tokenizer.id_to_token(item["token"]) == item["token_str"]
-            assert item["sequence"].startswith("love and ")
+            assert item["sequence"].startswith("love and")  # a "##" piece joins the word before
             assert item["sequence"].count("[MASK]") == 1  # the other mask stays visible
         assert len({item["sequence"] for item in items}) == 4
 
@@ -336,3 +367,55 @@ def test_training_and_evaluation_on_a_users_corpus(tmp_path):
     assert checkpoint.metrics["mlm_top1"] <= checkpoint.metrics["mlm_top5"]
     run_training("evaluate", "bert", "--out", str(out), "--device", "cpu")
     assert load_checkpoint(out / "bert").metrics["pairs"] == checkpoint.metrics["pairs"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
+    lines = [f"{line} number {i}" for i, line in enumerate(LINES * 30)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    # WordPiece training breaks ties between equally frequent pieces differently from run to run, so both
+    # runs get one tokenizer; the resumed one must take it from the saved state.
+    shared = train_tokenizer(lines, 200).to_str()
+    monkeypatch.setattr(trainer, "train_tokenizer", lambda *_: Tokenizer.from_str(shared))
+
+    def run(out: str, *extra: str) -> dict[str, list]:
+        # Steps packed to 16 and 32 tokens: two pair streams, both to be fast-forwarded on resume; dropout
+        # on, so each process's torch RNG must continue too.
+        trainer.train(build_parser().parse_args([
+            "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / out), "--device", "cpu",
+            "--vocab-size", "200", "--short-position", "16", "--long-every", "3", "--dropout", "0.1",
+            "--batch-size", "8", "--lr", "1e-3", "--max-steps", "12", "--save-interval", "5",
+            "--precision", "fp32", "--eval-pairs", "16", *extra]))
+        return json.loads((state_dir(tmp_path / out, "bert") / "history.json").read_text())
+
+    straight = run("a")
+    save_state = trainer.save_state
+
+    def crash_after_saving(directory, dist, state, history) -> None:
+        save_state(directory, dist, state, history)
+        raise Interrupted
+
+    monkeypatch.setattr(trainer, "save_state", crash_after_saving)
+    with pytest.raises(Interrupted):
+        run("b")  # stops right after the state of step 5 is written
+    monkeypatch.setattr(trainer, "save_state", save_state)
+    assert torch.load(state_dir(tmp_path / "b", "bert") / "state.pt", weights_only=True)["step"] == 5
+
+    def no_new_tokenizer(*_: object) -> None:
+        raise AssertionError("a resumed run must use the saved tokenizer")
+
+    monkeypatch.setattr(trainer, "train_tokenizer", no_new_tokenizer)
+    resumed = run("b", "--resume")
+    assert resumed["step"] == list(range(1, 13))
+    assert resumed["lr"] == pytest.approx(straight["lr"], abs=1e-12)
+    assert resumed["loss"] == pytest.approx(straight["loss"], abs=1e-5)
+    assert load_checkpoint(tmp_path / "b" / "bert").config["training"]["steps"] == 12
+
+    # Resumed with more steps and another schedule, the rate follows today's flags from the saved step on.
+    longer = run("b", "--resume", "--max-steps", "16", "--decay", "0.5")
+    factor = lr_schedule(16, 0.06, 0.5)
+    assert longer["lr"][12:] == pytest.approx([1e-3 * factor(step) for step in range(12, 16)], abs=1e-12)

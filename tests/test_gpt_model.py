@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import find_checkpoints, load_checkpoint
 from models.gpt import GPT, GPTConfig, KVCache, load, sinusoidal_positions
 from models.sampling import (
     SamplingParams,
@@ -24,6 +28,8 @@ from models.sampling import (
 from models.tokenizers import ByteBPETokenizer, CharTokenizer
 from training import gpt as trainer
 from training.cli import build_parser
+
+from .conftest import ROOT
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
         "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\nDeny thy father and refuse thy name.\n\n") * 40
@@ -379,6 +385,43 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path: Pa
     assert torch.load(trainer.state_dir(tmp_path / "b", "gpt") / "state.pt", weights_only=True)["step"] == 6
     resumed = run("b", "--resume")
     assert resumed == pytest.approx(straight, abs=1e-5)
+
+
+def test_a_run_killed_mid_training_leaves_a_whole_checkpoint_and_resumes(tmp_path: Path) -> None:
+    corpus = tmp_path / "plays.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "ck"
+    flags = ("--profile", "tiny", "--out", str(out), "--corpus", str(corpus), "--tokenizer", "char",
+             "--block-size", "32", "--batch-size", "8", "--max-seconds", "0", "--dtype", "float32",
+             "--eval-interval", "5", "--eval-batches", "1")
+    state = trainer.state_dir(out, "gpt") / "state.pt"
+    with open(tmp_path / "train.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "training", "gpt", *flags, "--max-steps", "100000"],
+                                   cwd=ROOT, env={**os.environ, "PROGRESS": "0"}, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 120
+            while not state.is_file():
+                assert process.poll() is None, (tmp_path / "train.log").read_text()
+                assert time.monotonic() < deadline, "no training state saved in 120 s"
+                time.sleep(0.05)
+        finally:
+            process.kill()  # SIGKILL: no handler runs, whatever it was writing stays as it is
+            process.wait()
+
+    saved = torch.load(state, weights_only=True)["step"]
+    assert saved > 0 and saved % 5 == 0
+    # The service lists only whole checkpoints: the last evaluated one, written before its state.
+    assert find_checkpoints(out) == [out / "gpt"]
+    served = load_checkpoint(out / "gpt")
+    assert served.metrics["steps"] >= saved and served.metrics["steps"] % 5 == 0
+    load(served, torch.device("cpu"))
+
+    [path] = trainer.train(parse(*flags, "--max-steps", str(saved + 10), "--resume"))
+    history = json.loads((state.parent / "history.json").read_text())
+    assert history["step"] == list(range(1, saved + 11))
+    assert load_checkpoint(path).metrics["steps"] == saved + 10
+    load(load_checkpoint(path), torch.device("cpu"))
+    assert sorted(p.name for p in out.iterdir()) == [".gpt-train-state", "gpt"]  # no staging left over
 
 
 def test_sampling_survives_vanishing_top_p_and_temperature():

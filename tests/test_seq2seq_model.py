@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import json
 
 import pytest
 import torch
@@ -31,7 +32,10 @@ from models.seq2seq import (
     pad_batch,
     tokenize,
 )
+from training import seq2seq as trainer
+from training.cli import build_parser
 from training.seq2seq import bucket_of, fit, grid_markdown, split_pairs
+from training.state import state_dir
 
 torch.set_num_threads(1)
 
@@ -262,9 +266,10 @@ def test_source_length_buckets():
 def test_training_lowers_the_validation_loss_and_keeps_the_best_epoch():
     split = split_pairs(PAIRS * 6, "zh-en", 0, 0.1, {})
     split.validation = split.train[:8]  # same sentences: a model that learns must improve on them
-    args = argparse.Namespace(seed=0, max_train_pairs=None, min_count=1, batch_size=8, embedding_dim=16,
-                              hidden_dim=32, cell="gru", attention="additive", bidirectional=True, dropout=0.0,
-                              lr=1e-2, epochs=6, teacher_forcing=0.8, clip=1.0, patience=6, bf16=False)
+    args = argparse.Namespace(seed=0, max_train_pairs=None, min_count=1, batch_size=8, micro_batch_size=None,
+                              embedding_dim=16, hidden_dim=32, cell="gru", attention="additive", bidirectional=True,
+                              dropout=0.0, lr=1e-2, epochs=6, teacher_forcing=0.8, clip=1.0, patience=6, bf16=False,
+                              compile=False)
     fitted = fit(split, "zh-en", args, torch.device("cpu"))
     losses = [h["val_loss"] for h in fitted.history]
     assert losses[-1] < losses[0] * 0.7
@@ -319,3 +324,40 @@ def test_cli_reports_a_malformed_pairs_file(tmp_path, capsys):
     pairs.write_text("我爱你。\tI love you.\nno tab here\n", encoding="utf-8")
     assert main(["seq2seq", "--profile", "tiny", "--pairs", str(pairs), "--out", str(tmp_path)]) == 2
     assert "pairs.tsv:2" in capsys.readouterr().err
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{zh}\t{en}\n" for zh, en in PAIRS * 5), encoding="utf-8")
+
+    def run(out: str, *extra: str) -> list[dict]:
+        # Dropout and teacher forcing below 1 both draw from torch's RNG, which must continue too.
+        trainer.train(build_parser().parse_args([
+            "seq2seq", "--profile", "tiny", "--pairs", str(pairs), "--out", str(tmp_path / out), "--device", "cpu",
+            "--epochs", "4", "--patience", "4", "--batch-size", "8", "--teacher-forcing", "0.8", "--no-bf16",
+            *extra]))
+        return json.loads((state_dir(tmp_path / out, "seq2seq-zh-en") / "history.json").read_text())
+
+    straight = run("a")
+    save_state = trainer.save_state
+
+    def crash_after_epoch_two(directory, dist, state, history) -> None:
+        save_state(directory, dist, state, history)
+        if len(history) == 2:
+            raise Interrupted
+
+    monkeypatch.setattr(trainer, "save_state", crash_after_epoch_two)
+    with pytest.raises(Interrupted):
+        run("b")
+    monkeypatch.setattr(trainer, "save_state", save_state)
+    resumed = run("b", "--resume")
+    assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
+    assert resumed == straight
+    a, b = (load_checkpoint(tmp_path / run / "seq2seq-zh-en") for run in ("a", "b"))
+    assert b.config["training"]["best_epoch"] == a.config["training"]["best_epoch"]
+    for name, weight in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[name], weight, rtol=0, atol=1e-6)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -34,8 +36,36 @@ def test_api_key_guards_v1_routes_only(checkpoint_dir: Path, logs: Path):
             assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
             assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
             assert c.post("/v1/admin/reload").status_code == 401
-            for open_path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+            for open_path in ("/", "/health", "/ready", "/metrics", "/docs", "/openapi.json"):
                 assert c.get(open_path).status_code == 200, open_path
+    finally:
+        server.stop()
+
+
+def _admitted(c: httpx.Client) -> float:
+    [line] = [line for line in c.get("/metrics").text.splitlines() if line.startswith("lineage_inferences_admitted ")]
+    return float(line.split()[1])
+
+
+def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Path):
+    server = Server(checkpoint_dir, logs)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c, ThreadPoolExecutor(1) as background:
+            # Long enough to be caught running: eight samples of the most tokens a request may ask for.
+            body = {"prompt": "ROMEO:", "max_new_tokens": 512, "n": 8, "seed": 0}
+            reply = background.submit(c.post, "/v1/generate", json=body)
+            deadline = time.monotonic() + 30
+            while _admitted(c) < 1 and not reply.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not reply.done(), "the generation ended before the shutdown could start"
+            server.process.send_signal(signal.SIGTERM)
+            response = reply.result(timeout=60)
+            assert response.status_code == 200 and len(response.json()["results"]) == 8
+            # Once shut down, uvicorn re-raises the signal, so the exit reads as the signal's.
+            assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+            assert "Finished server process" in server.log_path.read_text()
+            with pytest.raises(httpx.TransportError):
+                c.get("/health")
     finally:
         server.stop()
 

@@ -1,27 +1,33 @@
 """BERT: masked-language-model + next-sentence pretraining of a small encoder on the training plays.
 
     python -m training bert [--profile tiny|quick|full] [--corpus FILE]   writes checkpoints/bert/
+    python -m training bert --resume                                     continue from checkpoints/.bert-train-state
     python -m training evaluate bert                                     MLM / NSP accuracy on validation
+    torchrun --nproc_per_node=2 -m training bert --device cpu           DistributedDataParallel
 
-The pieces are kept apart so a distributed launcher can reuse them unchanged: ``make_pairs`` builds an
-epoch's sentence pairs, ``epoch_batches`` cuts each global batch into per-rank shards, ``collate`` pads
-and masks one shard, ``train_step`` is one optimizer step, ``evaluate_model`` the validation pass.
+``make_pairs`` builds a pass's sentence pairs, ``pair_batches`` draws each step's global batch of them,
+``collate`` pads and masks it, ``train_step`` is one optimizer step, ``evaluate_model`` the validation
+pass. Under torchrun every process draws and masks the same global batch (``--batch-size`` pairs,
+whatever the number of processes) and trains on its share of the rows, in ``--micro-batch-size``
+pieces with gradient accumulation where needed, so N processes train as one would.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from models.bert import (
@@ -48,23 +54,31 @@ from training.data import (
     split_text,
     user_provenance,
 )
+from training.distributed import Distributed, setup
+from training.state import load_state, restore_rng, save_state, state_dir
 
 CHECKPOINT_ID = "bert"
 MASK_PROBABILITY = 0.15  # share of (non-special) tokens selected for prediction
 MASK_SPLIT = (0.8, 0.1)  # of the selected: → [MASK], → random token; the remaining 10% stay unchanged
 EVAL_SEED = 1234  # the validation pairs and masks are the same for every checkpoint
 USER_DOCUMENT_LINES = 100  # a user's corpus is cut into documents of this many lines for random NSP pairs
+MODEL_FIELDS = ("max_position", "dim", "n_layers", "n_heads", "ffn_dim", "dropout")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Seconds: the test session trains this before starting the server.
-    "tiny": {"epochs": 1, "max_steps": 150, "vocab_size": 1000, "max_position": 32, "dim": 64,
-             "n_layers": 2, "n_heads": 2, "ffn_dim": 128, "batch_size": 32, "lr": 1e-3, "eval_pairs": 256},
-    # About three minutes on two CPU cores (bf16 autocast); what `make serve` trains.
-    "quick": {"epochs": 3, "max_steps": None, "vocab_size": 8000, "max_position": 64, "dim": 128,
-              "n_layers": 4, "n_heads": 4, "ffn_dim": 512, "batch_size": 64, "lr": 1e-3, "eval_pairs": None},
+    "tiny": {"epochs": 1, "max_steps": 150, "vocab_size": 1000, "max_position": 32, "short_position": 32,
+             "dim": 64, "n_layers": 2, "n_heads": 2, "ffn_dim": 128, "dropout": 0.0, "batch_size": 32,
+             "lr": 1e-3, "eval_pairs": 256},
+    # What `make serve` trains: 420 s measured on two CPU cores shared with other work (bf16 autocast).
+    # Two layers, because in this budget four stayed on the plateau of predicting unigram frequencies
+    # (validation MLM top-1 0.07 after 3 epochs, against 0.19 for two layers after 4).
+    "quick": {"epochs": 4, "max_steps": None, "vocab_size": 8000, "max_position": 64, "short_position": 32,
+              "dim": 128, "n_layers": 2, "n_heads": 4, "ffn_dim": 512, "dropout": 0.0, "batch_size": 64,
+              "lr": 1e-3, "eval_pairs": None},
     # A GPU run.
-    "full": {"epochs": 40, "max_steps": None, "vocab_size": 8000, "max_position": 128, "dim": 256,
-             "n_layers": 6, "n_heads": 8, "ffn_dim": 1024, "batch_size": 128, "lr": 5e-4, "eval_pairs": None},
+    "full": {"epochs": 40, "max_steps": None, "vocab_size": 8000, "max_position": 128, "short_position": 64,
+             "dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024, "dropout": 0.1, "batch_size": 128,
+             "lr": 5e-4, "eval_pairs": None},
 }
 
 log = logging.getLogger("training.bert")
@@ -76,19 +90,32 @@ log = logging.getLogger("training.bert")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int, default=None, help="WordPiece vocabulary size")
     parser.add_argument("--max-position", type=int, default=None,
-                        help="longest input in tokens ([CLS]/[SEP] included); pairs are packed to it")
+                        help="longest input in tokens ([CLS]/[SEP] included): the position table's size")
+    parser.add_argument("--short-position", type=int, default=None,
+                        help="pack most pairs to this length, cheaper per step (default: --max-position)")
+    parser.add_argument("--long-every", type=int, default=10,
+                        help="with --short-position: every Nth step packs pairs longer, up to --max-position")
     parser.add_argument("--dim", type=int, default=None, help="hidden size")
     parser.add_argument("--n-layers", type=int, default=None, help="encoder layers")
     parser.add_argument("--n-heads", type=int, default=None, help="attention heads per layer")
     parser.add_argument("--ffn-dim", type=int, default=None, help="feed-forward inner size")
-    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size (sentence pairs)")
+    parser.add_argument("--micro-batch-size", type=int, default=None,
+                        help="pairs per forward pass on one process (default: its whole share)")
     parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=float, default=0.06, help="fraction of steps of linear warm-up")
+    parser.add_argument("--decay", type=float, default=0.2,
+                        help="fraction of steps, at the end, of linear decay to zero (constant before)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                         help="bf16 autocast (CPUs with AVX-512 BF16, and CUDA) or plain fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
+    parser.add_argument("--save-interval", type=int, default=500,
+                        help="steps between saves of the training state for --resume (0: at the end only)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the training state kept beside the checkpoint (.bert-train-state)")
     _add_eval_flags(parser)
 
 
@@ -116,6 +143,10 @@ def train_tokenizer(lines: Sequence[str], vocab_size: int) -> Tokenizer:
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                         min_frequency=2, show_progress=False)
     tokenizer.train_from_iterator(lines, trainer)
+    # The trainer numbers "##" pieces in hash-map order, different on every run (huggingface/tokenizers
+    # issue 1794); numbering the tokens in sorted order gives the same vocabulary the same ids every time.
+    ordered = [*SPECIAL_TOKENS, *sorted(set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS))]
+    tokenizer.model = models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]")
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
@@ -294,18 +325,57 @@ def collate(
     }
 
 
-def epoch_batches(
-    n_pairs: int, batch_size: int, rng: random.Random, rank: int = 0, world_size: int = 1
-) -> Iterator[list[int]]:
-    """Shuffled global batches of pair indices, each cut into ``world_size`` shards; yields this rank's.
-
-    The global batch size is the same whatever the number of processes, so the learning rate and the
-    loss curve do not depend on it.
-    """
+def epoch_batches(n_pairs: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Shuffled global batches of pair indices."""
     order = list(range(n_pairs))
     rng.shuffle(order)
     for start in range(0, n_pairs, batch_size):
-        yield order[start:start + batch_size][rank::world_size]
+        yield order[start:start + batch_size]
+
+
+def length_batches(
+    documents: list[list[list[int]]], length: int, batch_size: int, rng: random.Random
+) -> Iterator[list[Pair]]:
+    """Endless batches of pairs packed to ``length``; every pass over the text draws fresh pairs: new
+    A/B split points, new NSP partners."""
+    while True:
+        pairs = make_pairs(documents, length, rng)
+        for indices in epoch_batches(len(pairs), batch_size, rng):
+            yield [pairs[i] for i in indices]
+
+
+def pair_batches(
+    documents: list[list[list[int]]], lengths: Sequence[int], batch_size: int, rng: random.Random
+) -> Iterator[tuple[int, list[Pair]]]:
+    """(packing length, pairs) for each step, following the per-step ``lengths``.
+
+    Short pairs make most steps cheap (attention is quadratic, and a short context teaches a small
+    model to read neighbouring words sooner); the longer steps, spread over the whole run rather than
+    BERT's final 10%, train every position, and NSP on longer inputs, at the full learning rate.
+    """
+    streams = {n: length_batches(documents, n, batch_size, rng) for n in sorted(set(lengths))}
+    for length in lengths:
+        yield length, next(streams[length])
+
+
+def short_position(args: argparse.Namespace) -> int:
+    return min(args.short_position or args.max_position, args.max_position)
+
+
+def step_lengths(documents: list[list[list[int]]], args: argparse.Namespace) -> list[int]:
+    """Each step's packing length: ``--epochs`` passes over the text at ``--short-position`` (capped by
+    ``--max-steps``), except every ``--long-every``-th step, packed to a length drawn uniformly from
+    above the short one up to ``--max-position``, so inputs of every length are seen."""
+    short = short_position(args)
+    per_epoch = math.ceil(len(make_pairs(documents, short, random.Random(args.seed))) / args.batch_size)
+    total = args.epochs * per_epoch
+    if args.max_steps is not None:
+        total = min(total, args.max_steps)
+    if short == args.max_position:
+        return [short] * total
+    rng = random.Random(args.seed)
+    return [rng.randint(short + 1, args.max_position) if (step + 1) % args.long_every == 0 else short
+            for step in range(total)]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -318,6 +388,19 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def share_of_loss(
+    mlm_logits: torch.Tensor, nsp_logits: torch.Tensor, piece: dict[str, torch.Tensor], n_masked: int, n_pairs: int
+) -> torch.Tensor:
+    """A piece of the global batch's MLM + NSP loss: the piece's summed cross-entropies over the global
+    batch's counts of masked tokens and pairs. The pieces' shares add up to the loss of the whole batch;
+    a mean per piece would weigh a piece with fewer masked tokens as much as one with more, and the
+    result would depend on how the batch is split."""
+    targets = piece["mlm_labels"][piece["mlm_labels"] != IGNORE]
+    mlm = F.cross_entropy(mlm_logits.float(), targets, reduction="sum")
+    nsp = F.cross_entropy(nsp_logits.float(), piece["nsp_labels"], reduction="sum")
+    return mlm / n_masked + nsp / n_pairs
+
+
 def train_step(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -326,27 +409,51 @@ def train_step(
     device: torch.device,
     precision: str,
     clip: float = 1.0,
+    *,
+    dist: Distributed | None = None,
+    micro_batch_size: int | None = None,
 ) -> float:
-    """One optimizer step on one (already collated) batch; returns the loss (MLM + NSP)."""
+    """One optimizer step on one collated global batch; returns its loss (MLM + NSP).
+
+    With ``dist`` this process trains on its rows of the batch (``model`` is then DDP-wrapped), in
+    pieces of at most ``micro_batch_size`` rows.
+    """
+    dist = dist or Distributed(0, 1, 0, device)
+    n_masked, n_pairs = int((batch["mlm_labels"] != IGNORE).sum()), len(batch["nsp_labels"])
     model.train()
-    with autocast(device, precision):
-        _, _, loss = model(**to_device(batch, device))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    pieces = dist.micro_batches(n_pairs, micro_batch_size)
+    loss_sum = torch.zeros((), device=device)
+    for i, (rows, weight) in enumerate(pieces):
+        index = torch.tensor(rows)
+        piece = to_device({k: v[index] for k, v in batch.items()}, device)
+        with dist.accumulating(model, last=i == len(pieces) - 1):
+            with autocast(device, precision):
+                mlm_logits, nsp_logits, _ = model(piece["input_ids"], piece["segment_ids"],
+                                                  piece["attention_mask"], piece["mlm_labels"])
+            loss = weight * share_of_loss(mlm_logits, nsp_logits, piece, n_masked, n_pairs)
+            # DDP averages the processes' gradients; the batch's gradient is their sum.
+            (loss * dist.world_size).backward()
+        loss_sum += loss.detach()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     scheduler.step()
-    return loss.item()
+    return dist.sum([loss_sum.item()])[0]
 
 
-def warmup_linear_decay(total_steps: int, warmup: float) -> Any:
-    """BERT's schedule: linear warm-up to the peak learning rate, then linear decay to zero."""
+def lr_schedule(total_steps: int, warmup: float, decay: float) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up, constant, then linear decay to zero over the last ``decay``
+    of the steps. BERT decays over the whole run; on a budget of minutes that halves the rate before a
+    small model has left the plateau where it only predicts unigram frequencies."""
     warmup_steps = max(1, round(total_steps * warmup))
+    decay_start = min(total_steps - 1, max(warmup_steps, round(total_steps * (1 - decay))))
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        if step < decay_start:
+            return 1.0
+        return max(0.0, (total_steps - step) / (total_steps - decay_start))
 
     return factor
 
@@ -423,55 +530,91 @@ def _corpus(args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]],
 
 def train(args: argparse.Namespace) -> list[Path]:
     apply_profile(args, PROFILES)
-    set_seed(args.seed)
-    device = pick_device(args.device)
+    with setup(args.device) as dist:
+        return _train(args, dist)
+
+
+def _train(args: argparse.Namespace, dist: Distributed) -> list[Path]:
+    set_seed(args.seed + dist.rank)  # dropout differs per rank; pairs and masks below do not
+    device = dist.device
     started = time.perf_counter()
+    states = state_dir(args.out, CHECKPOINT_ID)
+    state = load_state(states) if args.resume else None
+    if state is not None:  # the model and tokenizer are the saved ones; the schedule and data are today's flags
+        for key in MODEL_FIELDS:
+            setattr(args, key, state["model_config"][key])
 
     train_docs, val_docs, provenance = _corpus(args)
-    tokenizer = train_tokenizer([line for doc in train_docs for line in doc], args.vocab_size)
+    tokenizer_json = state["tokenizer"] if state else None
+    if tokenizer_json is None and dist.is_main:  # rank 0 trains it and hands it to the others: all encode alike
+        tokenizer_json = train_tokenizer([line for doc in train_docs for line in doc], args.vocab_size).to_str()
+    tokenizer = Tokenizer.from_str(dist.broadcast(tokenizer_json))
     ids = SpecialIds.of(tokenizer)
     train_encoded = encode_documents(tokenizer, train_docs)
     val_encoded = encode_documents(tokenizer, val_docs)
 
-    config = BertConfig(vocab_size=ids.vocab_size, max_position=args.max_position, dim=args.dim,
-                        n_layers=args.n_layers, n_heads=args.n_heads, ffn_dim=args.ffn_dim,
-                        dropout=args.dropout, pad_id=ids.pad)
-    model = BertForPreTraining(config).to(device)
-    rng = random.Random(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-
-    pairs = make_pairs(train_encoded, config.max_position, rng)  # the first epoch's; later epochs draw anew
-    total_steps = args.epochs * math.ceil(len(pairs) / args.batch_size)
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
+    config = BertConfig(vocab_size=ids.vocab_size, pad_id=ids.pad, **{k: getattr(args, k) for k in MODEL_FIELDS})
+    raw = BertForPreTraining(config).to(device)
+    lengths = step_lengths(train_encoded, args)
+    total_steps, long_steps = len(lengths), sum(n != short_position(args) for n in lengths)
+    optimizer = torch.optim.AdamW(raw.optimizer_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
                                   eps=1e-6, fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, args.warmup))
-    n_parameters = sum(p.numel() for p in model.parameters())
-    log.info("bert: %d parameters, %d training lines, %d steps", n_parameters,
-             sum(len(d) for d in train_encoded), total_steps)
+    generator = torch.Generator().manual_seed(args.seed)  # the masks, identical on every rank
+    step, tokens, seconds_before = 0, 0, 0.0
+    history: dict[str, list] = {"step": [], "loss": [], "lr": []}
+    if state is not None:
+        raw.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["mask_rng"])
+        restore_rng(state, dist)
+        step, tokens, seconds_before, history = state["step"], state["tokens"], state["seconds"], state["history"]
+        log.info("bert: resumed at step %d", step)
+    # Built after the optimizer's state is loaded and started at the step the run continues from, so the rate
+    # follows today's schedule: a run resumed with a larger --max-steps decays to its new end.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, args.warmup, args.decay),
+                                                  last_epoch=step - 1)
+    model = dist.wrap(raw)  # DDP starts every rank from rank 0's weights
+    forward = torch.compile(model) if args.compile else model
+    n_parameters = sum(p.numel() for p in raw.parameters())
+    log.info("bert: %d parameters, %d training lines, %d steps (%d of them long), %d process(es)", n_parameters,
+             sum(len(d) for d in train_encoded), total_steps, long_steps, dist.world_size)
 
-    step, tokens, loss, losses = 0, 0, math.nan, []
-    train_started = time.perf_counter()
-    bar = progress(total=total_steps, desc="bert", unit="step")
-    for epoch in range(args.epochs):
-        if epoch > 0:
-            pairs = make_pairs(train_encoded, config.max_position, rng)
-        for indices in epoch_batches(len(pairs), args.batch_size, rng):
-            if step >= total_steps:
-                break
-            batch = collate([pairs[i] for i in indices], ids, generator)
-            loss = train_step(model, batch, optimizer, scheduler, device, args.precision)
-            losses.append(loss)
-            step += 1
-            tokens += int(batch["attention_mask"].sum())
-            bar.update()
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - train_started):.0f}")
+    def snapshot() -> dict[str, Any]:
+        return {"step": step, "tokens": tokens, "seconds": seconds_before + time.perf_counter() - train_started,
+                "model_config": config.to_dict(), "model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                "mask_rng": generator.get_state(), "tokenizer": tokenizer.to_str()}
+
+    # A resumed run draws the pairs from the start again and skips the batches already trained on: exactly
+    # the stream of an uninterrupted run, and drawing pairs is cheap next to training on them.
+    batches = itertools.islice(pair_batches(train_encoded, lengths, args.batch_size, random.Random(args.seed)),
+                               step, None)
+    tokens_at_start, train_started = tokens, time.perf_counter()
+    bar = progress(total=total_steps, initial=step, desc="bert", unit="step")
+    for length, pairs in batches:
+        batch = collate(pairs, ids, generator)
+        lr = scheduler.get_last_lr()[0]
+        loss = train_step(forward, batch, optimizer, scheduler, device, args.precision, dist=dist,
+                          micro_batch_size=args.micro_batch_size)
+        step += 1
+        tokens += int(batch["attention_mask"].sum())
+        history["step"].append(step)
+        history["loss"].append(loss)
+        history["lr"].append(lr)
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.3f}", length=length,
+                        tok_s=f"{(tokens - tokens_at_start) / (time.perf_counter() - train_started):.0f}")
+        if args.save_interval and step % args.save_interval == 0 and step < total_steps:
+            save_state(states, dist, snapshot(), history)
     bar.close()
     train_seconds = time.perf_counter() - train_started
+    save_state(states, dist, snapshot(), history)
+    if not dist.is_main:
+        dist.barrier()
+        return []
 
-    metrics = evaluate_model(model, tokenizer, val_encoded, device, args.precision, max_pairs=args.eval_pairs)
-    metrics["final_train_loss"] = sum(losses[-20:]) / max(1, len(losses[-20:]))
+    metrics = evaluate_model(raw, tokenizer, val_encoded, device, args.precision, max_pairs=args.eval_pairs)
+    metrics["final_train_loss"] = sum(history["loss"][-20:]) / max(1, len(history["loss"][-20:]))
+    metrics["tokens_per_second"] = round((tokens - tokens_at_start) / train_seconds)
     log.info("bert: MLM top-1 %.3f, top-5 %.3f, NSP %.3f on validation", metrics["mlm_top1"],
              metrics["mlm_top5"], metrics["nsp_accuracy"])
     checkpoint_config = {
@@ -485,16 +628,19 @@ def train(args: argparse.Namespace) -> list[Path]:
         "split_seed": SPLIT_SEED,
         "training": {
             "profile": args.profile, "epochs": args.epochs, "seed": args.seed, "steps": step,
-            "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-            "warmup": args.warmup, "precision": args.precision, "device": str(device),
-            "mask_probability": MASK_PROBABILITY, "mask_split": list(MASK_SPLIT),
+            "short_position": short_position(args), "long_every": args.long_every, "long_steps": long_steps,
+            "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+            "world_size": dist.world_size, "lr": args.lr, "weight_decay": args.weight_decay,
+            "warmup": args.warmup, "decay": args.decay, "precision": args.precision, "device": str(device),
+            "compile": args.compile, "mask_probability": MASK_PROBABILITY, "mask_split": list(MASK_SPLIT),
             "parameters": n_parameters, "tokens": tokens,
-            "tokens_per_second": round(tokens / train_seconds),
-            "seconds": round(time.perf_counter() - started, 1),
+            "seconds": round(seconds_before + time.perf_counter() - started, 1),
+            "losses": [round(loss, 5) for loss in history["loss"]],
         },
     }
-    path = save_checkpoint(args.out, checkpoint_config, model.state_dict(), metrics,
+    path = save_checkpoint(args.out, checkpoint_config, raw.state_dict(), metrics,
                            {TOKENIZER_FILE: tokenizer.to_str()})
+    dist.barrier()
     return [path]
 
 

@@ -89,13 +89,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "full": {**_WORDS, **_RNN, "epochs": 15, "embed_dim": 256, "hidden_size": 256, "num_layers": 2,
                  "lr": 1e-3, "precision": "bf16" if cell == "lstm" else "fp32"},
     } for cell in ("rnn", "lstm", "gru")},
-    # Fine-tuning the pretrained encoder: a small learning rate and few epochs, as in BERT §4.1.
+    # Fine-tuning the pretrained encoder: few epochs with a warm-up and linear decay, as in BERT §4.1. The
+    # learning rate is higher than the paper's (5e-4, picked on the validation plays over 2e-4): the encoder
+    # is small and its pretraining short.
     "bert": {
-        "tiny": {"epochs": 1, "max_passages": 200, "batch_size": 16, "lr": 1e-4, "class_weights": "balanced",
+        "tiny": {"epochs": 1, "max_passages": 200, "batch_size": 16, "lr": 5e-4, "class_weights": "balanced",
                  "weight_decay": 0.01, "dropout": 0.1, "precision": "bf16"},
-        "quick": {"epochs": 1, "batch_size": 32, "lr": 2e-4, "class_weights": "balanced", "weight_decay": 0.01,
+        "quick": {"epochs": 1, "batch_size": 32, "lr": 5e-4, "class_weights": "balanced", "weight_decay": 0.01,
                   "dropout": 0.1, "precision": "bf16"},
-        "full": {"epochs": 4, "batch_size": 32, "lr": 5e-5, "class_weights": "balanced", "weight_decay": 0.01,
+        "full": {"epochs": 3, "batch_size": 32, "lr": 1e-4, "class_weights": "balanced", "weight_decay": 0.01,
                  "dropout": 0.1, "precision": "bf16"},
     },
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,24 @@ class Distributed:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
+    def micro_batches(self, n_rows: int, size: int | None) -> list[tuple[list[int], float]]:
+        """This process's rows of an ``n_rows`` global batch (every ``world_size``-th, from its rank), in
+        pieces of at most ``size`` rows (all at once when None), each with its weight in the loss.
+
+        Every process must run the backward pass in which DDP averages gradients, so one left without
+        rows (a batch smaller than the number of processes) runs row 0 with weight 0.
+        """
+        rows = list(range(self.rank, n_rows, self.world_size))
+        if not rows:
+            return [([0], 0.0)]
+        size = size or len(rows)
+        return [(rows[i:i + size], 1.0) for i in range(0, len(rows), size)]
+
+    def accumulating(self, model: torch.nn.Module, last: bool) -> AbstractContextManager:
+        """Gradient accumulation: DDP averages gradients in the backward pass of the ``last`` micro-batch
+        only; those before just add to ``.grad``."""
+        return model.no_sync() if self.enabled and not last else nullcontext()
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -75,6 +94,13 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+    def __enter__(self) -> Distributed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # On an error too: this process leaves the group, and torchrun stops the others.
+        self.close()
 
     def _collective_device(self) -> torch.device:
         # NCCL moves only CUDA tensors; gloo only CPU ones.

@@ -3,13 +3,23 @@
     python -m training seq2seq --direction zh-en            GRU + additive attention (the default)
     python -m training seq2seq --direction en-zh --cell lstm --attention dot --name en-zh-lstm-dot
     python -m training seq2seq --pairs my_pairs.tsv         your own "chinese<TAB>english" pairs
+    python -m training seq2seq --resume                     continue after the last finished epoch
     python -m training evaluate seq2seq --direction zh-en   BLEU / chrF on the test split -> metrics.json
     python -m training evaluate seq2seq --grid              attention x cell comparison (markdown table)
     python -m training evaluate seq2seq --heatmap docs/attention.png --text "我们明天见。"
+    torchrun --nproc_per_node=2 -m training seq2seq --device cpu    DistributedDataParallel
 
 The pairs are split once into train / validation / test (``--val-fraction`` each) by ``--split-seed``;
 both directions and every grid run share that split, so no model is scored on a sentence it (or its
 mirror) trained on.
+
+Under torchrun every process follows the same batches (``--batch-size`` pairs, whatever the number of
+processes) and trains on its share of each, in ``--micro-batch-size`` pieces with gradient accumulation
+where needed; rank 0 checks the validation loss, decides on early stopping for all, and writes.
+
+The training state (model, optimizer, epoch, history, early-stopping counters, best model, vocabularies,
+random streams) is saved after every epoch in ``.seq2seq-<name>-train-state`` beside the checkpoint;
+``--resume`` continues from the epoch after it.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +48,6 @@ from models.seq2seq import (
     CELLS,
     DIRECTIONS,
     EOS_ID,
-    PAD_ID,
     SPECIALS,
     Seq2Seq,
     Seq2SeqConfig,
@@ -54,9 +63,12 @@ from models.seq2seq import (
 from models.tokenizers import WordVocab
 from training.common import apply_profile, pick_device, progress, set_seed
 from training.data import HSK_SOURCE, SPLIT_SEED, load_hsk_pairs, read_tsv, user_provenance
+from training.distributed import Distributed, setup
+from training.state import load_state, restore_rng, save_state, state_dir
 
 FAMILY = "seq2seq"
 SOURCE_VOCAB, TARGET_VOCAB = "source_vocab.json", "target_vocab.json"
+MODEL_FIELDS = ("embedding_dim", "hidden_dim", "cell", "attention", "bidirectional", "dropout")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # seconds: a small model on a slice of the training pairs, enough for the service tests
@@ -71,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 # --grid trains len(CELLS) * len(ATTENTIONS) models, so each one is smaller than the quick profile's.
 GRID_SETTINGS: dict[str, Any] = {"epochs": 20, "embedding_dim": 64, "hidden_dim": 128, "batch_size": 64,
-                                 "max_train_pairs": None, "lr": 2e-3, "patience": 2}
+                                 "micro_batch_size": None, "max_train_pairs": None, "lr": 2e-3, "patience": 2}
 # Inclusive upper bounds of the source-length buckets (HSK sentences are 3-18 characters, 1-14 words).
 BUCKET_EDGES = {"zh": (7, 9, 11), "en": (5, 7, 9)}
 
@@ -99,7 +111,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-dim", type=int, default=None)
     parser.add_argument("--hidden-dim", type=int, default=None)
     parser.add_argument("--dropout", type=float, default=0.3)
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (sentence pairs)")
+    parser.add_argument("--micro-batch-size", type=int, default=None,
+                        help="pairs per forward pass on one process (default: its whole share)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     parser.add_argument("--teacher-forcing", type=float, default=1.0,
                         help="probability of feeding the reference token (else the model's own guess)")
@@ -109,6 +123,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-count", type=int, default=2, help="rarer tokens are <unk>")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="train under bfloat16 autocast (weights stay float32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--max-train-pairs", type=int, default=None,
                         help="use only the first N training pairs (the tiny profile's shortcut)")
 
@@ -118,6 +133,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     parser.add_argument("--name", default=None,
                         help="checkpoint name (id seq2seq-NAME); default: the direction, e.g. zh-en")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the training state kept beside the checkpoint (.<id>-train-state)")
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,12 +219,12 @@ class Batches:
                          for s, t in pairs]
         self.examples = [e for e in self.examples if e[0]]
         self.batch_size = batch_size
-        self.target_tokens = sum(len(t) - 1 for _, t in self.examples)  # predicted per epoch
 
     def __len__(self) -> int:
         return -(-len(self.examples) // self.batch_size)
 
-    def epoch(self, rng: random.Random | None, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, rng: random.Random | None) -> Iterator[list[int]]:
+        """Each batch's example indices."""
         order = list(range(len(self.examples)))
         if rng is not None:
             rng.shuffle(order)
@@ -218,9 +235,16 @@ class Batches:
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if rng is not None:
             rng.shuffle(batches)
-        for batch in batches:
-            yield (pad_batch([self.examples[i][0] for i in batch], device),
-                   pad_batch([self.examples[i][1] for i in batch], device))
+        yield from batches
+
+    def pad(self, indices: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source, target) id tensors of these examples."""
+        return (pad_batch([self.examples[i][0] for i in indices], device),
+                pad_batch([self.examples[i][1] for i in indices], device))
+
+    def predicted(self, indices: Sequence[int]) -> int:
+        """Target tokens the decoder predicts for these examples: all but each target's ``<bos>``."""
+        return sum(len(self.examples[i][1]) - 1 for i in indices)
 
 
 # ---- training -----------------------------------------------------------------------------------------
@@ -257,13 +281,39 @@ def validation_loss(model: Seq2Seq, batches: Batches, device: torch.device, bf16
     """Token-weighted mean cross-entropy with the reference fed in (teacher forcing 1)."""
     model.eval()
     total, count = 0.0, 0
-    for source, target in batches.epoch(None, device):
+    for indices in batches.epoch(None):
         with autocast(device, bf16):
-            _, loss = model(source, target)
-        tokens = int((target[:, 1:] != PAD_ID).sum())
+            _, loss = model(*batches.pad(indices, device))
+        tokens = batches.predicted(indices)
         total += loss.item() * tokens
         count += tokens
     return total / max(count, 1)
+
+
+def train_step(model: torch.nn.Module, batches: Batches, indices: list[int], optimizer: torch.optim.Optimizer,
+               args: argparse.Namespace, dist: Distributed) -> float:
+    """One optimizer step on the global batch ``indices``; returns its loss (mean over its target tokens).
+
+    This process trains on its rows of the batch, in pieces of at most ``--micro-batch-size``. A piece's
+    mean loss counts by its share of the batch's target tokens, so the pieces add up to the batch's mean
+    however it is split (a plain mean of the pieces' means would weigh short sentences more).
+    """
+    n_tokens = batches.predicted(indices)
+    pieces = dist.micro_batches(len(indices), args.micro_batch_size)
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=dist.device)
+    for i, (rows, weight) in enumerate(pieces):
+        mine = [indices[r] for r in rows]
+        with dist.accumulating(model, last=i == len(pieces) - 1):
+            with autocast(dist.device, args.bf16):
+                _, loss = model(*batches.pad(mine, dist.device), teacher_forcing=args.teacher_forcing)
+            share = loss * (weight * batches.predicted(mine) / n_tokens)
+            # DDP averages the processes' gradients; the batch's gradient is their sum.
+            (share * dist.world_size).backward()
+        loss_sum += share.detach()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+    optimizer.step()
+    return dist.sum([loss_sum.item()])[0]
 
 
 @dataclass
@@ -275,57 +325,87 @@ class Fitted:
     best_epoch: int
     steps: int
     seconds: float
+    tokens_per_second: float  # target tokens, over the training passes only
 
 
 def fit(split: Split, direction: str, args: argparse.Namespace, device: torch.device,
-        describe: str = "seq2seq") -> Fitted:
-    """Train on ``split.train`` with early stopping on ``split.validation``; returns the best epoch's model."""
-    set_seed(args.seed)
+        describe: str = "seq2seq", *, dist: Distributed | None = None, states: Path | None = None,
+        state: dict[str, Any] | None = None) -> Fitted:
+    """Train on ``split.train`` with early stopping on ``split.validation``; returns the best epoch's model.
+
+    With ``dist`` (under torchrun) each process trains on its share of every batch; every process returns
+    the same model. With ``states`` the training state is saved there after every epoch; with ``state``,
+    one saved so, training continues from the epoch after it.
+    """
+    dist = dist or Distributed(0, 1, 0, device)
+    set_seed(args.seed + dist.rank)  # dropout differs per rank; the batches below do not
     source_language, target_language = languages(direction)
     train_pairs = split.train[: args.max_train_pairs] if args.max_train_pairs else split.train
-    source_vocab = build_vocab((tokenize(s, source_language) for s, _ in train_pairs), args.min_count)
-    target_vocab = build_vocab((tokenize(t, target_language) for _, t in train_pairs), args.min_count)
+    if state is None:
+        source_vocab = build_vocab((tokenize(s, source_language) for s, _ in train_pairs), args.min_count)
+        target_vocab = build_vocab((tokenize(t, target_language) for _, t in train_pairs), args.min_count)
+    else:  # the vocabularies the saved weights were trained with
+        source_vocab, target_vocab = (WordVocab(**json.loads(state[key])) for key in ("source_vocab", "target_vocab"))
     train_batches = Batches(train_pairs, direction, source_vocab, target_vocab, args.batch_size)
     val_batches = Batches(split.validation, direction, source_vocab, target_vocab, 256)
     config = Seq2SeqConfig(len(source_vocab), len(target_vocab), args.embedding_dim, args.hidden_dim,
                            args.cell, args.attention, args.bidirectional, args.dropout)
-    model = Seq2Seq(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    raw = Seq2Seq(config).to(device)
+    optimizer = torch.optim.Adam(raw.parameters(), lr=args.lr)
     rng = random.Random(args.seed)
     history: list[dict[str, float]] = []
     best_loss, best_state, best_epoch, since_best, steps = float("inf"), None, 0, 0, 0
+    tokens, train_seconds, seconds_before = 0, 0.0, 0.0
+    if state is not None:
+        raw.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["batch_rng"])
+        restore_rng(state, dist)
+        history, best_loss, best_state = state["history"], state["best_loss"], state["best_model"]
+        best_epoch, since_best, steps = state["best_epoch"], state["since_best"], state["steps"]
+        tokens, train_seconds, seconds_before = state["tokens"], state["train_seconds"], state["seconds"]
+        log.info("%s: resumed after epoch %d", describe, len(history))
+    model = dist.wrap(raw)  # DDP starts every rank from rank 0's weights
+    forward = torch.compile(model) if args.compile else model
     started = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        bar = progress(train_batches.epoch(rng, device), total=len(train_batches),
+    epoch = len(history)
+    while epoch < args.epochs and since_best < args.patience:
+        epoch += 1
+        raw.train()
+        bar = progress(train_batches.epoch(rng), total=len(train_batches),
                        desc=f"{describe} epoch {epoch}/{args.epochs}", unit="batch", leave=False)
-        total, count, epoch_start = 0.0, 0, time.perf_counter()
-        for source, target in bar:
-            with autocast(device, args.bf16):
-                _, loss = model(source, target, teacher_forcing=args.teacher_forcing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            optimizer.step()
-            steps += 1
-            total, count = total + loss.item(), count + 1
-            seen = train_batches.target_tokens * count / len(train_batches)  # target tokens so far, about
-            bar.set_postfix(loss=f"{total / count:.3f}", tok_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
-        val = validation_loss(model, val_batches, device, args.bf16)
+        total, count, epoch_tokens, epoch_start = 0.0, 0, 0, time.perf_counter()
+        for indices in bar:
+            total += train_step(forward, train_batches, indices, optimizer, args, dist)
+            count += 1
+            epoch_tokens += train_batches.predicted(indices)
+            bar.set_postfix(loss=f"{total / count:.3f}",
+                            tok_s=f"{epoch_tokens / (time.perf_counter() - epoch_start):.0f}")
+        steps, tokens = steps + count, tokens + epoch_tokens
+        train_seconds += time.perf_counter() - epoch_start
+        # Rank 0 checks; the others take its answer, so all stop on the same epoch.
+        val = dist.broadcast(validation_loss(raw, val_batches, device, args.bf16) if dist.is_main else None)
         history.append({"epoch": epoch, "train_loss": round(total / max(count, 1), 4), "val_loss": round(val, 4)})
         log.info("%s epoch %d: train loss %.3f, validation loss %.3f", describe, epoch, total / max(count, 1), val)
         if val < best_loss:
             best_loss, best_epoch, since_best = val, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(raw.state_dict())
         else:
             since_best += 1
             if since_best >= args.patience:
                 log.info("%s: no better validation loss for %d epochs, stopping", describe, since_best)
-                break
+        if states is not None:
+            save_state(states, dist, {
+                "model_config": asdict(config), "model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                "batch_rng": rng.getstate(), "best_loss": best_loss, "best_model": best_state,
+                "best_epoch": best_epoch, "since_best": since_best, "steps": steps, "tokens": tokens,
+                "train_seconds": train_seconds, "seconds": seconds_before + time.perf_counter() - started,
+                "source_vocab": source_vocab.to_json(), "target_vocab": target_vocab.to_json(),
+            }, history)
     if best_state is not None:
-        model.load_state_dict(best_state)
-    return Fitted(model.eval(), source_vocab, target_vocab, history, best_epoch, steps,
-                  time.perf_counter() - started)
+        raw.load_state_dict(best_state)
+    return Fitted(raw.eval(), source_vocab, target_vocab, history, best_epoch, steps,
+                  seconds_before + time.perf_counter() - started, tokens / max(train_seconds, 1e-9))
 
 
 # ---- scoring --------------------------------------------------------------------------------------------
@@ -387,17 +467,31 @@ def train(args: argparse.Namespace) -> list[Path]:
     apply_profile(args, PROFILES)
     if args.corpus is not None:
         raise ValueError("seq2seq trains on sentence pairs: pass --pairs FILE.tsv, not --corpus")
-    device = pick_device(args.device)
+    with setup(args.device) as dist:
+        return _train(args, dist)
+
+
+def _train(args: argparse.Namespace, dist: Distributed) -> list[Path]:
+    device = dist.device
     name = args.name or args.direction
     pairs, provenance = load_pairs(args.pairs)
     split = split_pairs(pairs, args.direction, args.split_seed, args.val_fraction, provenance)
     log.info("seq2seq-%s: %d train / %d validation / %d test pairs", name, len(split.train),
              len(split.validation), len(split.test))
-    fitted = fit(split, args.direction, args, device, describe=f"seq2seq-{name}")
+    states = state_dir(args.out, checkpoint_id(FAMILY, name))
+    state = load_state(states) if args.resume else None
+    if state is not None:  # the saved model's shape; the other flags are today's
+        for key in MODEL_FIELDS:
+            setattr(args, key, state["model_config"][key])
+    fitted = fit(split, args.direction, args, device, describe=f"seq2seq-{name}", dist=dist, states=states,
+                 state=state)
+    if not dist.is_main:
+        dist.barrier()
+        return []
     translator = Translator(fitted.model, fitted.source_vocab, fitted.target_vocab, args.direction, device)
     best = min(fitted.history, key=lambda h: h["val_loss"])
     metrics = {"validation_loss": best["val_loss"], "best_epoch": fitted.best_epoch,
-               "test": score(translator, split.test)}
+               "tokens_per_second": round(fitted.tokens_per_second), "test": score(translator, split.test)}
     log.info("seq2seq-%s: test BLEU %.2f, chrF %.2f", name, metrics["test"]["bleu"], metrics["test"]["chrf"])
     train_pairs = args.max_train_pairs or len(split.train)
     config = {
@@ -415,13 +509,16 @@ def train(args: argparse.Namespace) -> list[Path]:
         "split_seed": split.seed,
         "training": {"profile": args.profile, "epochs": args.epochs, "epochs_run": len(fitted.history),
                      "best_epoch": fitted.best_epoch, "seed": args.seed, "steps": fitted.steps,
-                     "seconds": round(fitted.seconds, 1), "batch_size": args.batch_size, "lr": args.lr,
+                     "seconds": round(fitted.seconds, 1), "batch_size": args.batch_size,
+                     "micro_batch_size": args.micro_batch_size, "world_size": dist.world_size, "lr": args.lr,
                      "teacher_forcing": args.teacher_forcing, "clip": args.clip, "patience": args.patience,
-                     "min_count": args.min_count, "bf16": args.bf16, "device": str(device), "history": fitted.history},
+                     "min_count": args.min_count, "bf16": args.bf16, "compile": args.compile, "device": str(device),
+                     "history": fitted.history},
     }
     path = save_checkpoint(args.out, config, fitted.model.state_dict(), metrics,
                            {SOURCE_VOCAB: fitted.source_vocab.to_json(),
                             TARGET_VOCAB: fitted.target_vocab.to_json()})
+    dist.barrier()
     return [path]
 
 
@@ -462,7 +559,7 @@ def grid(args: argparse.Namespace) -> dict[str, Any]:
     """Every cell x attention pair at ``GRID_SETTINGS`` on one split; BLEU overall and by source length."""
     device = pick_device(args.device)
     settings = argparse.Namespace(**{**GRID_SETTINGS, "dropout": 0.3, "teacher_forcing": 1.0, "clip": 1.0,
-                                     "min_count": 2, "bidirectional": True, "bf16": True,
+                                     "min_count": 2, "bidirectional": True, "bf16": True, "compile": False,
                                      "seed": args.seed})
     if args.epochs is not None:
         settings.epochs = args.epochs

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from app.inference import InferencePool, get_pool
+from app.batching import Batching, get_batching
 from app.registry import Registry, get_registry
 from models.classifier import TextClassifier
 
@@ -79,8 +79,9 @@ ERRORS = {422: {"description": "Neither or both of text/texts, a blank or oversi
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS,
              summary="Which genre a passage comes from: comedy, history or tragedy")
 async def classify(body: ClassifyRequest, registry: Annotated[Registry, Depends(get_registry)],
-                   pool: Annotated[InferencePool, Depends(get_pool)]) -> ClassifyResponse:
+                   batching: Annotated[Batching, Depends(get_batching)]) -> ClassifyResponse:
     loaded = registry.get("classifier", body.model)
     classifier: TextClassifier = loaded.model
-    results = await pool.run(classifier.classify, body.inputs)
+    results = await batching.submit(loaded.id, classifier.encode, classifier.classify_encoded,
+                                    [(text,) for text in body.inputs])
     return ClassifyResponse(model=loaded.id, results=[Classification(**r) for r in results])

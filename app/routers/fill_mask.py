@@ -9,18 +9,19 @@ probability of exactly the word asked about.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Literal, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import AfterValidator, BaseModel, Field
 
+from app.batching import Batching, get_batching
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
 from models.bert import BertInputError, FillMask
 
 router = APIRouter(prefix="/v1", tags=["bert"])
-T = TypeVar("T")
 
 
 def _not_blank(value: str) -> str:
@@ -78,24 +79,29 @@ class NextSentenceResponse(BaseModel):
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 PoolDep = Annotated[InferencePool, Depends(get_pool)]
+BatchingDep = Annotated[Batching, Depends(get_batching)]
 ERRORS = {422: {"description": "No [MASK], input longer than the model's positions, or a bad target"},
+          429: {"description": "At capacity"},
           503: {"description": "The model is not loaded; the message names the training command"}}
 
 
-async def _answer(pool: InferencePool, fn: Callable[..., T], *args: object) -> T:
-    """Run model code in the pool; input the model cannot answer becomes a 422 with its message."""
+@contextmanager
+def _unanswerable_is_422() -> Iterator[None]:
+    """Input the model cannot answer becomes a 422 with its message."""
     try:
-        return await pool.run(fn, *args)
+        yield
     except BertInputError as e:
         raise HTTPException(status_code=422, detail=str(e)) from e
 
 
 @router.post("/fill-mask", response_model=FillMaskResponse, responses=ERRORS,
              summary="Most probable tokens for each [MASK]")
-async def fill_mask(body: FillMaskRequest, registry: RegistryDep, pool: PoolDep) -> FillMaskResponse:
+async def fill_mask(body: FillMaskRequest, registry: RegistryDep, batching: BatchingDep) -> FillMaskResponse:
     loaded = registry.get("bert", body.model)
     bert: FillMask = loaded.model
-    predictions = await _answer(pool, bert.fill_mask, body.text, body.top_k, body.targets)
+    with _unanswerable_is_422():
+        [predictions] = await batching.submit(loaded.id, bert.encode, bert.fill_mask_encoded,
+                                              [(body.text, body.top_k, body.targets)])
     return FillMaskResponse(predictions=predictions, model=loaded.id)
 
 
@@ -106,5 +112,6 @@ async def next_sentence(
 ) -> NextSentenceResponse:
     loaded = registry.get("bert", body.model)
     bert: FillMask = loaded.model
-    probability = await _answer(pool, bert.next_sentence, body.text_a, body.text_b)
+    with _unanswerable_is_422():
+        probability = await pool.run(bert.next_sentence, body.text_a, body.text_b)
     return NextSentenceResponse(is_next_probability=probability, model=loaded.id)

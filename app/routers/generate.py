@@ -198,7 +198,7 @@ def sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def event_stream(request: Request, pool: InferencePool, body: AsyncIterator[str]) -> StreamingResponse:
+def event_stream(pool: InferencePool, body: AsyncIterator[str]) -> StreamingResponse:
     """An SSE response; admission (429) is decided now, before the 200 status line is sent."""
     if pool.admitted >= pool.capacity:
         raise OverCapacity()
@@ -268,7 +268,7 @@ async def generate(body: GenerateRequest, request: Request, registry: RegistryDe
     prompt_ids = encode_prompt(loaded.model, body.prompt)
     params = body.params(body.max_new_tokens)
     if body.stream:
-        return event_stream(request, pool, guarded(_generate_events(request, pool, loaded, prompt_ids, params),
+        return event_stream(pool, guarded(_generate_events(request, pool, loaded, prompt_ids, params),
                                                    lambda message, kind: {"error": message}))
     completions = await generate_all(request, pool, loaded, prompt_ids, params)
     results = [Result(text=c.text, finish_reason=c.finish_reason) for c in completions]
@@ -398,7 +398,7 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
             "model": loaded.id}
     if body.stream:
         events = _completion_events(request, pool, loaded, prompts, prompt_ids, params, body, head)
-        return event_stream(request, pool, guarded(events, lambda message, kind: {
+        return event_stream(pool, guarded(events, lambda message, kind: {
             "error": {"message": message, "type": kind, "param": None, "code": None}}))
     choices: list[Choice] = []
     completion_tokens = 0

@@ -1,0 +1,269 @@
+"""Dynamic batching: batched answers equal one-at-a-time answers, and every request gets its own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.batching import Batcher
+from app.inference import InferencePool, InferenceTimeout, OverCapacity
+from models.bert import BertConfig, BertForPreTraining, FillMask
+from models.classifier import ARCHITECTURES, SubwordEncoder, TextClassifier, WordEncoder, build_model, build_vocab
+from training.bert import train_tokenizer
+
+from .conftest import Server
+
+LINES = [f"line {i} of the play, with words such as love and death and {w}" for i, w in
+         enumerate(["king", "queen", "lord", "lady", "fool", "sword", "crown", "night"] * 8)]
+# Different lengths, so that batching pads most of them.
+TEXTS = ["love and death", "the king and the queen of the play, and the fool with his crown at night",
+         "sword", "lady lord lady lord lady lord lady", "words such as love"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(LINES, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def fill(tokenizer) -> FillMask:
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), max_position=32, dim=32, n_layers=2, n_heads=2,
+                        ffn_dim=64)
+    torch.manual_seed(0)
+    return FillMask(BertForPreTraining(config), tokenizer, torch.device("cpu"))
+
+
+def assert_same_answer(batched: Any, alone: Any) -> None:
+    """Equal structures, floats within tolerance (a padded pass may round differently)."""
+    if isinstance(alone, float):
+        assert batched == pytest.approx(alone, abs=1e-5)
+    elif isinstance(alone, dict):
+        assert batched.keys() == alone.keys()
+        for key in alone:
+            assert_same_answer(batched[key], alone[key])
+    elif isinstance(alone, list):
+        assert len(batched) == len(alone)
+        for b, a in zip(batched, alone, strict=True):
+            assert_same_answer(b, a)
+    else:
+        assert batched == alone
+
+
+# ---- the batched model entry points --------------------------------------------------------------
+
+
+def test_batched_fill_mask_equals_each_input_alone(fill: FillMask):
+    queries = [("love and [MASK]", 5, None),
+               ("the [MASK] and the queen of the play, and the fool with his [MASK] at night", 3, None),
+               ("[MASK]", 1, None),
+               ("lady lord [MASK] lord lady", 2, ["lady", "lord", "king"])]
+    batched = fill.fill_mask_encoded([fill.encode(*q) for q in queries])
+    for answer, query in zip(batched, queries, strict=True):
+        assert_same_answer(answer, fill.fill_mask(*query))
+
+
+def test_fill_mask_scores_are_the_full_mlm_heads_probabilities(fill: FillMask):
+    query = fill.encode("the [MASK] and the [MASK] of the play", top_k=3)
+    with torch.inference_mode():
+        mlm_logits, _, _ = fill.model(torch.tensor([query.ids]))
+    probs = mlm_logits[0, query.masks].softmax(dim=-1)
+    for row, items in enumerate(fill.fill_mask_encoded([query])[0]):
+        expected, token_ids = probs[row].topk(3)
+        assert [item["token"] for item in items] == token_ids.tolist()
+        assert [item["score"] for item in items] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "bert"])
+def test_batched_classification_equals_each_text_alone(arch: str, tokenizer):
+    torch.manual_seed(0)
+    if arch == "bert":
+        hyper = {"vocab_size": tokenizer.get_vocab_size(), "max_position": 32, "dim": 32, "n_layers": 2,
+                 "n_heads": 2, "ffn_dim": 64, "num_classes": 3}
+        encoder: WordEncoder | SubwordEncoder = SubwordEncoder(tokenizer, max_len=32)
+    else:
+        vocab = build_vocab(LINES, min_count=1)
+        hyper = {"vocab_size": len(vocab.itos), "num_classes": 3, "embed_dim": 16, "dropout": 0.0}
+        hyper |= {"mlp": {"hidden_sizes": (8,)}, "cnn": {"kernel_counts": (4, 4, 4)}}.get(arch, {"hidden_size": 12})
+        encoder = WordEncoder(vocab, max_len=64)
+    classifier = TextClassifier(build_model(arch, hyper), encoder, ["comedy", "history", "tragedy"],
+                                torch.device("cpu"))
+    batched = classifier.classify(TEXTS)
+    for answer, text in zip(batched, TEXTS, strict=True):
+        assert_same_answer(answer, classifier.classify([text])[0])
+
+
+# ---- the batcher ---------------------------------------------------------------------------------
+
+
+def upper(items: list[str]) -> list[str]:
+    return [item.upper() for item in items]
+
+
+def check_released(pool: InferencePool) -> None:
+    assert pool.admitted == 0 and pool.riding == 0 and pool.limiter.borrowed_tokens == 0
+
+
+@pytest.mark.parametrize("max_size, sizes", [(8, [8, 8, 4]), (1, [1] * 20)])
+def test_concurrent_requests_share_passes_of_at_most_max_size(max_size: int, sizes: list[int]):
+    async def scenario() -> None:
+        pool = InferencePool(max_concurrent=1, max_queued=32, timeout=5)
+        calls: list[list[str]] = []
+        observed: list[int] = []
+
+        def predict(items: list[str]) -> list[str]:
+            calls.append(items)
+            return upper(items)
+
+        batcher = Batcher(str, predict, pool, max_size=max_size, wait=0.05, observe=observed.append)
+        answers = await asyncio.gather(*(batcher.submit([(f"a{i}",), (f"b{i}",)]) for i in range(20)))
+        assert answers == [[f"A{i}", f"B{i}"] for i in range(20)]
+        assert observed == sizes and [len(c) for c in calls] == [2 * s for s in sizes]
+        check_released(pool)
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_input_fails_only_its_own_request():
+    def prepare(text: str) -> str:
+        if text == "refused":
+            raise ValueError("the model cannot take this")
+        return text
+
+    def predict(items: list[str]) -> list[str]:
+        if "poison" in items:
+            raise RuntimeError("the pass broke")
+        return upper(items)
+
+    async def scenario() -> None:
+        pool = InferencePool(max_concurrent=1, max_queued=8, timeout=5)
+        batcher = Batcher(prepare, predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
+        answers = await asyncio.gather(batcher.submit([("a",)]), batcher.submit([("b",), ("refused",)]),
+                                       batcher.submit([("poison",)]), batcher.submit([("c",), ("d",)]),
+                                       return_exceptions=True)
+        assert answers[0] == ["A"] and answers[3] == ["C", "D"]
+        assert isinstance(answers[1], ValueError) and isinstance(answers[2], RuntimeError)
+        check_released(pool)
+
+    asyncio.run(scenario())
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.01)
+
+
+def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
+    calls: list[list[str]] = []
+
+    def predict(items: list[str]) -> list[str]:
+        calls.append(items)
+        if "slow" in items:
+            time.sleep(0.3)
+        return upper(items)
+
+    async def scenario() -> None:
+        pool = InferencePool(max_concurrent=1, max_queued=8, timeout=5)
+        batcher = Batcher(str, predict, pool, max_size=8, wait=0, observe=lambda n: None)
+        # Cancelled while waiting for the busy worker: it is left out of the next batch.
+        slow = asyncio.create_task(batcher.submit([("slow",)]))
+        await eventually(lambda: len(calls) == 1)
+        gives_up, stays = (asyncio.create_task(batcher.submit([(text,)])) for text in ("gives up", "stays"))
+        await asyncio.sleep(0.01)
+        gives_up.cancel()
+        assert await slow == ["SLOW"] and await stays == ["STAYS"]
+        assert calls == [["slow"], ["stays"]]
+        # Cancelled while its batch runs: the others of the batch still get their answers.
+        leaves, gets = (asyncio.create_task(batcher.submit([(text,)])) for text in ("slow", "gets"))
+        await eventually(lambda: len(calls) == 3)
+        leaves.cancel()
+        assert await gets == ["GETS"] and leaves.cancelled()
+        assert calls[2] == ["slow", "gets"]
+        check_released(pool)
+        # Past the timeout: 504, and the worker slot is back once the pass ends.
+        pool.timeout = 0.1
+        with pytest.raises(InferenceTimeout):
+            await batcher.submit([("slow",)])
+        await eventually(lambda: pool.limiter.borrowed_tokens == 0)
+        check_released(pool)
+
+    asyncio.run(scenario())
+
+
+def test_requests_past_capacity_are_429_while_a_batch_runs():
+    def predict(items: list[str]) -> list[str]:
+        time.sleep(0.1)
+        return upper(items)
+
+    async def scenario() -> None:
+        pool = InferencePool(max_concurrent=1, max_queued=1, timeout=5)
+        batcher = Batcher(str, predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
+        answers = await asyncio.gather(*(batcher.submit([(t,)]) for t in "abc"), return_exceptions=True)
+        assert answers[:2] == [["A"], ["B"]] and isinstance(answers[2], OverCapacity)
+        check_released(pool)
+
+    asyncio.run(scenario())
+
+
+# ---- the live service ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batching_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service on the BERT and two classifier checkpoints, one worker and a long window: concurrent
+    requests are sure to meet in batches."""
+    root = tmp_path_factory.mktemp("batching-checkpoints")
+    for name in ("bert", "clf-cnn", "clf-lstm"):
+        (root / name).symlink_to(checkpoint_dir / name)
+    server = Server(root, tmp_path_factory.mktemp("logs") / "batching-server.log", BATCH_WAIT_MS="100",
+                    MAX_BATCH_SIZE="8", MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="64")
+    yield server.url
+    server.stop()
+
+
+def batch_sizes(metrics_text: str, model: str) -> tuple[float, float]:
+    """(batches, batches of one request) of ``model`` from the Prometheus text."""
+    samples = {(s.name, s.labels.get("le")): s.value for family in text_string_to_metric_families(metrics_text)
+               if family.name == "lineage_batch_size" for s in family.samples if s.labels["model"] == model}
+    return samples[("lineage_batch_size_count", None)], samples[("lineage_batch_size_bucket", "1.0")]
+
+
+def test_concurrent_requests_are_batched_and_answered_as_if_alone(batching_server: str):
+    requests = [("/v1/fill-mask", {"text": f"{text} [MASK]", "top_k": k}) for k, text in enumerate(TEXTS, 1)]
+    requests += [("/v1/fill-mask", {"text": "[MASK] and [MASK]", "targets": ["love", "death"]})]
+    requests += [("/v1/classify", {"texts": TEXTS[: i + 1], "model": model})
+                 for i in range(len(TEXTS)) for model in ("cnn", "lstm")]
+    with httpx.Client(base_url=batching_server, timeout=60) as client:
+        alone = [client.post(path, json=body) for path, body in requests]
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=batching_server, timeout=60) as client:
+            return await asyncio.gather(*(client.post(path, json=body) for path, body in requests))
+
+    for batched, single in zip(asyncio.run(together()), alone, strict=True):
+        assert batched.status_code == single.status_code == 200
+        assert_same_answer(batched.json(), single.json())
+    metrics = httpx.get(batching_server + "/metrics").text
+    for model in ("bert", "clf-cnn", "clf-lstm"):
+        batches, of_one = batch_sizes(metrics, model)
+        assert of_one < batches  # some batch answered more than one request
+
+
+def test_refused_input_in_a_batch_is_422_and_the_others_are_answered(batching_server: str):
+    bodies = [{"text": "to be or not to [MASK]"}, {"text": "no mask at all"}, {"text": "[MASK] of the king"}]
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=batching_server, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/fill-mask", json=body) for body in bodies))
+
+    statuses = [response.status_code for response in asyncio.run(together())]
+    assert statuses == [200, 422, 200]
