@@ -16,4 +16,4 @@ settings = get_settings()
 configure_logging(json_logs=settings.log_format == "json")
 # Requests are logged by the service's own middleware (with request id, route and model).
 uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False, log_config=None,
-            timeout_graceful_shutdown=30)
+            timeout_keep_alive=settings.keep_alive_timeout, timeout_graceful_shutdown=30)

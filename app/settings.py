@@ -30,6 +30,10 @@ class Settings(BaseSettings):
                                 "one batched forward pass (1 turns dynamic batching off).")
     batch_wait_ms: float = Field(5.0, ge=0, description="Longest a fill-mask or classify request waits for others "
                                  "to share its forward pass (milliseconds).")
+    keep_alive_timeout: float = Field(75.0, gt=0, description="Seconds an idle keep-alive connection stays open. "
+                                      "Longer than clients' and load balancers' own idle timeouts, so that they, "
+                                      "not the service, close idle connections: a request sent just as the "
+                                      "server closes one fails without an answer.")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body accepted (413 above).")
 
