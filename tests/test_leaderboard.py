@@ -1,11 +1,15 @@
-"""The leaderboard's README block: replaced between its markers, added when they are missing."""
+"""The leaderboard: its README block, replaced between its markers or added when they are missing, and the
+command itself, run end to end with the tiny profile."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from training.leaderboard import MARKERS, table, write_readme
+
+from .conftest import run_training
 
 
 def rows() -> tuple[list[dict], list[dict]]:
@@ -52,3 +56,23 @@ def test_readme_without_markers_gets_a_leaderboard_section(tmp_path: Path) -> No
     write_readme(readme, "table again")  # the second run replaces, it does not append again
     content = readme.read_text(encoding="utf-8")
     assert content.count("## Leaderboard") == 1 and "table again" in content and "table\n" not in content
+
+
+def test_the_command_trains_every_row_and_writes_the_table_and_plot(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n", encoding="utf-8")
+    run_training("leaderboard", "--profile", "tiny", "--lm-seconds", "3", "--out", str(tmp_path / "checkpoints"),
+                 "--readme", str(readme), "--docs", str(tmp_path / "docs"))
+    content = readme.read_text(encoding="utf-8")
+    start, end = MARKERS
+    table_rows = [line for line in content[content.index(start):content.index(end)].splitlines()
+                  if line.startswith("| ") and not line.startswith("| Model")]
+    names = [row.split(" | ")[0].removeprefix("| ") for row in table_rows]
+    assert names[:7] == ["TF-IDF + logistic regression (baseline)", "MLP (bag of embeddings)", "TextCNN", "RNN",
+                         "LSTM", "GRU", "BERT (fine-tuned)"]
+    assert sorted(names[7:]) == ["GPT", "GRU LM", "LSTM LM", "RNN LM"]
+    assert (tmp_path / "docs" / "leaderboard_lm.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    figures = json.loads((tmp_path / "docs" / "leaderboard.json").read_text(encoding="utf-8"))
+    assert len(figures["classification"]) == 7 and len(figures["language_models"]) == 4
+    # Everything it trained stays hidden from the service, which lists only <out>/<id>/ directories.
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [".leaderboard"]
