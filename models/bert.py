@@ -259,13 +259,6 @@ class BertForPreTraining(nn.Module):
             loss = nsp_loss if loss is None else loss + nsp_loss
         return mlm_logits, nsp_logits, loss
 
-    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups: decay matrices (and embeddings), not biases or layer-norm gains (as BERT)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
 
 class BertForSequenceClassification(nn.Module):
     """The pretrained encoder with a linear classifier on the pooled ``[CLS]`` (fine-tuning, §4.1)."""

@@ -250,15 +250,6 @@ class GPT(nn.Module):
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.load_state_dict({**weights, "lm_head.weight": weights["wte.weight"]})
 
-    def configure_optimizer(self, weight_decay: float, learning_rate: float,
-                            betas: tuple[float, float] = (0.9, 0.95), fused: bool = False) -> torch.optim.AdamW:
-        """AdamW that decays matrices (weights, embeddings) but not biases and LayerNorm gains."""
-        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        decay = [p for p in params.values() if p.dim() >= 2]
-        no_decay = [p for p in params.values() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
-
     # ---- inference ------------------------------------------------------------------------------
 
     def start(self, prompt: list[int], rows: int = 1) -> tuple[GPTSession, torch.Tensor]:
@@ -347,8 +338,5 @@ def load(checkpoint: Checkpoint, device: torch.device) -> TextGenerator:
     model = GPT(config)
     model.load_weights(checkpoint.state_dict)
     model.to(device).eval()
-    spec = checkpoint.config["tokenizer"]
-    tokenizer = load_text_tokenizer(spec["type"], checkpoint.file(spec["file"]))
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids, the model {config.vocab_size}")
+    tokenizer = load_text_tokenizer(checkpoint, config.vocab_size)
     return TextGenerator(model.start, tokenizer, context_length=config.block_size, model=model)

@@ -306,8 +306,5 @@ def load(checkpoint: Checkpoint, device: torch.device) -> TextGenerator:
     model = RNNLanguageModel(config)
     model.load_state_dict(checkpoint.state_dict)
     model.to(device).eval()
-    spec = checkpoint.config["tokenizer"]
-    tokenizer = load_text_tokenizer(spec["type"], checkpoint.file(spec["file"]))
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids, the model {config.vocab_size}")
+    tokenizer = load_text_tokenizer(checkpoint, config.vocab_size)
     return TextGenerator(model.start, tokenizer, context_length=None, model=model)

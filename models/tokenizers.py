@@ -13,7 +13,10 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.checkpoint import Checkpoint
 
 # Lower-cased words with an optional inner apostrophe ("o'er", "ne'er"), the corpus's word unit.
 WORD_PATTERN = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -166,8 +169,13 @@ TEXT_TOKENIZERS: dict[str, type[CharTokenizer] | type[ByteBPETokenizer]] = {
 }
 
 
-def load_text_tokenizer(kind: str, path: Path) -> TextTokenizer:
-    """The tokenizer a checkpoint names in ``config["tokenizer"]`` (``{"type": ..., "file": ...}``)."""
-    if kind not in TEXT_TOKENIZERS:
-        raise ValueError(f"unknown tokenizer type {kind!r}; known: {', '.join(TEXT_TOKENIZERS)}")
-    return TEXT_TOKENIZERS[kind].from_json(Path(path).read_text(encoding="utf-8"))
+def load_text_tokenizer(checkpoint: Checkpoint, vocab_size: int) -> TextTokenizer:
+    """The tokenizer a checkpoint names in ``config["tokenizer"]`` (``{"type": ..., "file": ...}``),
+    refused unless it has the model's ``vocab_size`` ids."""
+    spec = checkpoint.config["tokenizer"]
+    if spec["type"] not in TEXT_TOKENIZERS:
+        raise ValueError(f"unknown tokenizer type {spec['type']!r}; known: {', '.join(TEXT_TOKENIZERS)}")
+    tokenizer = TEXT_TOKENIZERS[spec["type"]].from_json(checkpoint.file(spec["file"]).read_text(encoding="utf-8"))
+    if tokenizer.vocab_size != vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids, the model {vocab_size}")
+    return tokenizer

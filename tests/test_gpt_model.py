@@ -28,6 +28,7 @@ from models.sampling import (
 from models.tokenizers import ByteBPETokenizer, CharTokenizer
 from training import gpt as trainer
 from training.cli import build_parser
+from training.common import weight_decay_groups
 
 from .conftest import ROOT
 
@@ -143,7 +144,7 @@ def test_session_runs_past_the_context_by_refilling() -> None:
 
 def test_optimizer_decays_matrices_only() -> None:
     model = small()
-    optimizer = model.configure_optimizer(weight_decay=0.1, learning_rate=1e-3)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, 0.1), lr=1e-3)
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
@@ -154,7 +155,7 @@ def test_loss_drops_when_training_on_a_repeated_text() -> None:
     tokenizer = CharTokenizer.train([TEXT])
     data = torch.tensor(tokenizer.encode(TEXT))
     model = small(vocab_size=tokenizer.vocab_size).train()
-    optimizer = model.configure_optimizer(0.0, 3e-3)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, 0.0), lr=3e-3, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(60):

@@ -45,7 +45,7 @@ from models.bert import (
     load_tokenizer,
 )
 from models.checkpoint import load_checkpoint, save_checkpoint, update_metrics
-from training.common import apply_profile, pick_device, progress, set_seed
+from training.common import apply_profile, pick_device, progress, set_seed, weight_decay_groups
 from training.data import (
     SPLIT_SEED,
     plays_in,
@@ -558,7 +558,7 @@ def _train(args: argparse.Namespace, dist: Distributed) -> list[Path]:
     raw = BertForPreTraining(config).to(device)
     lengths = step_lengths(train_encoded, args)
     total_steps, long_steps = len(lengths), sum(n != short_position(args) for n in lengths)
-    optimizer = torch.optim.AdamW(raw.optimizer_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
+    optimizer = torch.optim.AdamW(weight_decay_groups(raw, args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
                                   eps=1e-6, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(args.seed)  # the masks, identical on every rank
     step, tokens, seconds_before = 0, 0, 0.0

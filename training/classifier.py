@@ -45,7 +45,7 @@ from models.classifier import (
     pad_batch,
 )
 from models.tokenizers import words
-from training.common import apply_profile, pick_device, progress, set_seed
+from training.common import apply_profile, pick_device, progress, set_seed, weight_decay_groups
 from training.data import (
     GENRE_LABELS,
     SPLIT_SEED,
@@ -357,12 +357,8 @@ def train(args: argparse.Namespace) -> list[Path]:
 
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     total_steps = args.epochs * steps_per_epoch
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
     # foreach: one multi-tensor update per step, several times faster on CPU than the per-tensor loop.
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr,
-                                  foreach=True)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.lr, foreach=True)
     warmup = max(1, total_steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))

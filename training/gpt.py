@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint, update_metrics
-from models.gpt import GPT, PRESETS, GPTConfig
-from models.tokenizers import ByteBPETokenizer, CharTokenizer, TextTokenizer, load_text_tokenizer
-from training.common import apply_profile, progress, set_seed
+from models.gpt import GPT, PRESETS, GPTConfig, load
+from models.tokenizers import ByteBPETokenizer, CharTokenizer, TextTokenizer
+from training.common import apply_profile, progress, set_seed, weight_decay_groups
 from training.data import SPLIT_SEED, plays_in, read_text_file, shakespeare_provenance, split_text, user_provenance
 from training.distributed import Distributed, setup
 from training.state import load_state, restore_rng, save_state, state_dir
@@ -320,7 +320,8 @@ def _train(args: argparse.Namespace, dist: Distributed) -> list[Path]:
     accumulation = len(pieces)
 
     raw = GPT(config).to(device)
-    optimizer = raw.configure_optimizer(args.weight_decay, args.lr, (0.9, args.beta2), fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(weight_decay_groups(raw, args.weight_decay), lr=args.lr, betas=(0.9, args.beta2),
+                                  fused=device.type == "cuda")
     batches = torch.Generator().manual_seed(args.seed)  # the global batch stream, identical on every rank
     step, tokens_seen, seconds_before = 0, 0, 0.0
     history: dict[str, list] = {"step": [], "loss": [], "lr": [], "val_loss": []}
@@ -462,11 +463,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         args.val_fraction = data_record.get("val_fraction", 0.1)
     args.train_chars, args.val_chars = None, None
     _, val_docs, _ = read_documents(args)
-    spec = checkpoint.config["tokenizer"]
-    tokenizer = load_text_tokenizer(spec["type"], checkpoint.file(spec["file"]))
-    model = GPT(GPTConfig(**checkpoint.config["model"]))
-    model.load_weights(checkpoint.state_dict)
-    model.to(device)
+    generator = load(checkpoint, device)
+    model, tokenizer = generator.model, generator.tokenizer
     ids = encode(tokenizer, val_docs)
     chars = predicted_chars(tokenizer, val_docs, ids)
     nats, count = validation_loss(model, ids, model.config.block_size, device, resolve_dtype(args.dtype, device))

@@ -192,18 +192,13 @@ def lm_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
 def windowed_bpc(path: Path, window: int, device_name: str) -> float:
     """A recurrent model scored as the GPT is: consecutive windows of ``window`` tokens, each from a zero
     state, so the two columns compare like with like (the recurrent models' own figure carries the state)."""
-    from models.rnn import RNNLanguageModel, RNNLanguageModelConfig
-    from models.tokenizers import load_text_tokenizer
+    from models.rnn import load
     from training import gpt
     from training.common import pick_device
 
-    checkpoint = load_checkpoint(path)
     device = pick_device(device_name)
-    model = RNNLanguageModel(RNNLanguageModelConfig(**checkpoint.config["model"]))
-    model.load_state_dict(checkpoint.state_dict)
-    model.to(device)
-    spec = checkpoint.config["tokenizer"]
-    tokenizer = load_text_tokenizer(spec["type"], checkpoint.file(spec["file"]))
+    generator = load(load_checkpoint(path), device)
+    model, tokenizer = generator.model, generator.tokenizer
     source = argparse.Namespace(corpus=None, train_chars=None, val_chars=None)
     _, val_docs, _ = gpt.read_documents(source)
     ids = gpt.encode(tokenizer, val_docs)

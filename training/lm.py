@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, update_metrics
-from models.rnn import CELLS, RNNLanguageModel, RNNLanguageModelConfig
-from models.tokenizers import load_text_tokenizer
+from models.rnn import CELLS, RNNLanguageModel, RNNLanguageModelConfig, load
 from training import gpt
-from training.common import apply_profile, pick_device, progress, set_seed
+from training.common import apply_profile, pick_device, progress, set_seed, weight_decay_groups
 from training.data import SPLIT_SEED
 
 log = logging.getLogger("training.lm")
@@ -155,10 +154,7 @@ def train(args: argparse.Namespace) -> list[Path]:
     config = RNNLanguageModelConfig(vocab_size=tokenizer.vocab_size, **{k: getattr(args, k) for k in MODEL_FIELDS})
     model = RNNLanguageModel(config).to(device)
     parameters = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, foreach=True)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.lr, foreach=True)
     model_id = checkpoint_id(FAMILY, args.cell)
     log.info("%s: %s, %d parameters, %s autocast, %d training / %d validation tokens", model_id, config,
              parameters, dtype, len(train_ids), len(val_ids))
@@ -243,11 +239,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     source = argparse.Namespace(corpus=corpus, val_fraction=data_record.get("val_fraction", 0.1),
                                 train_chars=None, val_chars=None)
     _, val_docs, _ = gpt.read_documents(source)
-    spec = checkpoint.config["tokenizer"]
-    tokenizer = load_text_tokenizer(spec["type"], checkpoint.file(spec["file"]))
-    model = RNNLanguageModel(RNNLanguageModelConfig(**checkpoint.config["model"]))
-    model.load_state_dict(checkpoint.state_dict)
-    model.to(device)
+    generator = load(checkpoint, device)
+    model, tokenizer = generator.model, generator.tokenizer
     ids = gpt.encode(tokenizer, val_docs)
     nats, count = stateful_nats(model, ids, device, gpt.resolve_dtype(args.dtype, device))
     metrics = {**checkpoint.metrics, "val_loss": round(nats / count, 5),
