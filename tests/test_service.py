@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,18 @@ def test_api_key_guards_v1_routes_only(checkpoint_dir: Path, logs: Path):
                 assert c.get(open_path).status_code == 200, open_path
     finally:
         server.stop()
+
+
+def test_idle_keep_alive_connections_outlive_the_clients_expiry(server: str):
+    """The service keeps an idle connection open longer than httpx's 5 s expiry, so the client, not the
+    server, closes it: a request sent on a connection the server has just closed gets no answer."""
+    port = int(server.rsplit(":", 1)[1])
+    request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        for _ in range(2):
+            connection.sendall(request)
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(6)  # longer than both uvicorn's default keep-alive and httpx's expiry (5 s)
 
 
 def _admitted(c: httpx.Client) -> float:
