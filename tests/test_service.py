@@ -4,10 +4,10 @@ capacity, and the Docker entrypoint — each against a real server process where
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import shutil
 import signal
-import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,12 +47,20 @@ def test_idle_keep_alive_connections_outlive_the_clients_expiry(server: str):
     """The service keeps an idle connection open longer than httpx's 5 s expiry, so the client, not the
     server, closes it: a request sent on a connection the server has just closed gets no answer."""
     port = int(server.rsplit(":", 1)[1])
-    request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        for _ in range(2):
-            connection.sendall(request)
-            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
-            time.sleep(6)  # longer than both uvicorn's default keep-alive and httpx's expiry (5 s)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/health")
+        first = connection.getresponse()
+        assert first.status == 200 and first.read() == b'{"status":"ok"}'
+        idle_socket = connection.sock
+        time.sleep(6)  # longer than both uvicorn's default keep-alive and httpx's expiry (5 s)
+        # Had the server closed the socket, this would raise RemoteDisconnected rather than reconnect.
+        connection.request("GET", "/health")
+        second = connection.getresponse()
+        assert second.status == 200 and second.read() == b'{"status":"ok"}'
+        assert connection.sock is idle_socket, "the request went over a new connection"
+    finally:
+        connection.close()
 
 
 def _admitted(c: httpx.Client) -> float:
