@@ -14,7 +14,7 @@ from fastapi import HTTPException, Request
 
 from app.observability import note_model
 from models import bert, classifier, gpt, rnn, seq2seq, word2vec
-from models.catalog import CATALOG, entry
+from models.catalog import CATALOG, entry, outdated
 from models.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint
 
 log = logging.getLogger("app.registry")
@@ -47,6 +47,7 @@ class CheckpointStatus:
     id: str
     status: str  # "loaded" or "refused"
     reason: str | None = None
+    outdated: str | None = None  # why today's default recipe would train it otherwise (models.catalog.outdated)
 
 
 class ModelNotLoaded(HTTPException):
@@ -94,12 +95,13 @@ class Registry:
                     log.error("refused checkpoint %s: %s", path.name, e)
                     if path.name in previous:
                         models[path.name] = previous[path.name]
-                        statuses[path.name] = CheckpointStatus(path.name, "loaded", f"kept previous version: {e}")
+                        statuses[path.name] = CheckpointStatus(path.name, "loaded", f"kept previous version: {e}",
+                                                               outdated(previous[path.name].config))
                     else:
                         statuses[path.name] = CheckpointStatus(path.name, "refused", str(e))
                     continue
                 models[loaded.id] = loaded
-                statuses[path.name] = CheckpointStatus(path.name, "loaded")
+                statuses[path.name] = CheckpointStatus(path.name, "loaded", outdated=outdated(loaded.config))
                 log.info("loaded %s (%s, %d parameters)", loaded.id, loaded.architecture, loaded.parameters)
             # Readers see the old dict or the new one, never a half-built one.
             self._models = models
