@@ -19,6 +19,8 @@ from models.seq2seq import load as load_seq2seq
 from training.data import load_plays
 from training.loop import state_dir
 
+from .test_loop import labeled
+
 ROOT = Path(__file__).resolve().parent.parent
 ONE = [sys.executable]
 TWO = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -143,3 +145,25 @@ def test_seq2seq_on_two_processes_matches_one_with_the_same_global_batch(tmp_pat
     assert double.config["training"]["world_size"] == 2 and double.metrics["tokens_per_second"] > 0
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".seq2seq-zh-en-train-state", "seq2seq-zh-en"]
     assert load_seq2seq(double, CPU).translate(["我爱你。"])[0].translation
+
+
+# Without dropout: each process draws its own dropout masks, so only without it can two processes repeat one.
+ALSO_ON_THE_LOOP = {
+    "lm": (("lm", "--cell", "gru", "--max-steps", "8", "--batch-size", "8", "--max-seconds", "0"), "lm-gru"),
+    "classifier": (("classifier", "--arch", "mlp", "--epochs", "2", "--batch-size", "16", "--dropout", "0"),
+                   "clf-mlp"),
+}
+
+
+@pytest.mark.parametrize("trainer", sorted(ALSO_ON_THE_LOOP))
+def test_the_other_trainers_on_two_processes_match_one(trainer: str, tmp_path: Path) -> None:
+    (family, *flags), checkpoint_id = ALSO_ON_THE_LOOP[trainer]
+    flags = [*flags, "--profile", "tiny", "--device", "cpu", "--precision", "fp32"]
+    if trainer == "classifier":
+        flags += ["--labeled", str(labeled(tmp_path / "toy.tsv"))]
+    train(ONE, family, tmp_path / "one", *flags)
+    train(TWO, family, tmp_path / "two", *flags, "--micro-batch-size", "3")
+    single, double = history(tmp_path / "one", checkpoint_id), history(tmp_path / "two", checkpoint_id)
+    assert len(double["loss"]) == len(single["loss"]) >= 8
+    assert double["loss"] == pytest.approx(single["loss"], abs=1e-4)
+    assert load_checkpoint(tmp_path / "two" / checkpoint_id).config["training"]["world_size"] == 2

@@ -529,11 +529,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     model.to(device)
     tokenizer = load_tokenizer(checkpoint)
     data = checkpoint.config["data"]
-    if "file" in data:
-        _, val_text = split_text(read_text_file(Path(data["file"])), data["val_fraction"])
-        documents = documents_from_text(val_text)
-    else:
-        documents = documents_from_plays("validation")
+    _, documents, _ = _corpus(argparse.Namespace(corpus=Path(data["file"]) if "file" in data else None,
+                                                  val_fraction=data.get("val_fraction")))
     with loop.autocast(device, loop.resolve_precision(args.precision, device)):
         results = evaluate_model(model, tokenizer, encode_documents(tokenizer, documents), device, args.batch_size,
                                  args.eval_pairs)

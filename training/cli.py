@@ -48,7 +48,8 @@ def family_module(family: str) -> ModuleType:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=PROFILES, default="quick",
                         help="size preset: tiny (seconds, tests), quick (make serve), full (GPU)")
-    parser.add_argument("--epochs", type=int, default=None, help="passes over the training data")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="passes over the training data (--max-steps caps them)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     parser.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoint root directory")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")

@@ -23,6 +23,7 @@ from models.checkpoint import load_checkpoint
 from models.gpt import GPT, PRESETS, GPTConfig, load
 from training import loop, text
 from training.common import pick_device
+from training.data import SPLIT_SEED
 
 log = logging.getLogger("training.gpt")
 
@@ -88,7 +89,7 @@ def train(args: argparse.Namespace) -> list[Path]:
             "id": checkpoint_name(args.name), "family": FAMILY, "name": args.name,
             "architecture": "GPT: decoder-only Transformer, pre-LayerNorm, tied input/output embeddings",
             "model": config.to_dict(), "tokenizer": {"type": data.tokenizer.type, "file": data.tokenizer.file_name},
-            "data": data.provenance, "split_seed": text.SPLIT_SEED,
+            "data": data.provenance, "split_seed": SPLIT_SEED,
         }, {data.tokenizer.file_name: data.tokenizer.to_json()}, GPT.weights, GPT.num_parameters)
         schedule = loop.Schedule(args.lr, args.min_lr, args.warmup_steps)
         settings = loop.Settings(loop.total_steps(args, text.steps_per_epoch(data, args)), schedule,
@@ -101,7 +102,7 @@ def train(args: argparse.Namespace) -> list[Path]:
             nats, count = text.window_loss(model, data.val, args.block_size, run.device)
         metrics = text.bits_per_char(nats, count, data.val_chars)
         log.info("%s: validation %.4f nats/token, %.4f bits/char", record.config["id"], metrics["val_loss"],
-                      metrics["val_bpc"])
+                 metrics["val_bpc"])
         return [run.save(record, trained, metrics)]
 
 

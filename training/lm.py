@@ -28,6 +28,7 @@ from models.checkpoint import checkpoint_id, load_checkpoint
 from models.rnn import CELLS, RNNLanguageModel, RNNLanguageModelConfig, load
 from training import loop, text
 from training.common import pick_device
+from training.data import SPLIT_SEED
 
 log = logging.getLogger("training.lm")
 
@@ -129,7 +130,7 @@ def train(args: argparse.Namespace) -> list[Path]:
             "id": model_id, "family": FAMILY, "name": args.cell,
             "architecture": {"rnn": "Elman RNN", "lstm": "LSTM", "gru": "GRU"}[args.cell] + " language model",
             "model": asdict(config), "tokenizer": {"type": data.tokenizer.type, "file": data.tokenizer.file_name},
-            "data": data.provenance, "split_seed": text.SPLIT_SEED,
+            "data": data.provenance, "split_seed": SPLIT_SEED,
         }, {data.tokenizer.file_name: data.tokenizer.to_json()}), trained, metrics)]
 
 

@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seconds", type=float, default=None,
                    help="wall-clock budget of the training loop; the learning rate follows it (0: none)")
     g.add_argument("--eval-interval", type=int, default=None,
-                   help="optimizer steps between validation checks (0: none during training)")
+                   help="optimizer steps between validation checks (0: the trainer's own: once an epoch for "
+                        "those that keep their best model, else none during training)")
     g.add_argument("--save-interval", type=int, default=None,
                    help="optimizer steps between saves of the training state (0: at evaluations and the end)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
@@ -311,7 +312,7 @@ class Run:
     def __exit__(self, error: type[BaseException] | None, *_: object) -> None:
         if error is None:
             self.dist.barrier()  # the other ranks wait until rank 0 has written the checkpoint
-        self.dist.close()
+        self.dist.close()  # on an error too: this process leaves the group, and torchrun stops the others
 
     @property
     def is_main(self) -> bool:
