@@ -136,7 +136,7 @@ def test_seq2seq_on_two_processes_matches_one_with_the_same_global_batch(tmp_pat
     # 16 pairs a process, in micro-batches of 5, 5, 5 and 1.
     train(TWO, "seq2seq", tmp_path / "two", *SEQ2SEQ, "--micro-batch-size", "5")
     single, double = (load_checkpoint(tmp_path / run / "seq2seq-zh-en") for run in ("one", "two"))
-    evaluations = [c.config["training"]["evaluations"] for c in (single, double)]
+    evaluations = [c.metrics["evaluations"] for c in (single, double)]
     for one, two in zip(*evaluations, strict=True):
         assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-3)
         assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-3)

@@ -165,7 +165,7 @@ def lm_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
         checkpoint = load_checkpoint(_run([*command, *budget, *_common(args, runs)]))
         m = checkpoint.metrics
         # The checks during training read a few windows; the last point is the full validation text.
-        curve = [(e["seconds"], e["val_loss"] / math.log(2)) for e in checkpoint.config["training"]["evaluations"]]
+        curve = [(e["seconds"], e["val_loss"] / math.log(2)) for e in m["evaluations"]]
         curve.append((m["train_seconds"], m["val_bpc"]))
         rows.append({"model": name, "id": checkpoint.id, "val_bpc": m["val_bpc"], "parameters": m["parameters"],
                      "steps": m["steps"], "train_seconds": m["train_seconds"],

@@ -41,7 +41,7 @@ _MODEL = {"tokenizer": "char", "vocab_size": 2048, "embed_dim": 64, "num_layers"
 PROFILES: dict[str, dict[str, Any]] = {
     # seconds: the test session trains and serves these
     "tiny": {**_MODEL, "hidden_size": 64, "block_size": 64, "batch_size": 16, "max_steps": 40, "lr": 1e-2,
-             "min_lr": 1e-3, "warmup_steps": 4, "eval_interval": 0, "train_chars": 200_000, "val_chars": 20_000,
+             "min_lr": 1e-3, "warmup_steps": 4, "eval_interval": 20, "train_chars": 200_000, "val_chars": 20_000,
              "max_seconds": 20.0},
     # make serve: well under a minute each on 2 cores
     "quick": {**_MODEL, "hidden_size": 256, "max_steps": 250, "lr": 5e-3, "min_lr": 5e-4, "warmup_steps": 20,

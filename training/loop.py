@@ -231,10 +231,11 @@ class Trained:
     best: dict[str, Any] | None = None  # the evaluation the model was kept at
 
     def facts(self) -> dict[str, Any]:
-        """The metrics every checkpoint carries about its training."""
+        """The metrics every checkpoint carries about its training, its validation checks included."""
         recent = self.history["loss"][-20:]
         return {"train_loss": round(sum(recent) / max(1, len(recent)), 5), "steps": self.steps,
-                "train_seconds": round(self.seconds, 1), "tokens_per_second": round(self.tokens_per_second, 1)}
+                "train_seconds": round(self.seconds, 1), "tokens_per_second": round(self.tokens_per_second, 1),
+                "evaluations": self.history["evaluations"]}
 
 
 # ---- the training state ---------------------------------------------------------------------------------
@@ -464,11 +465,10 @@ class Run:
 
     def save(self, record: Record, trained: Trained, metrics: dict[str, Any]) -> Path:
         """Write the served checkpoint (rank 0): the trainer's record and metrics, the loop's facts, the recipe."""
-        evaluations = trained.history["evaluations"]
         config = {**record.config, "training": {
             "steps": trained.steps, "seconds": round(trained.seconds, 1), "precision": self.precision,
             "device": str(self.device), "world_size": self.dist.world_size, "compile": self.args.compile,
-            "micro_batch_size": self.args.micro_batch_size, "best_step": trained.best and trained.best["step"],
-            "evaluations": evaluations}, "recipe": recipe(self.args)}
+            "micro_batch_size": self.args.micro_batch_size, "best_step": trained.best and trained.best["step"]},
+            "recipe": recipe(self.args)}
         metrics = {**trained.facts(), "parameters": record.parameters(trained.model), **metrics}
         return save_checkpoint(self.args.out, config, record.weights(trained.model), metrics, record.files)

@@ -477,7 +477,7 @@ def grid_markdown(report: dict[str, Any]) -> str:
              "|" + "---|" * (len(head) + len(buckets))]
     for r in runs:
         cells = [r["cell"], r["attention"], f"{r['bleu']:.1f}", f"{r['chrf']:.1f}", f"{r['validation_loss']:.3f}",
-                 str(r["epochs"])]
+                 f"{r['epochs']:g}"]
         cells += [f"{r['bleu_by_source_length'][b]['bleu']:.1f}" for b in buckets]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| attention (mean over cells) | BLEU | " + " | ".join(f"BLEU {b}" for b in buckets) + " |",
