@@ -348,7 +348,10 @@ class Run:
                                       **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
         run = Progress()
         if self.state is not None:
-            raw.load_state_dict(self.state["model"])
+            try:
+                raw.load_state_dict(self.state["model"])
+            except RuntimeError as e:  # load_state_dict's error for weights of another shape
+                raise ValueError(f"--resume: the saved model does not fit today's flags ({e})") from e
             optimizer.load_state_dict(self.state["optimizer"])
             if len(self.state["torch_rng"]) == dist.world_size:  # on another number of processes: fresh streams
                 torch.set_rng_state(self.state["torch_rng"][dist.rank])
