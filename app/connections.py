@@ -33,6 +33,10 @@ from app.settings import Settings, get_settings
 log = logging.getLogger("app.connections")
 
 RETRY_AFTER_SECONDS = 1  # the same hint as the inference pool's 429
+# How long a refused connection is still read (and what it sends dropped) after its answer: closing a socket
+# with unread data resets it, and the reset can reach the client before it has read the answer (measured:
+# a client still sending a 64 MiB head got ECONNRESET instead of the 431).
+LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class GuardedH11Protocol(H11Protocol):
         self.limits = limits or ConnectionLimits.from_settings(get_settings())
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.read_deadline: asyncio.TimerHandle | None = None
+        self.lingering = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # counts this connection in self.connections
@@ -85,6 +90,8 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_read_deadline()  # the first request's clock starts when the connection opens
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
         if self.read_deadline is None:
             self._arm_read_deadline()  # the first byte of the next request on a keep-alive connection
         super().data_received(data)
@@ -106,8 +113,7 @@ class GuardedH11Protocol(H11Protocol):
         """uvicorn answers every parse error with 400; a head over the limit (h11 keeps it buffered) gets 431."""
         if len(self.conn.trailing_data[0]) > self.limits.max_header_bytes:
             detail = f"request head larger than MAX_HEADER_BYTES={self.limits.max_header_bytes} bytes"
-            self.transport.write(_json_response(431, b"Request Header Fields Too Large", detail))
-            self.transport.close()
+            self._answer_and_close(_json_response(431, b"Request Header Fields Too Large", detail))
         else:
             super().send_400_response(msg)
 
@@ -137,8 +143,18 @@ class GuardedH11Protocol(H11Protocol):
             log.info("closed a connection whose request head was incomplete after READ_TIMEOUT=%g s",
                      self.limits.read_timeout)
             detail = f"request not received within READ_TIMEOUT={self.limits.read_timeout:g} s"
-            self.transport.write(_json_response(408, b"Request Timeout", detail))
+            self._answer_and_close(_json_response(408, b"Request Timeout", detail))
         else:  # the app holds the request: closing makes its next read a disconnect
             log.info("closed a connection whose request body was incomplete after READ_TIMEOUT=%g s",
                      self.limits.read_timeout)
-        self.transport.close()
+            self.transport.close()
+
+    def _answer_and_close(self, response: bytes) -> None:
+        """Send a final answer and end the connection: our side at once, the socket once the client has had
+        LINGER_SECONDS to stop sending (the parser is done with this connection: what arrives is dropped)."""
+        self._cancel_read_deadline()
+        self.transport.write(response)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.lingering = True
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
