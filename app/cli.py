@@ -46,9 +46,10 @@ def serve(argv: list[str], prog: str = "python -m app") -> None:
 
     configure_logging(json_logs=settings.log_format == "json")
     protocol = functools.partial(GuardedH11Protocol, limits=ConnectionLimits.from_settings(settings))
-    # Requests are logged by the service's own middleware (with request id, route and model).
+    # Requests are logged by the service's own middleware (with request id, route and model). No route is a
+    # WebSocket, so an upgrade request is answered as plain HTTP rather than handed to a WebSocket protocol.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, http=protocol,  # type: ignore[arg-type]
-                access_log=False, log_config=None, timeout_keep_alive=settings.keep_alive_timeout,
+                ws="none", access_log=False, log_config=None, timeout_keep_alive=settings.keep_alive_timeout,
                 timeout_graceful_shutdown=30)
 
 
