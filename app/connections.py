@@ -1,10 +1,10 @@
 """Limits at the connection level, which the app cannot set for itself: uvicorn's h11 protocol with
 a bound on the request head, a deadline for receiving each request, and a bound on open connections.
 
-uvicorn's default parser (httptools) buffers a request head of any size and waits forever for the rest
+uvicorn's default parser (httptools) buffers a request head of any size and has no deadline for the rest
 of a request (measured: a 64 MiB header was answered 200, and a connection that sent nothing, or one
-byte of its head every half second, stayed open indefinitely). h11 refuses a head over its buffer limit;
-the class below adds the rest:
+byte of its head or body every half second, was still open after the 12 s we watched). h11 refuses a
+head over its buffer limit; the class below adds the rest:
 
 - a request head over ``max_header_bytes`` gets 431 and the connection is closed;
 - a request not received in full within ``read_timeout`` of its first byte (of the connection's opening,
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
+from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
@@ -57,7 +58,7 @@ def _json_response(status: int, reason: bytes, detail: str) -> bytes:
             % (status, reason, len(body), body))
 
 
-async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
+async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
     """The ASGI app an over-limit connection gets instead of the service: it reads the request body first,
     so that closing the connection does not reset it before the client reads the answer."""
     while (await receive()).get("more_body"):
