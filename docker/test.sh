@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make docker-test`: build the image with the tiny profile, run it with a published port, and check it:
 # /health, /ready listing the models, a fill-mask call, a flag given to `docker run` reaching the server,
-# an unknown flag refused, and the server running as a non-root user.
+# an unknown flag refused, the server running as a non-root user, and no training dependencies in the image.
 #
 # PYTHON_IMAGE and TORCH_INDEX are passed to the build when set. Otherwise:
 # - PYTHON_IMAGE is python:3.11-slim when it can be pulled, else docker/base-image.sh's image from Debian
@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 
 TAG=${TAG:-lineage:docker-test}
 NAME=lineage-docker-test-$$
-HOST_PORT=${HOST_PORT:-18000}
 CONTAINER_PORT=8001  # not the image's default, so that reaching it proves `docker run IMAGE --port` works
 say() { echo "docker-test: $*"; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+HOST_PORT=${HOST_PORT:-$(free_port)}
 
 docker info >/dev/null 2>&1 || { say "no Docker engine answers (docker info failed); start dockerd first"; exit 1; }
 
@@ -52,7 +53,7 @@ if [ -z "${TORCH_INDEX:-}" ]; then
         # A simple index in http.server's directory listings: /torch/ lists the wheel.
         mkdir -p "$work/index/torch"
         ln -s "$wheel" "$work/index/torch/"
-        index_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        index_port=$(free_port)
         python3 -m http.server --bind 127.0.0.1 --directory "$work/index" "$index_port" >"$work/index.log" 2>&1 &
         index_pid=$!
         TORCH_INDEX=http://127.0.0.1:$index_port/
@@ -121,6 +122,12 @@ EOF
 uid=$(docker exec "$NAME" sh -c "awk '/^Uid:/ {print \$2}' /proc/1/status")
 say "the server (PID 1 in the container) runs as uid $uid ($(docker exec "$NAME" id -un))"
 [ "$uid" != 0 ] || { say "the server runs as root"; status=1; }
+
+if docker exec "$NAME" python -c "import gensim, numba, sacrebleu, sklearn" 2>/dev/null; then
+    say "the runtime image carries the train extra"; status=1
+else
+    say "the runtime image serves without the train extra (gensim, numba, sacrebleu, sklearn absent)"
+fi
 
 say "container output:"
 docker logs "$NAME" 2>&1 | tail -n 40
