@@ -14,12 +14,13 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS base
-# The CPU build of torch; the default index would pull a multi-GB CUDA build. Only torch comes from this
-# index: its own dependencies come from PyPI with the project's.
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# The CPU build of torch; the default index would pull a multi-GB CUDA build. Only torch comes from this
+# index: its own dependencies come from PyPI with the project's. (A build argument is part of the cache key
+# of every later step, so a loopback index keeps one port from build to build.)
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --no-deps --index-url "$TORCH_INDEX" torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./

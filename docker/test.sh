@@ -16,7 +16,20 @@ TAG=${TAG:-lineage:docker-test}
 NAME=lineage-docker-test-$$
 CONTAINER_PORT=8001  # not the image's default, so that reaching it proves `docker run IMAGE --port` works
 say() { echo "docker-test: $*"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# The given port when it is free, else any free one.
+free_port() {
+    python3 - "${1:-0}" <<'EOF'
+import socket
+import sys
+
+with socket.socket() as s:
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[1])))
+    except OSError:
+        s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+EOF
+}
 HOST_PORT=${HOST_PORT:-$(free_port)}
 
 docker info >/dev/null 2>&1 || { say "no Docker engine answers (docker info failed); start dockerd first"; exit 1; }
@@ -53,7 +66,7 @@ if [ -z "${TORCH_INDEX:-}" ]; then
         # A simple index in http.server's directory listings: /torch/ lists the wheel.
         mkdir -p "$work/index/torch"
         ln -s "$wheel" "$work/index/torch/"
-        index_port=$(free_port)
+        index_port=$(free_port 8808)  # the same port each time, so the build's cache holds (see the Dockerfile)
         python3 -m http.server --bind 127.0.0.1 --directory "$work/index" "$index_port" >"$work/index.log" 2>&1 &
         index_pid=$!
         TORCH_INDEX=http://127.0.0.1:$index_port/
