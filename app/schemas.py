@@ -1,0 +1,93 @@
+"""What every request schema shares: strict fields, bounded texts, model names, the error shapes.
+
+Every request model derives from ``RequestModel``: an unknown field is refused (naming it), a
+number must be finite, and no text may carry a lone surrogate (it is not a character; no tokenizer
+or JSON encoder can take it). Every string and list has a maximum size, from ``Settings``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from app.settings import get_settings
+
+LIMITS = get_settings()
+
+# A checkpoint id or short name: letters, digits, '.', '_' and '-', not starting with a dot.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+MODEL_NAME_LENGTH = 64
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, value: Any) -> Any:
+        if has_lone_surrogate(value):
+            raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not a character")
+        return value
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in ``value`` (nested in lists and dicts, keys included) holds a lone surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and LONE_SURROGATE.search(item):
+                return True
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+    return False
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must not be empty or only spaces")
+    return value
+
+
+def Text(max_length: int) -> Any:  # noqa: N802 - it names a type, as Annotated does
+    """A string of 1 to ``max_length`` characters with at least one that is not a space."""
+    return Annotated[str, Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": r"\S"}),
+                     AfterValidator(_not_blank)]
+
+
+ModelName = Annotated[str, Field(min_length=1, max_length=MODEL_NAME_LENGTH, pattern=MODEL_NAME_PATTERN,
+                                 description="A loaded checkpoint, by id (see /v1/models) or short name.")]
+
+
+class FieldError(BaseModel):
+    type: str
+    loc: list[str | int] = Field(description="Where in the request: ['body', field, ...].")
+    msg: str
+
+
+class Error(BaseModel):
+    detail: str | list[FieldError] = Field(description="What is wrong: a sentence, or one entry per field.")
+
+
+ERROR_DESCRIPTIONS = {
+    401: "Missing or wrong API key (only when the service runs with API_KEY)",
+    404: "No model of that name",
+    413: "Request body over MAX_BODY_BYTES",
+    422: "Malformed input: the message names the field or the limit",
+    429: "At capacity; retry after Retry-After seconds",
+    503: "The model is not loaded; the message names the command that trains it",
+    504: "Not answered within REQUEST_TIMEOUT",
+}
+
+
+def documented_errors(descriptions: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """A route's error responses, each in the ``{"detail": ...}`` shape; ``descriptions`` says more where
+    the route has more to say."""
+    texts = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
+    return {status: {"model": Error, "description": text} for status, text in texts.items()}
