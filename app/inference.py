@@ -40,11 +40,15 @@ class Admission:
         if not self.released:
             self.released = True
             self.pool.admitted -= 1
+            if self.pool.admitted == 0 and self.pool.on_idle is not None:
+                self.pool.on_idle()
 
 
 class InferencePool:
-    def __init__(self, max_concurrent: int, max_queued: int, timeout: float):
+    def __init__(self, max_concurrent: int, max_queued: int, timeout: float,
+                 on_idle: Callable[[], None] | None = None):
         self.limiter = anyio.CapacityLimiter(max_concurrent)
+        self.on_idle = on_idle  # called whenever the last admitted request is done
         self.capacity = max_concurrent + max_queued
         self.timeout = timeout
         self.admitted = 0  # running + waiting; only touched from the event loop

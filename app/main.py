@@ -38,9 +38,9 @@ capacity, 503 for a model that is not loaded (the message names the command that
 request timeout. `/v1/completions` answers OpenAI's `{"error": {...}}` instead, with OpenAI's statuses.
 """
 
-# Declares the bearer scheme in the OpenAPI document, so /docs offers to send the key; the key itself is
-# checked by ApiKeyMiddleware, before the body is read.
-bearer = HTTPBearer(auto_error=False, description="Needed only when the service runs with API_KEY set.")
+# Declares the bearer scheme in the OpenAPI document of a service with API_KEY, so /docs offers to send the
+# key; the key itself is checked by ApiKeyMiddleware, before the body is read.
+bearer = HTTPBearer(auto_error=False, description="The service's API_KEY.")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Lineage", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = pool = InferencePool(settings.max_concurrent_inferences, settings.max_queued_inferences,
-                                          settings.request_timeout)
+                                          settings.request_timeout, on_idle=memory.IdleTrimmer())
     app.state.metrics = metrics = Metrics()
     metrics.queue_depth.set_function(lambda: pool.queued)
     metrics.in_flight.set_function(lambda: pool.admitted)
@@ -83,8 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/admin/reload", tags=["system"], response_model=system.Readiness,
-              dependencies=[Depends(bearer)],
+    protected = [Depends(bearer)] if settings.api_key else []
+
+    @app.post("/v1/admin/reload", tags=["system"], response_model=system.Readiness, dependencies=protected,
               responses={401: {"model": Error, "description": ERROR_DESCRIPTIONS[401]},
                          429: {"model": Error, "description": ERROR_DESCRIPTIONS[429]},
                          504: {"model": Error, "description": ERROR_DESCRIPTIONS[504]}},
@@ -100,7 +101,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    protected = [Depends(bearer)]
     app.include_router(system.router)
     for router in (system.v1_router, word2vec.router, generate.router, completions.router, fill_mask.router,
                    translate.router, classify.router):
