@@ -26,9 +26,10 @@ log = logging.getLogger("app")
 # The routes that speak OpenAI's dialect, errors included.
 OPENAI_ROUTES = frozenset({"/v1/completions"})
 
-# OpenAI's error type and code for each status it answers.
+# OpenAI's error type and code for each status it answers. A 400 from the request schema itself says which
+# rule with its code ("unknown_parameter", "invalid_value"); one the schema cannot state has none.
 OPENAI_KINDS: dict[int, tuple[str, str | None]] = {
-    400: ("invalid_request_error", "invalid_value"),
+    400: ("invalid_request_error", None),
     401: ("authentication_error", "invalid_api_key"),
     404: ("invalid_request_error", "model_not_found"),
     413: ("invalid_request_error", "request_too_large"),
@@ -49,21 +50,24 @@ def is_openai(path: str) -> bool:
     return path in OPENAI_ROUTES
 
 
-def openai_error(status: int, message: str, param: str | None = None,
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> JSONResponse:
     status = 400 if status == 422 else status
-    kind, code = OPENAI_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
-    return ErrorJSON({"error": {"message": message, "type": kind, "param": param, "code": code}},
+    kind, default_code = OPENAI_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    return ErrorJSON({"error": {"message": message, "type": kind, "param": param, "code": code or default_code}},
                      status_code=status, headers=headers)
 
 
 def error_response(path: str, status: int, detail: str | list[dict[str, Any]], *, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     """The error in the shape of the route at ``path``."""
-    if is_openai(path):
-        message = detail if isinstance(detail, str) else "; ".join(_describe(e) for e in detail)
-        return openai_error(status, message, param, headers)
-    return ErrorJSON({"detail": detail}, status_code=status, headers=headers)
+    if not is_openai(path):
+        return ErrorJSON({"detail": detail}, status_code=status, headers=headers)
+    if isinstance(detail, str):
+        return openai_error(status, detail, param, headers=headers)
+    unknown = detail[0]["type"] == "extra_forbidden"
+    return openai_error(status, "; ".join(_describe(e) for e in detail), param,
+                        "unknown_parameter" if unknown else "invalid_value", headers)
 
 
 def field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -109,7 +113,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(request.url.path, exc.status_code, str(exc.detail), headers=exc.headers)
+        return error_response(request.url.path, exc.status_code, str(exc.detail), param=getattr(exc, "param", None),
+                              headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

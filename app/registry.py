@@ -75,7 +75,13 @@ class CheckpointStatus:
     reason: str | None = None
 
 
-class ModelNotLoaded(HTTPException):
+class ModelError(HTTPException):
+    """An answer about the ``model`` field (OpenAI's error names it as its ``param``)."""
+
+    param = "model"
+
+
+class ModelNotLoaded(ModelError):
     """503: a model the project knows is not loaded; the message names the command that trains it."""
 
     def __init__(self, checkpoint_id: str, command: str, reason: str | None = None):
@@ -84,14 +90,14 @@ class ModelNotLoaded(HTTPException):
                                                  f"`{command}` and restart or reload the service")
 
 
-class UnknownModel(HTTPException):
+class UnknownModel(ModelError):
     """404: no checkpoint of that name, loaded or not."""
 
     def __init__(self, noun: str, name: str, known: list[str]):
         super().__init__(status_code=404, detail=f"unknown {noun} '{name}'; known: {', '.join(known) or 'none'}")
 
 
-class WrongModel(HTTPException):
+class WrongModel(ModelError):
     """422: a loaded model that answers another kind of question, or a name that fits several."""
 
     def __init__(self, message: str, fitting: list[str]):
@@ -170,7 +176,7 @@ class Registry:
         self._raise_if_known(name, families)
         other = next((m for m in models if m.names(name)), None)
         if other is not None:
-            raise WrongModel(f"model '{name}' is not a {NOUNS[kind]} (it is {other.family} model {other.id})",
+            raise WrongModel(f"model '{name}' is not a {NOUNS[kind]}: {other.id} is a {other.family} model",
                              [m.id for m, _ in fitting])
         known = {e.id for e in CATALOG if e.family in families} | {m.id for m, _ in fitting}
         raise UnknownModel(NOUNS[kind], name, sorted(known))

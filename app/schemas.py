@@ -1,8 +1,9 @@
 """What every request schema shares: strict fields, bounded texts, model names, the error shapes.
 
-Every request model derives from ``RequestModel``: an unknown field is refused (naming it), a
-number must be finite, and no text may carry a lone surrogate (it is not a character; no tokenizer
-or JSON encoder can take it). Every string and list has a maximum size, from ``Settings``.
+Every request model derives from ``RequestModel``: an unknown field is refused (naming it), and so is a
+value of another JSON type (``false`` for a number, ``"5"`` for 5); a number must be finite, and no text
+may carry a lone surrogate (it is not a character; no tokenizer or JSON encoder can take it). Every
+string and list has a maximum size, from ``Settings``.
 """
 
 from __future__ import annotations
@@ -21,15 +22,25 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 MODEL_NAME_LENGTH = 64
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
+# What JSON Schema's patterns call a space (ECMAScript's \s), spelt out, so that the validator here, the
+# Rust regex engine and the test generators all read "blank" and "one word" alike (\s differs among them).
+SPACES = ("\t\n\x0b\x0c\r \xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B))
+          + "\u2028\u2029\u202f\u205f\u3000\ufeff")
+SPACE = "".join(f"\\u{ord(c):04x}" for c in SPACES)  # the same characters as a regex class body
+NOT_BLANK = f"[^{SPACE}]"
+ONE_WORD = f"^[{SPACE}]*[^{SPACE}]+[{SPACE}]*$"
+
 
 class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_lone_surrogates(cls, value: Any) -> Any:
+    def _json_values(cls, value: Any) -> Any:
         if has_lone_surrogate(value):
             raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not a character")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # JSON has one kind of number: 20.0 is the integer 20, as JSON Schema reads it
         return value
 
 
@@ -50,15 +61,31 @@ def has_lone_surrogate(value: Any) -> bool:
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if not value.strip(SPACES):
         raise ValueError("text must not be empty or only spaces")
     return value
 
 
 def Text(max_length: int) -> Any:  # noqa: N802 - it names a type, as Annotated does
     """A string of 1 to ``max_length`` characters with at least one that is not a space."""
-    return Annotated[str, Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": r"\S"}),
+    return Annotated[str, Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": NOT_BLANK}),
                      AfterValidator(_not_blank)]
+
+
+def _one_word(value: str) -> str:
+    word = value.strip(SPACES)
+    if not word:
+        raise ValueError("a word must not be empty")
+    if any(c in SPACES for c in word):
+        raise ValueError(f"{value!r} is not a single word")
+    return word.lower()
+
+
+def Word(max_length: int) -> Any:  # noqa: N802 - it names a type, as Annotated does
+    """One word of at most ``max_length`` characters, spaces around it dropped, lower-cased."""
+    return Annotated[str, Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": ONE_WORD},
+                                examples=["king"]),
+                     AfterValidator(_one_word)]
 
 
 ModelName = Annotated[str, Field(min_length=1, max_length=MODEL_NAME_LENGTH, pattern=MODEL_NAME_PATTERN,

@@ -22,13 +22,13 @@ from models.pipelines.classification import Classification as Answer
 router = APIRouter(prefix="/v1", tags=["classify"], route_class=JSONRoute)
 
 Passage = Text(LIMITS.max_classify_text_length)
+Passages = Annotated[list[Passage], Field(min_length=1, max_length=LIMITS.max_classify_texts)]
 
 
 class ClassifyRequest(RequestModel):
     text: Passage | SkipJsonSchema[None] = Field(None, description="One passage to classify (or give `texts`).")
-    texts: list[Passage] | SkipJsonSchema[None] = Field(
-        None, min_length=1, max_length=LIMITS.max_classify_texts,
-        description=f"Up to {LIMITS.max_classify_texts} passages, classified in one call.")
+    texts: Passages | SkipJsonSchema[None] = Field(
+        None, description=f"Up to {LIMITS.max_classify_texts} passages, classified in one call.")
     model: Annotated[ModelName, Field(description="Which classifier: mlp, cnn, rnn, lstm, gru or bert (or a "
                                                   "checkpoint id).")] = "cnn"
 

@@ -15,9 +15,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
@@ -47,6 +47,14 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (None, 0),
     "logit_bias": (None, {}),
 }
+
+
+class FieldRefused(HTTPException):
+    """400 naming the field, for a value the schema allows but the rest of the request does not."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(status_code=400, detail=message)
+        self.param = param
 
 
 class StreamOptions(RequestModel):
@@ -84,13 +92,12 @@ class CompletionRequest(Sampling):
             raise ValueError(f"{info.field_name} is not supported by this service; leave it out")
         return value
 
-    @model_validator(mode="after")
-    def _consistent(self) -> CompletionRequest:
+    def check_consistent(self) -> None:
+        """What OpenAI's schema cannot state: each is a 400 naming its field."""
         if self.best_of is not None and self.best_of != self.samples:
-            raise ValueError("best_of is not supported by this service: leave it out, or make it equal n")
+            raise FieldRefused("best_of", "best_of is not supported by this service: leave it out, or make it equal n")
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options needs stream: true")
-        return self
+            raise FieldRefused("stream_options", "stream_options needs stream: true")
 
     @property
     def prompts(self) -> list[str]:
@@ -137,6 +144,7 @@ ERRORS = {status: {"model": OpenAIErrorResponse, "description": text} for status
              summary="OpenAI-compatible text completions (streamed with stream=true)")
 async def completions(body: CompletionRequest, request: Request, registry: Annotated[Registry, Depends(get_registry)],
                       pool: Annotated[InferencePool, Depends(get_pool)]) -> Response:
+    body.check_consistent()
     served = registry.get(TextGenerator, body.model)
     generator = served.pipeline
     prompts = body.prompts

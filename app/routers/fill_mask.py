@@ -38,9 +38,8 @@ class FillMaskRequest(RequestModel):
     text: InputText = Field(description=f"Text with one or more `{MASK}` tokens.",
                             json_schema_extra={"pattern": r"\[MASK\]"})
     top_k: int = Field(5, ge=1, le=LIMITS.max_top_k, description="Predictions to return per mask.")
-    targets: list[Target] | SkipJsonSchema[None] = Field(
-        None, min_length=1, max_length=LIMITS.max_targets,
-        description="Only score these candidates; each must be one vocabulary token (422 otherwise).")
+    targets: Annotated[list[Target], Field(min_length=1, max_length=LIMITS.max_targets)] | SkipJsonSchema[None] = Field(
+        None, description="Only score these candidates; each must be one vocabulary token (422 otherwise).")
     model: Model = "bert"
 
     model_config = {"json_schema_extra": {"examples": [

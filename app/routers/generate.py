@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
@@ -137,12 +137,6 @@ class GenerateRequest(Sampling):
         {"prompt": "JULIET:\n", "stream": True, "max_new_tokens": 100},
     ]})
 
-    @model_validator(mode="after")
-    def _one_sample_streams(self) -> GenerateRequest:
-        if self.stream and self.samples > 1:
-            raise ValueError("stream=true needs n = 1")
-        return self
-
 
 class Result(BaseModel):
     text: str = Field(description="The generated text, without the prompt or the stop sequence.")
@@ -172,6 +166,8 @@ ERRORS = documented_errors({422: "Empty or oversized prompt, out-of-range sampli
              summary="Continue a prompt; stream=true sends Server-Sent Events")
 async def generate(body: GenerateRequest, request: Request, registry: Annotated[Registry, Depends(get_registry)],
                    pool: Annotated[InferencePool, Depends(get_pool)]) -> Response:
+    if body.stream and body.samples > 1:  # this route's events carry no sample index
+        raise HTTPException(status_code=422, detail="stream=true needs n = 1")
     served = registry.get(TextGenerator, body.model)
     generator = served.pipeline
     prompt_ids = generator.encode_prompt(body.prompt)

@@ -32,14 +32,14 @@ BYTES_PER_WEIGHT = ATTENTION_DECIMALS + 4
 BYTES_PER_TOKEN = 48
 
 SourceText = Text(LIMITS.max_translate_text_length)
+SourceTexts = Annotated[list[SourceText], Field(min_length=1, max_length=LIMITS.max_translate_texts)]
 
 
 class Options(RequestModel):
     direction: Literal["zh-en", "en-zh"] = Field("zh-en", description="Chinese→English or English→Chinese.")
     beam_size: int = Field(1, ge=1, le=LIMITS.max_beam_size, description="1 = greedy decoding; more = beam search.")
-    max_length: int | SkipJsonSchema[None] = Field(
-        None, ge=1, le=LIMITS.max_translation_length,
-        description=f"Most target tokens to produce (default: 2 × source + 10, at most "
+    max_length: Annotated[int, Field(ge=1, le=LIMITS.max_translation_length)] | SkipJsonSchema[None] = Field(
+        None, description=f"Most target tokens to produce (default: 2 × source + 10, at most "
                     f"{LIMITS.max_translation_length}).")
     length_penalty: float = Field(LENGTH_PENALTY, ge=0.0, le=2.0,
                                   description="Beam search ranks by log p / ((5 + |y|) / 6)^length_penalty.")
@@ -61,8 +61,7 @@ class Options(RequestModel):
 
 class TranslateRequest(Options):
     text: SourceText | SkipJsonSchema[None] = Field(None, description="One text to translate.")
-    texts: list[SourceText] | SkipJsonSchema[None] = Field(None, min_length=1, max_length=LIMITS.max_translate_texts,
-                                                            description="Several texts.")
+    texts: SourceTexts | SkipJsonSchema[None] = Field(None, description="Several texts.")
 
     model_config = {"json_schema_extra": {
         "examples": [{"text": "我们明天见。", "direction": "zh-en"},

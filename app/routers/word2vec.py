@@ -5,36 +5,25 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
 from app.routing import JSONRoute
-from app.schemas import LIMITS, ModelName, RequestModel, documented_errors
+from app.schemas import LIMITS, ModelName, RequestModel, Word, documented_errors
 from models.pipelines import WordVectors
 
 router = APIRouter(prefix="/v1/word2vec", tags=["word2vec"], route_class=JSONRoute)
 
 
-def _one_word(value: str) -> str:
-    word = value.strip().lower()
-    if not word:
-        raise ValueError("a word must not be empty")
-    if any(c.isspace() for c in word):
-        raise ValueError(f"{value!r} is not a single word")
-    return word
-
-
-Word = Annotated[str, Field(min_length=1, max_length=LIMITS.max_word_length, pattern=r"^\s*\S+\s*$",
-                            examples=["king"]),
-                 AfterValidator(_one_word)]
+VocabularyWord = Word(LIMITS.max_word_length)
 Model = Annotated[ModelName, Field(description="word2vec vectors: skip-gram (`sg`), CBOW (`cbow`), or a "
                                                "checkpoint id")]
 
 
 class SimilarityRequest(RequestModel):
-    word_a: Word
-    word_b: Word
+    word_a: VocabularyWord
+    word_b: VocabularyWord
     model: Model = "sg"
 
     model_config = {"json_schema_extra": {"examples": [{"word_a": "king", "word_b": "queen", "model": "sg"}]}}
@@ -46,9 +35,9 @@ class SimilarityResponse(BaseModel):
 
 
 class MostSimilarRequest(RequestModel):
-    positive: list[Word] = Field(default_factory=list, max_length=LIMITS.max_query_words,
+    positive: list[VocabularyWord] = Field(default_factory=list, max_length=LIMITS.max_query_words,
                                  description="Words to move towards.")
-    negative: list[Word] = Field(default_factory=list, max_length=LIMITS.max_query_words,
+    negative: list[VocabularyWord] = Field(default_factory=list, max_length=LIMITS.max_query_words,
                                  description="Words to move away from.")
     topn: int = Field(10, ge=1, le=LIMITS.max_topn, description="How many neighbours to return.")
     model: Model = "sg"
