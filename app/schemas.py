@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from fastapi import HTTPException
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from app.settings import get_settings
 
@@ -44,6 +46,23 @@ class RequestModel(BaseModel):
         return value
 
 
+class OneOrMany(RequestModel):
+    """A request of one text (``text``) or several (``texts``), never both; subclasses bound each."""
+
+    text: str | None = None
+    texts: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_of_text_or_texts(self) -> OneOrMany:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` (a string) or `texts` (a list of strings)")
+        return self
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
 def has_lone_surrogate(value: Any) -> bool:
     """Whether any string in ``value`` (nested in lists and dicts, keys included) holds a lone surrogate."""
     pending = [value]
@@ -58,6 +77,24 @@ def has_lone_surrogate(value: Any) -> bool:
             pending.extend(item.keys())
             pending.extend(item.values())
     return False
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("leave the field out rather than send null")
+    return value
+
+
+def Omittable(field_type: Any) -> Any:  # noqa: N802 - it names a type, as Annotated does
+    """A field that may be left out, but is never null."""
+    return Annotated[field_type | SkipJsonSchema[None], BeforeValidator(_not_null)]
+
+
+def check_reply_size(worst: int, advice: str) -> None:
+    """422 before any inference when a request's worst-case reply would exceed MAX_RESPONSE_BYTES."""
+    if worst > LIMITS.max_response_bytes:
+        raise HTTPException(status_code=422, detail=f"the reply could reach {worst} bytes, over MAX_RESPONSE_BYTES "
+                                                    f"({LIMITS.max_response_bytes}); {advice}")
 
 
 def _not_blank(value: str) -> str:

@@ -6,16 +6,15 @@ can compare the lineage on their own passages by changing only ``model``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BaseModel, Field
 
 from app.batching import Batching, get_batching
 from app.registry import Registry, get_registry
 from app.routing import JSONRoute
-from app.schemas import LIMITS, ModelName, RequestModel, Text, documented_errors
+from app.schemas import LIMITS, ModelName, Omittable, OneOrMany, Text, documented_errors
 from models.pipelines import TextClassifier
 from models.pipelines.classification import Classification as Answer
 
@@ -25,9 +24,9 @@ Passage = Text(LIMITS.max_classify_text_length)
 Passages = Annotated[list[Passage], Field(min_length=1, max_length=LIMITS.max_classify_texts)]
 
 
-class ClassifyRequest(RequestModel):
-    text: Passage | SkipJsonSchema[None] = Field(None, description="One passage to classify (or give `texts`).")
-    texts: Passages | SkipJsonSchema[None] = Field(
+class ClassifyRequest(OneOrMany):
+    text: Omittable(Passage) = Field(None, description="One passage to classify (or give `texts`).")
+    texts: Omittable(Passages) = Field(
         None, description=f"Up to {LIMITS.max_classify_texts} passages, classified in one call.")
     model: Annotated[ModelName, Field(description="Which classifier: mlp, cnn, rnn, lstm, gru or bert (or a "
                                                   "checkpoint id).")] = "cnn"
@@ -44,23 +43,6 @@ class ClassifyRequest(RequestModel):
         ],
         "oneOf": [{"required": ["text"]}, {"required": ["texts"]}],
     }}
-
-    @field_validator("text", "texts", mode="before")
-    @classmethod
-    def _given_not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("send a string (text) or a list of strings (texts), not null")
-        return value
-
-    @model_validator(mode="after")
-    def one_input(self) -> ClassifyRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of `text` or `texts`")
-        return self
-
-    @property
-    def inputs(self) -> list[str]:
-        return [self.text] if self.text is not None else list(self.texts or [])
 
 
 class Classification(BaseModel):

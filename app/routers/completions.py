@@ -27,7 +27,7 @@ from app.routers.generate import (
     Prompt,
     Sampling,
     Usage,
-    check_reply_size,
+    check_samples_fit,
     complete,
     count_tokens,
 )
@@ -158,7 +158,7 @@ async def completions(body: CompletionRequest, request: Request, registry: Annot
                            lambda message, kind: {"error": {"message": message, "type": kind, "param": None,
                                                             "code": None}})
     echoed = sum(map(len, prompts)) * params.n if body.echo else 0
-    check_reply_size(generator, len(prompts) * params.n, params.max_new_tokens, echoed)
+    check_samples_fit(generator, len(prompts) * params.n, params.max_new_tokens, echoed)
     choices: list[Choice] = []
     completion_tokens = 0
     async with pool.slot():

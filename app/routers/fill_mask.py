@@ -9,17 +9,16 @@ probability of exactly the word asked about.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field, field_validator
-from pydantic.json_schema import SkipJsonSchema
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
 
 from app.batching import Batching, get_batching
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
 from app.routing import JSONRoute
-from app.schemas import LIMITS, ModelName, RequestModel, Text, documented_errors
+from app.schemas import LIMITS, ModelName, Omittable, RequestModel, Text, check_reply_size, documented_errors
 from models.bert import MASK
 from models.pipelines import FillMask, NextSentence
 from models.pipelines.fill_mask import Predictions
@@ -38,7 +37,7 @@ class FillMaskRequest(RequestModel):
     text: InputText = Field(description=f"Text with one or more `{MASK}` tokens.",
                             json_schema_extra={"pattern": r"\[MASK\]"})
     top_k: int = Field(5, ge=1, le=LIMITS.max_top_k, description="Predictions to return per mask.")
-    targets: Annotated[list[Target], Field(min_length=1, max_length=LIMITS.max_targets)] | SkipJsonSchema[None] = Field(
+    targets: Omittable(Annotated[list[Target], Field(min_length=1, max_length=LIMITS.max_targets)]) = Field(
         None, description="Only score these candidates; each must be one vocabulary token (422 otherwise).")
     model: Model = "bert"
 
@@ -47,13 +46,6 @@ class FillMaskRequest(RequestModel):
         {"text": "O Romeo, Romeo, wherefore art [MASK] Romeo?", "targets": ["thou", "you", "he"]},
         {"text": "My [MASK] is as boundless as the [MASK].", "top_k": 3},
     ]}}
-
-    @field_validator("targets", mode="before")
-    @classmethod
-    def _absent_not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("leave targets out rather than sending null")
-        return value
 
 
 class Prediction(BaseModel):
@@ -93,15 +85,9 @@ ERRORS = documented_errors({422: "No [MASK], input longer than the model's posit
                                  "larger than MAX_RESPONSE_BYTES"})
 
 
-def _check_reply_size(body: FillMaskRequest) -> None:
-    """422 before any inference when the worst-case reply (every mask with top_k predictions, each repeating
-    the whole text) would be larger than MAX_RESPONSE_BYTES."""
-    per_prediction = BYTES_PER_PREDICTION + BYTES_PER_CHARACTER * len(body.text)
-    worst = body.text.count(MASK) * body.top_k * per_prediction
-    if worst > LIMITS.max_response_bytes:
-        raise HTTPException(status_code=422, detail=f"the reply could reach {worst} bytes, over MAX_RESPONSE_BYTES "
-                                                    f"({LIMITS.max_response_bytes}); ask for fewer masks, a smaller "
-                                                    "top_k or a shorter text")
+def worst_reply(body: FillMaskRequest) -> int:
+    """The bytes of the reply if every mask got top_k predictions, each repeating the whole text."""
+    return body.text.count(MASK) * body.top_k * (BYTES_PER_PREDICTION + BYTES_PER_CHARACTER * len(body.text))
 
 
 @router.post("/fill-mask", response_model=FillMaskResponse, responses=ERRORS,
@@ -109,7 +95,7 @@ def _check_reply_size(body: FillMaskRequest) -> None:
 async def fill_mask(body: FillMaskRequest, registry: Annotated[Registry, Depends(get_registry)],
                     batching: Annotated[Batching, Depends(get_batching)]) -> FillMaskResponse:
     served = registry.get(FillMask, body.model)
-    _check_reply_size(body)
+    check_reply_size(worst_reply(body), "ask for fewer masks, a smaller top_k or a shorter text")
     pipeline = served.pipeline
     [answer] = await batching.submit(served.id, pipeline.fill_mask_encoded,
                                      [lambda: pipeline.encode(body.text, body.top_k, body.targets)])

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
 from app.routing import JSONRoute
-from app.schemas import LIMITS, ModelName, RequestModel, Text, documented_errors
+from app.schemas import LIMITS, ModelName, RequestModel, Text, check_reply_size, documented_errors
 from app.streaming import Deadline, EventStream, pieces
 from models.pipelines import TextGenerator
 from models.pipelines.text_generation import Collector, Completion
@@ -93,16 +93,11 @@ class Usage(BaseModel):
 FinishReason = Literal["stop", "length"]
 
 
-def check_reply_size(generator: TextGenerator, samples: int, max_new_tokens: int, echoed: int = 0) -> None:
-    """422 before any generation when ``samples`` samples at ``max_new_tokens`` tokens each, the longest
-    the tokenizer has, could make a reply larger than MAX_RESPONSE_BYTES (a stream is not held whole, so
-    only plain replies are measured)."""
+def check_samples_fit(generator: TextGenerator, samples: int, max_new_tokens: int, echoed: int = 0) -> None:
+    """``samples`` samples of ``max_new_tokens`` tokens, each the longest the tokenizer has, must fit in a
+    reply (a stream is not held whole, so only plain replies are measured)."""
     per_sample = BYTES_PER_SAMPLE + BYTES_PER_CHARACTER * max_new_tokens * generator.longest_token
-    worst = samples * per_sample + BYTES_PER_CHARACTER * echoed
-    if worst > LIMITS.max_response_bytes:
-        raise HTTPException(status_code=422, detail=f"the reply could reach {worst} bytes, over MAX_RESPONSE_BYTES "
-                                                    f"({LIMITS.max_response_bytes}); ask for fewer samples or "
-                                                    "tokens, or stream")
+    check_reply_size(samples * per_sample + BYTES_PER_CHARACTER * echoed, "ask for fewer samples or tokens, or stream")
 
 
 def count_tokens(request: Request, model_id: str, tokens: int) -> None:
@@ -176,7 +171,7 @@ async def generate(body: GenerateRequest, request: Request, registry: Annotated[
         admission = pool.admit()
         return EventStream(_events(request, pool, served.id, generator, prompt_ids, params), admission,
                            lambda message, kind: {"error": message})
-    check_reply_size(generator, params.n, params.max_new_tokens)
+    check_samples_fit(generator, params.n, params.max_new_tokens)
     async with pool.slot():
         completions = await complete(request, pool, generator, prompt_ids, params, Deadline(pool.timeout))
     count_tokens(request, served.id, sum(c.tokens for c in completions))

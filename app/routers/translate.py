@@ -13,13 +13,21 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BaseModel, Field, model_validator
 
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, Served, get_registry
 from app.routing import JSONRoute
-from app.schemas import LIMITS, ModelName, RequestModel, Text, documented_errors
+from app.schemas import (
+    LIMITS,
+    ModelName,
+    Omittable,
+    OneOrMany,
+    RequestModel,
+    Text,
+    check_reply_size,
+    documented_errors,
+)
 from models.pipelines import Translator
 from models.pipelines.attention_image import attention_png
 from models.pipelines.translation import LENGTH_PENALTY, Translation, default_max_length
@@ -38,30 +46,23 @@ SourceTexts = Annotated[list[SourceText], Field(min_length=1, max_length=LIMITS.
 class Options(RequestModel):
     direction: Literal["zh-en", "en-zh"] = Field("zh-en", description="Chinese→English or English→Chinese.")
     beam_size: int = Field(1, ge=1, le=LIMITS.max_beam_size, description="1 = greedy decoding; more = beam search.")
-    max_length: Annotated[int, Field(ge=1, le=LIMITS.max_translation_length)] | SkipJsonSchema[None] = Field(
+    max_length: Omittable(Annotated[int, Field(ge=1, le=LIMITS.max_translation_length)]) = Field(
         None, description=f"Most target tokens to produce (default: 2 × source + 10, at most "
                     f"{LIMITS.max_translation_length}).")
     length_penalty: float = Field(LENGTH_PENALTY, ge=0.0, le=2.0,
                                   description="Beam search ranks by log p / ((5 + |y|) / 6)^length_penalty.")
-    model: ModelName | SkipJsonSchema[None] = Field(
+    model: Omittable(ModelName) = Field(
         None, description="A checkpoint trained for this direction, by name (`zh-en-lstm`) or id "
                           "(`seq2seq-zh-en-lstm`); default: the direction's own.")
-
-    @field_validator("max_length", "model", mode="before")
-    @classmethod
-    def _absent_not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("leave the field out rather than sending null")
-        return value
 
     def target_length(self, source_tokens: int) -> int:
         """The most tokens the translation of a text of ``source_tokens`` tokens may have."""
         return self.max_length or min(default_max_length(source_tokens), LIMITS.max_translation_length)
 
 
-class TranslateRequest(Options):
-    text: SourceText | SkipJsonSchema[None] = Field(None, description="One text to translate.")
-    texts: SourceTexts | SkipJsonSchema[None] = Field(None, description="Several texts.")
+class TranslateRequest(Options, OneOrMany):
+    text: Omittable(SourceText) = Field(None, description="One text to translate.")
+    texts: Omittable(SourceTexts) = Field(None, description="Several texts.")
 
     model_config = {"json_schema_extra": {
         "examples": [{"text": "我们明天见。", "direction": "zh-en"},
@@ -69,23 +70,6 @@ class TranslateRequest(Options):
                      {"text": "I like drinking tea.", "direction": "en-zh"}],
         "oneOf": [{"required": ["text"]}, {"required": ["texts"]}],
     }}
-
-    @field_validator("text", "texts", mode="before")
-    @classmethod
-    def _given_not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("send a string (text) or a list of strings (texts), not null")
-        return value
-
-    @model_validator(mode="after")
-    def one_of_text_or_texts(self) -> TranslateRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of `text` (a string) or `texts` (a list of strings)")
-        return self
-
-    @property
-    def inputs(self) -> list[str]:
-        return [self.text] if self.text is not None else list(self.texts or [])
 
 
 class AttentionImageRequest(Options):
@@ -140,18 +124,14 @@ def _translator(registry: Registry, options: Options) -> Served[Translator]:
     return served
 
 
-def _check_reply_size(translator: Translator, texts: list[str], options: Options) -> None:
-    """422 before any decoding when the worst-case reply (every text at its longest translation, with a
-    full attention matrix) would be larger than MAX_RESPONSE_BYTES."""
+def worst_reply(translator: Translator, texts: list[str], options: Options) -> int:
+    """The bytes of the reply if every text got its longest translation, with a full attention matrix."""
     worst = 0
     for text in texts:
         source = len(translator.source_tokens(text))
         target = options.target_length(source)
         worst += target * (source * BYTES_PER_WEIGHT + BYTES_PER_TOKEN) + source * BYTES_PER_TOKEN
-    if worst > LIMITS.max_response_bytes:
-        raise HTTPException(status_code=422, detail=f"the reply could reach {worst} bytes, over MAX_RESPONSE_BYTES "
-                                                    f"({LIMITS.max_response_bytes}); send fewer or shorter texts, "
-                                                    "or a smaller max_length")
+    return worst
 
 
 @router.post("", response_model=TranslateResponse, responses=ERRORS,
@@ -160,7 +140,7 @@ async def translate(body: TranslateRequest, registry: Annotated[Registry, Depend
                     pool: Annotated[InferencePool, Depends(get_pool)]) -> TranslateResponse:
     served = _translator(registry, body)
     translator, texts = served.pipeline, body.inputs
-    _check_reply_size(translator, texts, body)
+    check_reply_size(worst_reply(translator, texts, body), "send fewer or shorter texts, or a smaller max_length")
     longest = max(len(translator.source_tokens(t)) for t in texts)
     translations = await pool.run(lambda: translator.translate(
         texts, beam_size=body.beam_size, max_length=body.target_length(longest), length_penalty=body.length_penalty))
