@@ -1,13 +1,14 @@
 """Service configuration, read from the environment (or a ``.env`` file) by pydantic-settings.
 
 The request limits (the ``max_*`` fields) shape the request schemas themselves, so /docs and the
-OpenAPI document state the limits the service enforces. Those schemas are built once per process from
-``get_settings()``: set the limits in the environment, not on a ``Settings`` passed to ``create_app``.
+OpenAPI document state the limits the service enforces. Those schemas are built once per process, when
+``app.main`` is first imported, from ``get_settings()``: the environment's settings, or the command line's,
+which ``app.cli`` installs with ``use_settings`` first; a ``Settings`` passed to ``create_app`` changes
+everything else, not them.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +40,15 @@ class Settings(BaseSettings):
                                       "server closes one fails without an answer.")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
 
+    # ---- connections (app.connections) -------------------------------------------------------------
+    max_header_bytes: int = Field(65_536, ge=1024, description="Largest request head (request line and headers) "
+                                  "accepted; 431 above.")
+    read_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a whole request, counted from "
+                                "its first byte (from the connection's opening for its first one); past it the "
+                                "connection is closed.")
+    max_connections: int = Field(1000, ge=1, description="Open connections one server process keeps; the request of "
+                                 "a connection past it gets 429 with Retry-After.")
+
     # ---- what one request may ask for --------------------------------------------------------------
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body accepted (413 above).")
     max_response_bytes: int = Field(4_000_000, ge=1, description="Largest reply a request may need in its worst "
@@ -67,6 +77,18 @@ class Settings(BaseSettings):
     max_topn: int = Field(100, ge=1, description="Most neighbours one most-similar request may ask for.")
 
 
-@lru_cache
+class _Current:
+    settings: Settings | None = None
+
+
 def get_settings() -> Settings:
-    return Settings()
+    """The settings this process runs with: the environment's, or those given to ``use_settings``."""
+    if _Current.settings is None:
+        _Current.settings = Settings()
+    return _Current.settings
+
+
+def use_settings(settings: Settings) -> None:
+    """Run this process with ``settings`` (the command line's): call it before anything imports ``app.main``,
+    which builds the request schemas from them."""
+    _Current.settings = settings

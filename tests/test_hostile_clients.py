@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +20,7 @@ from app.streaming import EventStream
 from models.sampling import TextAssembler
 from models.tokenizers import CharTokenizer
 
-from .conftest import API_KEY
+from .conftest import API_KEY, Server
 from .hostile import RAW_BODIES, ROUTES, Route, encode, hostile_body
 
 LIMITS = get_settings()
@@ -325,3 +327,19 @@ def test_without_the_key_any_body_is_401(keyed_server: str, path: str):
         keyed = client.post(path, content=b"{bad json", headers={"Content-Type": "application/json",
                                                                   "Authorization": f"Bearer {API_KEY}"})
         assert keyed.status_code in (200, 400, 422)  # the reload takes no body; the others refuse this one
+
+
+def test_limits_given_as_flags_reach_the_request_schemas(checkpoint_dir: Path, tmp_path: Path):
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    (root / "gpt").symlink_to(checkpoint_dir / "gpt")
+    server = Server(root, tmp_path / "server.log", command=[sys.executable, "-m", "app", "--max-text-length", "12"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.post("/v1/generate", json={"prompt": "x" * 12, "max_new_tokens": 1}).status_code == 200
+            response = client.post("/v1/generate", json={"prompt": "x" * 13, "max_new_tokens": 1})
+            assert response.status_code == 422 and "at most 12 characters" in response.text
+            schema = client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]
+            assert schema["properties"]["prompt"]["maxLength"] == 12
+    finally:
+        server.stop()
