@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.pipelines.attention_image import attention_png
+from models.pipelines.translation import TranslationOptions, Translator, load
 from models.seq2seq import (
     ATTENTIONS,
     BOS_ID,
@@ -21,12 +23,9 @@ from models.seq2seq import (
     Attention,
     Seq2Seq,
     Seq2SeqConfig,
-    Translator,
-    attention_png,
     build_vocab,
     detokenize,
     encode,
-    load,
     model_config_dict,
     pad_batch,
     tokenize,
@@ -201,7 +200,7 @@ def test_max_length_bounds_the_output():
 def test_translation_has_one_attention_row_per_target_token_summing_to_one_and_lists_unknowns():
     translator = tiny_translator()
     for beam_size in (1, 3):
-        result = translator.translate(["我爱猫。"], beam_size=beam_size)[0]
+        result = translator.translate(["我爱猫。"], TranslationOptions(beam_size=beam_size))[0]
         assert result.source_tokens == ["我", "爱", "猫", "。"]
         assert result.unknown_tokens == ["猫"]
         assert len(result.attention) == len(result.target_tokens)
@@ -223,7 +222,8 @@ def test_blank_text_is_refused():
 def test_heatmap_is_a_png_with_chinese_glyphs_available():
     from matplotlib import image
 
-    from models.seq2seq import Translation, _cjk_font_family
+    from models.pipelines.attention_image import _cjk_font_family
+    from models.pipelines.translation import Translation
 
     assert _cjk_font_family() is not None
     result = Translation("I love you.", ["我", "爱", "你", "。"], ["i", "love", "you", "."],

@@ -39,6 +39,7 @@ from models.bert import (
     TOKENIZER_FILE,
     BertConfig,
     BertForPreTraining,
+    load,
     load_tokenizer,
 )
 from models.checkpoint import load_checkpoint, update_metrics
@@ -524,10 +525,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-run the validation evaluation of ``checkpoints/bert`` and refresh its metrics.json."""
     checkpoint = load_checkpoint(args.out / CHECKPOINT_ID)
     device = pick_device(args.device)
-    model = BertForPreTraining(BertConfig.from_dict(checkpoint.config["model"]))
-    model.load_state_dict(checkpoint.state_dict)
-    model.to(device)
-    tokenizer = load_tokenizer(checkpoint)
+    model, tokenizer = load(checkpoint, device), load_tokenizer(checkpoint)
     data = checkpoint.config["data"]
     _, documents, _ = _corpus(argparse.Namespace(corpus=Path(data["file"]) if "file" in data else None,
                                                   val_fraction=data.get("val_fraction")))

@@ -121,7 +121,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Validation loss and bits per character of a saved checkpoint; refreshes its metrics.json."""
     checkpoint = load_checkpoint(Path(args.out) / checkpoint_name(args.name))
     device = pick_device(args.device)
-    generator = load(checkpoint, device)
-    return text.rescore(checkpoint, generator.model, generator.tokenizer, args.precision,
+    return text.rescore(checkpoint, load(checkpoint, device), args.precision,
                         lambda model, ids: text.window_loss(model, ids, model.config.block_size, device),
                         args.corpus, args.val_fraction)

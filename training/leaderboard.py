@@ -182,12 +182,14 @@ def windowed_bpc(path: Path, window: int, device_name: str) -> float:
     """A recurrent model scored as the GPT is: consecutive windows of ``window`` tokens, each from a zero
     state, so the two columns compare like with like (the recurrent models' own figure carries the state)."""
     from models.rnn import load
+    from models.tokenizers import load_text_tokenizer
     from training import loop, text
     from training.common import pick_device
 
     device = pick_device(device_name)
-    generator = load(load_checkpoint(path), device)
-    model, tokenizer = generator.model, generator.tokenizer
+    checkpoint = load_checkpoint(path)
+    model = load(checkpoint, device)
+    tokenizer = load_text_tokenizer(checkpoint, model.config.vocab_size)
     _, val_docs, _ = text.read_documents(None, 0.1)
     ids = text.encode(tokenizer, val_docs)
     with loop.autocast(device, loop.resolve_precision("auto", device)):

@@ -138,6 +138,5 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Validation loss and bits per character of ``lm-<cell>`` on the text it was trained on."""
     checkpoint = load_checkpoint(Path(args.out) / checkpoint_id(FAMILY, args.cell))
     device = pick_device(args.device)
-    generator = load(checkpoint, device)
-    return text.rescore(checkpoint, generator.model, generator.tokenizer, args.precision,
+    return text.rescore(checkpoint, load(checkpoint, device), args.precision,
                         lambda model, ids: stateful_nats(model, ids, device))

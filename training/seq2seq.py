@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from models.checkpoint import checkpoint_id, load_checkpoint, update_metrics
+from models.pipelines.attention_image import attention_png
+from models.pipelines.translation import LENGTH_PENALTY, TranslationOptions, Translator, load
 from models.seq2seq import (
     ATTENTIONS,
     BOS_ID,
@@ -42,11 +44,8 @@ from models.seq2seq import (
     SPECIALS,
     Seq2Seq,
     Seq2SeqConfig,
-    Translator,
-    attention_png,
     build_vocab,
     encode,
-    load,
     model_config_dict,
     pad_batch,
     tokenize,
@@ -123,7 +122,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", choices=DIRECTIONS, default="zh-en")
     parser.add_argument("--name", default=None, help="checkpoint name; default: the direction")
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy decoding")
-    parser.add_argument("--length-penalty", type=float, default=0.6)
+    parser.add_argument("--length-penalty", type=float, default=LENGTH_PENALTY)
     parser.add_argument("--heatmap", type=Path, default=None, metavar="PNG",
                         help="draw the attention of --text into this PNG instead of scoring the test split")
     parser.add_argument("--text", default=None, help="the sentence for --heatmap")
@@ -325,8 +324,8 @@ def bucket_of(length: int, edges: Sequence[int]) -> str:
     return f"{lower}+"
 
 
-def score(translator: Translator, pairs: Sequence[tuple[str, str]], beam_size: int = 1,
-          length_penalty: float = 0.6, batch_size: int = 128) -> dict[str, Any]:
+def score(translator: Translator, pairs: Sequence[tuple[str, str]],
+          options: TranslationOptions = TranslationOptions(), batch_size: int = 128) -> dict[str, Any]:
     """Corpus BLEU and chrF (sacrebleu, lower-cased), overall and by source-length bucket."""
     import sacrebleu
 
@@ -334,7 +333,7 @@ def score(translator: Translator, pairs: Sequence[tuple[str, str]], beam_size: i
     hypotheses: list[str] = []
     for start in range(0, len(pairs), batch_size):
         chunk = [s for s, _ in pairs[start:start + batch_size]]
-        hypotheses += [r.translation for r in translator.translate(chunk, beam_size, None, length_penalty)]
+        hypotheses += [r.translation for r in translator.translate(chunk, options)]
     references = [t for _, t in pairs]
     # Chinese has no spaces, so BLEU needs sacrebleu's Chinese tokenizer; the model writes lower case.
     bleu = sacrebleu.BLEU(tokenize="zh" if target_language == "zh" else "13a", lowercase=True)
@@ -354,7 +353,8 @@ def score(translator: Translator, pairs: Sequence[tuple[str, str]], beam_size: i
         "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
         "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
         "sentences": len(pairs),
-        "decoding": "greedy" if beam_size == 1 else f"beam {beam_size}, length penalty {length_penalty}",
+        "decoding": ("greedy" if options.beam_size == 1
+                     else f"beam {options.beam_size}, length penalty {options.length_penalty}"),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
         "bleu_by_source_length": buckets,
@@ -417,10 +417,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = load_checkpoint(path)
     device = pick_device(args.device)
     translator = load(checkpoint, device)
+    options = TranslationOptions(beam_size=args.beam_size, length_penalty=args.length_penalty)
     if args.heatmap is not None:
         if not args.text:
             raise ValueError("--heatmap needs --text")
-        result = translator.translate([args.text], args.beam_size, None, args.length_penalty)[0]
+        result = translator.translate([args.text], options)[0]
         args.heatmap.parent.mkdir(parents=True, exist_ok=True)
         args.heatmap.write_bytes(attention_png(result, title=f"{checkpoint.id}: {result.translation}"))
         return {"heatmap": str(args.heatmap), "translation": result.translation,
@@ -430,7 +431,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     split = split_pairs(pairs, translator.direction, checkpoint.config["split_seed"],
                         data["split"]["fraction_test"], provenance)
     key = "test" if args.beam_size == 1 else f"test_beam_{args.beam_size}"
-    metrics = {**checkpoint.metrics, key: score(translator, split.test, args.beam_size, args.length_penalty)}
+    metrics = {**checkpoint.metrics, key: score(translator, split.test, options)}
     update_metrics(path, metrics)
     return metrics
 

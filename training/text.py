@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import Checkpoint, update_metrics
-from models.tokenizers import ByteBPETokenizer, CharTokenizer, TextTokenizer
+from models.tokenizers import ByteBPETokenizer, CharTokenizer, TextTokenizer, load_text_tokenizer
 from training.data import SPLIT_SEED, plays_in, read_text_file, shakespeare_provenance, split_text, user_provenance
 from training.loop import Batch, Run, autocast, resolve_precision
 
@@ -156,11 +156,12 @@ def bits_per_char(nats: float, count: int, chars: int) -> dict[str, Any]:
             "val_perplexity": round(math.exp(nats / count), 3), "val_tokens": count, "val_chars": chars}
 
 
-def rescore(checkpoint: Checkpoint, model: nn.Module, tokenizer: TextTokenizer, precision: str,
+def rescore(checkpoint: Checkpoint, model: nn.Module, precision: str,
             score: Callable[[nn.Module, torch.Tensor], tuple[float, int]], corpus: Path | None = None,
             val_fraction: float | None = None) -> dict[str, Any]:
-    """Score a language model's checkpoint again on the validation text it was trained with (or the last
+    """Score ``model``, loaded from ``checkpoint``, again on the validation text it was trained with (or the last
     ``val_fraction`` of ``corpus``); ``score`` gives summed nats and their count. Refreshes metrics.json."""
+    tokenizer = load_text_tokenizer(checkpoint, model.config.vocab_size)
     record = checkpoint.config.get("data", {})
     corpus = corpus or (Path(record["file"]) if "file" in record else None)
     _, documents, _ = read_documents(corpus, val_fraction or record.get("val_fraction", 0.1))
