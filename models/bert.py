@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from models.attention import AttentionRecorder, SelfAttention
 from models.checkpoint import Checkpoint
 
 # The special tokens, in the order they are given to the WordPiece trainer, so they take ids 0..4.
@@ -72,29 +73,6 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
-class SelfAttention(nn.Module):
-    """Multi-head bidirectional self-attention; padding keys are masked out."""
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.n_heads = config.n_heads
-        self.qkv = nn.Linear(config.dim, 3 * config.dim)  # Q, K and V projections in one matmul
-        self.proj = nn.Linear(config.dim, config.dim)
-        self.attn_dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, T, dim); ``keep`` (B, 1, 1, T) bool, True where a key may be attended to."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        # softmax(QKᵀ/√d_k)V in one fused kernel (flash / memory-efficient where the device has one).
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.proj(y))
-
-
 class FeedForward(nn.Module):
     """Position-wise FFN(x) = W₂ GELU(W₁ x + b₁) + b₂."""
 
@@ -109,17 +87,23 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """One encoder layer as in BERT (post-norm): x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+    """One encoder layer as in BERT (post-norm): x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+
+    The attention is multi-head bidirectional self-attention (``models.attention``); padding keys are
+    masked out.
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.attention = SelfAttention(config)
+        self.attention = SelfAttention(config.dim, config.n_heads, config.dropout)
         self.attention_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.ffn_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = self.attention_norm(x + self.attention(x, keep))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, recorder: AttentionRecorder | None = None
+                ) -> torch.Tensor:
+        """``keep`` (B, 1, 1, T) is True where a key may be attended to."""
+        x = self.attention_norm(x + self.attention(x, keep, recorder=recorder))
         return self.ffn_norm(x + self.ffn(x))
 
 
@@ -139,11 +123,13 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         segment_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        recorder: AttentionRecorder | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``input_ids`` (B, T) -> (hidden states (B, T, dim), pooled ``[CLS]`` (B, dim)).
 
         ``segment_ids`` defaults to all sentence A; ``attention_mask`` (B, T, 1 = real token) defaults
-        to every non-``[PAD]`` token.
+        to every non-``[PAD]`` token. With ``recorder`` every layer's attention weights are recorded
+        (``models.attention``), keyed by its ``attention`` module.
         """
         if input_ids.size(1) > self.config.max_position:
             raise ValueError(f"input of {input_ids.size(1)} tokens; the model has {self.config.max_position} "
@@ -155,7 +141,7 @@ class BertModel(nn.Module):
         keep = attention_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, segment_ids)
         for layer in self.layers:
-            x = layer(x, keep)
+            x = layer(x, keep, recorder)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.attention import AttentionRecorder, scaled_dot_product
 from models.checkpoint import Checkpoint
 from models.sampling import SamplingParams, make_generator, sample_next
 
@@ -119,19 +120,21 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, need_weights: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """softmax(q k^T / sqrt(d)) v over the allowed keys; ``past`` cached positions precede the queries."""
         dropout = self.dropout if self.training else 0.0
         T = q.size(2)
         if past == 0:  # the usual case: each position sees itself and those before it
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            return scaled_dot_product(q, k, v, causal=True, dropout=dropout, need_weights=need_weights)
         if T == 1:  # one new token after cached ones: it may see them all, no mask needed
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            return scaled_dot_product(q, k, v, dropout=dropout, need_weights=need_weights)
         # several new tokens after cached ones: query i sees keys up to past + i
         mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return scaled_dot_product(q, k, v, mask, dropout=dropout, need_weights=need_weights)
 
-    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None,
+                recorder: AttentionRecorder | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -139,15 +142,11 @@ class CausalSelfAttention(nn.Module):
         if kv is not None:
             past = kv.length
             k, v = kv.append(k, v)
-        dtype = q.dtype
-        if x.device.type == "cpu" and dtype == torch.bfloat16:
-            # The CPU's bf16 flash-attention kernel is about 3x slower than its fp32 one (forward and
-            # backward, head size 32), so under bf16 autocast attention alone runs in fp32 on the CPU.
-            with torch.autocast("cpu", enabled=False):
-                y = self.attend(q.float(), k.float(), v.float(), past)
-        else:
-            y = self.attend(q, k, v, past)
-        y = y.to(dtype).transpose(1, 2).contiguous().view(B, T, C)
+        recording = recorder is not None and recorder.wants(self)
+        y, weights = self.attend(q, k, v, past, need_weights=recording)
+        if recording:
+            recorder.record(self, weights)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -173,8 +172,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv)
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None,
+                recorder: AttentionRecorder | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv, recorder)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -221,12 +221,14 @@ class GPT(nn.Module):
             return self.wpe(torch.arange(start, start + length, device=device))
         return self.wpe_table[start:start + length]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                recorder: AttentionRecorder | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position and the mean cross-entropy when ``targets`` are given.
 
         Without targets only the last position's logits are computed (all generation needs). With
-        ``kv_cache`` the tokens continue the cached ones, whose keys and values are reused.
+        ``kv_cache`` the tokens continue the cached ones, whose keys and values are reused. With
+        ``recorder`` every block's attention weights are recorded (``models.attention``), keyed by its
+        ``attn`` module.
         """
         B, T = idx.size()
         start = kv_cache.length if kv_cache is not None else 0
@@ -234,7 +236,7 @@ class GPT(nn.Module):
             raise ValueError(f"{start + T} positions exceed the context of {self.config.block_size}")
         x = self.drop(self.wte(idx) + self.position_embedding(start, T, idx.device))
         for i, block in enumerate(self.blocks):
-            x = block(x, kv_cache.layers[i] if kv_cache is not None else None)
+            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, recorder)
         x = self.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, -1:, :]), None

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from models.attention import SelfAttention
 from models.bert import (
     IGNORE,
     IS_NEXT,
@@ -21,7 +22,6 @@ from models.bert import (
     BertConfig,
     BertForPreTraining,
     BertForSequenceClassification,
-    SelfAttention,
     load,
     load_tokenizer,
 )
@@ -73,7 +73,7 @@ def test_segment_and_position_embeddings_change_the_representation():
 
 def test_attention_is_softmax_of_scaled_dot_products_with_padding_masked():
     torch.manual_seed(0)
-    attention = SelfAttention(SMALL).eval()
+    attention = SelfAttention(SMALL.dim, SMALL.n_heads).eval()
     x = torch.randn(2, 5, SMALL.dim)
     keep = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)[:, None, None, :]
     q, k, v = attention.qkv(x).split(SMALL.dim, dim=2)
