@@ -24,7 +24,7 @@ class CatalogEntry:
     family: str
     name: str
     train_args: tuple[str, ...]
-    default: bool = True  # trained by `python -m training all` / `make serve`
+    default: bool = True  # trained by `python -m training all` / `make serve`; else only by `all --extras`
 
     @property
     def train_command(self) -> str:
@@ -43,6 +43,9 @@ CATALOG: tuple[CatalogEntry, ...] = (
     *(CatalogEntry(f"lm-{cell}", "lm", cell, ("lm", "--cell", cell)) for cell in ("rnn", "lstm", "gru")),
     # Fine-tunes the bert checkpoint, so it comes after it.
     CatalogEntry("clf-bert", "classifier", "bert", ("classifier", "--arch", "bert")),
+    # Extras: `python -m training all --extras` trains them too, past make serve's time budget.
+    *(CatalogEntry(f"seq2seq-{d}-transformer", "seq2seq", f"{d}-transformer",
+                   ("seq2seq", "--direction", d, "--arch", "transformer"), default=False) for d in ("zh-en", "en-zh")),
 )
 
 

@@ -102,15 +102,15 @@ class Server:
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every default checkpoint, trained with the tiny profile.
+    """Every checkpoint of the catalog, the extras included, trained with the tiny profile.
 
     ``TEST_CHECKPOINT_DIR`` points at a directory trained earlier with ``python -m training all
-    --profile tiny --out DIR`` to skip the training while iterating on tests.
+    --profile tiny --extras --out DIR`` to skip the training while iterating on tests.
     """
     if os.environ.get("TEST_CHECKPOINT_DIR"):
         return Path(os.environ["TEST_CHECKPOINT_DIR"])
     root = tmp_path_factory.mktemp("checkpoints")
-    run_training("all", "--profile", "tiny", "--out", str(root))
+    run_training("all", "--profile", "tiny", "--extras", "--out", str(root))
     return root
 
 

@@ -1,7 +1,8 @@
 """``python -m training <family> [--profile tiny|quick|full] ...`` and its sibling commands.
 
     python -m training word2vec --mode sg            train one family (writes checkpoints/<id>/)
-    python -m training all [--missing]               train every default checkpoint (--missing: absent or outdated)
+    python -m training all [--missing] [--extras]    train every default checkpoint (--missing: absent or outdated;
+                                                     --extras: the catalog's extra ones too)
     python -m training evaluate word2vec             evaluate a checkpoint, refresh its metrics.json
     python -m training export word2vec --format text  write vectors gensim can load
     python -m training recipes [--write]             fingerprints of the default recipes (models/recipes.json)
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="only train checkpoints that are absent, unreadable or trained by another recipe")
     everything.add_argument("--only", nargs="+", default=None, metavar="ID",
                             help="restrict to these checkpoint ids")
+    everything.add_argument("--extras", action="store_true",
+                            help="also the catalog's extra checkpoints, which make serve does not train")
 
     recipes = commands.add_parser("recipes", help="fingerprints of the default recipes, per profile")
     recipes.add_argument("--write", action="store_true", help=f"store them in {RECIPES_FILE}, which the service reads")
@@ -125,7 +128,7 @@ def why_train(root: Path, entry: CatalogEntry, fingerprint: str, retrained: set[
 
 
 def train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    entries = [e for e in CATALOG if e.default and (args.only is None or e.id in args.only)]
+    entries = [e for e in CATALOG if (e.default or args.extras) and (args.only is None or e.id in args.only)]
     if args.only:
         unknown = set(args.only) - {e.id for e in CATALOG}
         if unknown:

@@ -1,7 +1,9 @@
-"""Seq2seq translation (Chinese<->English) with additive, dot, general or no attention.
+"""Seq2seq translation (Chinese<->English): a recurrent encoder-decoder with additive, dot, general or no
+attention, or a Transformer.
 
     python -m training seq2seq --direction zh-en            GRU + additive attention (the default)
     python -m training seq2seq --direction en-zh --cell lstm --attention dot --name en-zh-lstm-dot
+    python -m training seq2seq --arch transformer           the Transformer -> checkpoints/seq2seq-zh-en-transformer
     python -m training seq2seq --pairs my_pairs.tsv         your own "chinese<TAB>english" pairs
     python -m training seq2seq --resume                     continue from the last saved state
     python -m training evaluate seq2seq --direction zh-en   BLEU / chrF on the test split -> metrics.json
@@ -51,13 +53,21 @@ from models.seq2seq import (
     tokenize,
 )
 from models.tokenizers import WordVocab
+from models.transformer import Transformer, TransformerConfig
+from models.transformer import weights as transformer_weights
 from training import loop
 from training.common import length_grouped, pick_device
 from training.data import HSK_SOURCE, SPLIT_SEED, load_hsk_pairs, read_tsv, user_provenance
 
 FAMILY = "seq2seq"
 SOURCE_VOCAB, TARGET_VOCAB = "source_vocab.json", "target_vocab.json"
-MODEL_FIELDS = ("embedding_dim", "hidden_dim", "cell", "attention", "bidirectional", "dropout")
+ARCHES = ("recurrent", "transformer")
+MODEL_FIELDS = {"recurrent": ("embedding_dim", "hidden_dim", "cell", "attention", "bidirectional", "dropout"),
+                "transformer": ("dim", "n_layers", "n_heads", "ffn_dim", "dropout", "tie_embeddings")}
+# The flags only one architecture reads (--cell, --attention and --bidirectional have defaults: not checked).
+ARCH_ONLY = {"recurrent": ("embedding_dim", "hidden_dim", "teacher_forcing"),
+             "transformer": ("dim", "n_layers", "n_heads", "ffn_dim", "tie_embeddings", "label_smoothing",
+                             "warmup_steps")}
 
 PROFILES: dict[str, dict[str, Any]] = {
     # seconds: a small model on a slice of the training pairs, enough for the service tests
@@ -71,6 +81,18 @@ PROFILES: dict[str, dict[str, Any]] = {
              "max_train_pairs": None, "lr": 1e-3, "patience": 6},
 }
 DEFAULTS: dict[str, Any] = {"dropout": 0.3, "teacher_forcing": 1.0, "min_count": 2}
+# --arch transformer: these profiles in place of PROFILES (DEFAULTS still fill what they leave unset).
+TRANSFORMER_PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {"epochs": 2, "dim": 32, "n_layers": 1, "n_heads": 2, "ffn_dim": 64, "dropout": 0.1,
+             "tie_embeddings": True, "label_smoothing": 0.1, "warmup_steps": 5, "batch_size": 64,
+             "max_train_pairs": 640, "lr": 3e-3, "patience": 2},
+    "quick": {"epochs": 60, "dim": 128, "n_layers": 2, "n_heads": 4, "ffn_dim": 512, "dropout": 0.2,
+              "tie_embeddings": True, "label_smoothing": 0.1, "warmup_steps": 200, "batch_size": 64,
+              "max_train_pairs": None, "lr": 1e-3, "patience": 5, "max_seconds": 150.0},
+    "full": {"epochs": 200, "dim": 256, "n_layers": 3, "n_heads": 4, "ffn_dim": 1024, "dropout": 0.3,
+             "tie_embeddings": True, "label_smoothing": 0.1, "warmup_steps": 400, "batch_size": 64,
+             "max_train_pairs": None, "lr": 7e-4, "patience": 10},
+}
 # --grid trains len(CELLS) * len(ATTENTIONS) models, so each one is smaller than the quick profile's.
 GRID_FLAGS = ("--epochs", "20", "--embedding-dim", "64", "--hidden-dim", "128", "--batch-size", "64", "--lr", "2e-3",
               "--patience", "2")
@@ -93,6 +115,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=ARCHES, default="recurrent",
+                        help="recurrent: an RNN encoder-decoder (--cell, --attention); transformer: the Transformer "
+                             "(--dim, --n-layers, ...)")
     parser.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell of encoder and decoder")
     parser.add_argument("--attention", choices=ATTENTIONS, default="additive",
                         help="additive (Bahdanau), dot / general (Luong), none (fixed-vector baseline)")
@@ -108,13 +133,25 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-count", type=int, default=None, help="rarer tokens are <unk>")
     parser.add_argument("--max-train-pairs", type=int, default=None,
                         help="use only the first N training pairs (the tiny profile's shortcut)")
+    transformer = parser.add_argument_group("--arch transformer")
+    transformer.add_argument("--dim", type=int, default=None, help="model width (d_model)")
+    transformer.add_argument("--n-layers", type=int, default=None, help="encoder layers, and as many decoder layers")
+    transformer.add_argument("--n-heads", type=int, default=None, help="attention heads per layer")
+    transformer.add_argument("--ffn-dim", type=int, default=None, help="feed-forward inner size (d_ff)")
+    transformer.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                             help="the output layer is the target embedding matrix")
+    transformer.add_argument("--label-smoothing", type=float, default=None,
+                             help="probability spread over the vocabulary in the training loss")
+    transformer.add_argument("--warmup-steps", type=int, default=None,
+                             help="steps of linear warm-up, then a cosine decay to the end of the run")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser)
     _add_model_arguments(parser)
     parser.add_argument("--name", default=None,
-                        help="checkpoint name (id seq2seq-NAME); default: the direction, e.g. zh-en")
+                        help="checkpoint name (id seq2seq-NAME); default: the direction, e.g. zh-en, and "
+                             "zh-en-transformer for --arch transformer")
     loop.add_arguments(parser)
 
 
@@ -243,7 +280,7 @@ def one_thread_unless_asked(command: Callable[[argparse.Namespace], T]) -> Calla
 
 
 @torch.no_grad()
-def validation_loss(model: Seq2Seq, batches: Batches, device: torch.device) -> float:
+def validation_loss(model: Seq2Seq | Transformer, batches: Batches, device: torch.device) -> float:
     """Token-weighted mean cross-entropy with the reference fed in (teacher forcing 1)."""
     total, count = 0.0, 0
     for indices in batches.epoch(None):
@@ -258,10 +295,14 @@ class TranslationTask:
     """Cross-entropy of the next target token, teacher-forced, on length-bucketed batches reshuffled every
     epoch; validated by the loss on the validation pairs."""
 
-    def __init__(self, model: Seq2Seq, train: Batches, validation: Batches, args: argparse.Namespace,
+    def __init__(self, model: Seq2Seq | Transformer, train: Batches, validation: Batches, args: argparse.Namespace,
                  device: torch.device):
         self.model, self.train, self.validation, self.device = model, train, validation, device
-        self.teacher_forcing, self.seed = args.teacher_forcing, args.seed
+        self.seed = args.seed
+        # The training loss's settings: the Transformer reads every reference token at once and smooths its
+        # labels; the recurrent decoder may read its own guesses instead.
+        self.objective = ({"label_smoothing": args.label_smoothing} if isinstance(model, Transformer)
+                          else {"teacher_forcing": args.teacher_forcing})
 
     def batches(self) -> Iterator[loop.Batch[list[int]]]:
         rng = random.Random(self.seed)
@@ -273,11 +314,30 @@ class TranslationTask:
         """A piece's mean loss counts by its share of the batch's target tokens (a plain mean of the pieces'
         means would weigh short sentences more)."""
         mine = [indices[r] for r in rows]
-        _, loss = model(*self.train.pad(mine, self.device), teacher_forcing=self.teacher_forcing)
+        _, loss = model(*self.train.pad(mine, self.device), **self.objective)
         return loss * (self.train.predicted(mine) / self.train.predicted(indices))
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         return {"val_loss": validation_loss(model, self.validation, self.device)}
+
+
+def build_model(args: argparse.Namespace, source_vocab_size: int, target_vocab_size: int
+                ) -> tuple[Seq2Seq | Transformer, Seq2SeqConfig | TransformerConfig]:
+    if args.arch == "transformer":
+        config = TransformerConfig(source_vocab_size, target_vocab_size, args.dim, args.n_layers, args.n_heads,
+                                   args.ffn_dim, args.dropout, tie_embeddings=args.tie_embeddings)
+        return Transformer(config), config
+    config = Seq2SeqConfig(source_vocab_size, target_vocab_size, args.embedding_dim, args.hidden_dim,
+                           args.cell, args.attention, args.bidirectional, args.dropout)
+    return Seq2Seq(config), config
+
+
+def schedule(args: argparse.Namespace) -> loop.Schedule:
+    """The recurrent models train at a constant rate; the Transformer warms up, then decays on a cosine to the
+    end of the run (its steps or its --max-seconds, whichever comes first), as its attention needs."""
+    if args.arch == "transformer":
+        return loop.Schedule(args.lr, warmup_steps=args.warmup_steps, decay="cosine")
+    return loop.Schedule(args.lr, decay="none")
 
 
 @dataclass
@@ -299,11 +359,10 @@ def fit(run: loop.Run, split: Split, direction: str, args: argparse.Namespace) -
         target_vocab = build_vocab((tokenize(t, target_language) for _, t in train_pairs), args.min_count)
     train_batches = Batches(train_pairs, direction, source_vocab, target_vocab, args.batch_size)
     val_batches = Batches(split.validation, direction, source_vocab, target_vocab, 256)
-    config = Seq2SeqConfig(len(source_vocab), len(target_vocab), args.embedding_dim, args.hidden_dim,
-                           args.cell, args.attention, args.bidirectional, args.dropout)
-    model = Seq2Seq(config).to(run.device)
+    model, config = build_model(args, len(source_vocab), len(target_vocab))
+    model = model.to(run.device)
     epoch = len(train_batches)
-    settings = loop.Settings(loop.total_steps(args, epoch), loop.Schedule(args.lr, decay="none"), eval_interval=epoch,
+    settings = loop.Settings(loop.total_steps(args, epoch), schedule(args), eval_interval=epoch,
                              selection=loop.Selection("val_loss", patience=args.patience))
     trained = run.fit(TranslationTask(model, train_batches, val_batches, args, run.device), settings,
                       rebuild={"model_config": asdict(config), "source_vocab": source_vocab.to_json(),
@@ -367,7 +426,31 @@ def score(translator: Translator, pairs: Sequence[tuple[str, str]],
 
 
 def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    return loop.resolve(args, {**DEFAULTS, **PROFILES[args.profile]})
+    """The profile of ``--arch`` applied; a flag of the other architecture is an error, not silently ignored."""
+    other = "recurrent" if args.arch == "transformer" else "transformer"
+    if given := [flag for flag in ARCH_ONLY[other] if getattr(args, flag) is not None]:
+        raise ValueError(f"--{given[0].replace('_', '-')} is a setting of --arch {other}, not {args.arch}")
+    profiles = TRANSFORMER_PROFILES if args.arch == "transformer" else PROFILES
+    return loop.resolve(args, {**DEFAULTS, **profiles[args.profile]})
+
+
+def default_name(direction: str, arch: str) -> str:
+    return direction if arch == "recurrent" else f"{direction}-{arch}"
+
+
+def architecture(args: argparse.Namespace) -> str:
+    if args.arch == "transformer":
+        return (f"Transformer encoder-decoder, {args.n_layers}+{args.n_layers} layers, {args.n_heads} heads, "
+                f"{args.dim} wide")
+    return (f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()} encoder-decoder, "
+            f"{args.attention} attention")
+
+
+def model_record(model: Seq2Seq | Transformer, direction: str) -> dict[str, Any]:
+    """config.json's ``model``: what ``models.pipelines.translation.load`` builds the model from."""
+    if isinstance(model, Transformer):
+        return {**model.config.to_dict(), "arch": "transformer", "direction": direction}
+    return model_config_dict(model.config, direction)
 
 
 @one_thread_unless_asked
@@ -375,13 +458,13 @@ def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
     if args.corpus is not None:
         raise ValueError("seq2seq trains on sentence pairs: pass --pairs FILE.tsv, not --corpus")
-    name = args.name or args.direction
+    name = args.name or default_name(args.direction, args.arch)
     pairs, provenance = load_pairs(args.pairs)
     split = split_pairs(pairs, args.direction, args.split_seed, args.val_fraction, provenance)
     log.info("seq2seq-%s: %d train / %d validation / %d test pairs", name, len(split.train),
              len(split.validation), len(split.test))
     with loop.Run(args, checkpoint_id(FAMILY, name)) as run:
-        run.restore(args, MODEL_FIELDS)
+        run.restore(args, MODEL_FIELDS[args.arch])
         fitted = fit(run, split, args.direction, args)
         if not run.is_main:
             return []
@@ -391,9 +474,8 @@ def train(args: argparse.Namespace) -> list[Path]:
         log.info("seq2seq-%s: test BLEU %.2f, chrF %.2f", name, metrics["test"]["bleu"], metrics["test"]["chrf"])
         return [run.save(loop.Record({
             "id": checkpoint_id(FAMILY, name), "family": FAMILY, "name": name,
-            "architecture": f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()} encoder-decoder, "
-                            f"{args.attention} attention",
-            "model": model_config_dict(translator.model.config, args.direction),
+            "architecture": architecture(args),
+            "model": model_record(translator.model, args.direction),
             "tokenizer": {"type": "WordVocab", "file": SOURCE_VOCAB,
                           "files": {"source": SOURCE_VOCAB, "target": TARGET_VOCAB},
                           "units": {"zh": "characters", "en": "lower-cased words, punctuation split"},
@@ -401,7 +483,8 @@ def train(args: argparse.Namespace) -> list[Path]:
             "data": {**split.provenance, "trained_on": ["train"],
                      "train_pairs_used": args.max_train_pairs or len(split.train)},
             "split_seed": split.seed,
-        }, {SOURCE_VOCAB: translator.source_vocab.to_json(), TARGET_VOCAB: translator.target_vocab.to_json()}),
+        }, {SOURCE_VOCAB: translator.source_vocab.to_json(), TARGET_VOCAB: translator.target_vocab.to_json()},
+            weights=transformer_weights if args.arch == "transformer" else nn.Module.state_dict),
             fitted.trained, metrics)]
 
 

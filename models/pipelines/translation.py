@@ -1,17 +1,20 @@
-"""Translation: a seq2seq model with its two vocabularies, text in, text and alignment out."""
+"""Translation: a seq2seq model (recurrent or Transformer) with its two vocabularies, text in, text and
+alignment out. A text is translated sentence by sentence."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from models import seq2seq
+from models import seq2seq, transformer
 from models.checkpoint import Checkpoint
 from models.pipelines.errors import InvalidInput
 from models.seq2seq import DIRECTIONS, SPECIALS, UNK_ID, Seq2Seq, detokenize, encode, pad_batch, tokenize
 from models.tokenizers import WordVocab
+from models.transformer import Transformer
 
 # Beam search ranks by log p / ((5 + |y|) / 6) ** LENGTH_PENALTY (Wu et al., 2016): 0.6 is their choice.
 LENGTH_PENALTY = 0.6
@@ -31,6 +34,7 @@ class TranslationOptions:
     beam_size: int = 1
     max_length: int | None = None
     length_penalty: float = LENGTH_PENALTY
+    attention_heads: bool = False  # also return every layer's and head's attention
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -38,18 +42,55 @@ class TranslationOptions:
 
 
 @dataclass
+class SentenceTranslation:
+    """One sentence of a text, translated on its own."""
+
+    text: str
+    translation: str
+    source_tokens: list[str]
+    target_tokens: list[str]
+    attention: list[list[float]] | None  # len(target_tokens) x len(source_tokens)
+
+
+@dataclass
 class Translation:
-    translation: str  # the target tokens as text, special tokens (an output <unk>) left out
+    """One text's translation. A text of several sentences is translated sentence by sentence: the tokens
+    are every sentence's in order, and ``attention`` lets a target token weigh only its own sentence's
+    source tokens (the matrix is block-diagonal), so it stays one row per target token, one column per
+    source token, each row a distribution."""
+
+    translation: str  # the sentences' translations joined, special tokens (an output <unk>) left out
     source_tokens: list[str]
     target_tokens: list[str]  # as produced, <unk> included, <eos> not
     attention: list[list[float]] | None  # len(target_tokens) x len(source_tokens), rows sum to 1
     unknown_tokens: list[str]  # source tokens outside the vocabulary (read as <unk>)
+    # [layer][head][target][source], with TranslationOptions.attention_heads; the Transformer's every
+    # cross-attention head, a recurrent model's one alignment as one layer of one head
+    attention_heads: list[list[list[list[float]]]] | None = None
+    sentences: list[SentenceTranslation] = field(default_factory=list)
+
+
+TranslationModel = Seq2Seq | Transformer
+
+# A sentence ends at a run of 。！？!? (or their half- and full-width forms), or of full stops followed by a
+# space or the end, with any closing quotes or brackets; "3.5" and "e.g.x" do not end one.
+_SENTENCE_END = re.compile(r"(?:[。｡！？!?．]+|\.+(?=[\s”’\"')）」』]|$))[”’\"')）」』]*")
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text``'s sentences, each with its closing punctuation, spaces around them dropped."""
+    sentences, start = [], 0
+    for end in _SENTENCE_END.finditer(text):
+        sentences.append(text[start:end.end()].strip())
+        start = end.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
 
 
 class Translator:
     """A trained model with its vocabularies: text in, text plus alignment out."""
 
-    def __init__(self, model: Seq2Seq, source_vocab: WordVocab, target_vocab: WordVocab, direction: str,
+    def __init__(self, model: TranslationModel, source_vocab: WordVocab, target_vocab: WordVocab, direction: str,
                  device: torch.device):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -62,40 +103,98 @@ class Translator:
 
     @property
     def has_attention(self) -> bool:
-        return self.model.config.attention != "none"
+        return isinstance(self.model, Transformer) or self.model.config.attention != "none"
+
+    @property
+    def attention_heads(self) -> tuple[int, int] | None:
+        """(layers, heads) of the attention over the source; None for a model without attention."""
+        if isinstance(self.model, Transformer):
+            return self.model.cross_attention_heads
+        return (1, 1) if self.has_attention else None
 
     def source_tokens(self, text: str) -> list[str]:
         """``text`` as the model reads it (characters or words)."""
         return tokenize(text, self.source_language)
 
+    def sentences(self, text: str) -> list[list[str]]:
+        """The source tokens of each sentence of ``text``, as it is translated."""
+        return [self.source_tokens(sentence) for sentence in split_sentences(text)]
+
     def translate(self, texts: Sequence[str], options: TranslationOptions = TranslationOptions()) -> list[Translation]:
-        """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence."""
-        sources = [self.source_tokens(text) for text in texts]
-        if empty := [i for i, s in enumerate(sources) if not s]:
+        """Every sentence of every text decoded together: greedy decoding (beam_size 1) runs them as one batch,
+        beam search one by one. ``options.max_length`` bounds each sentence's translation."""
+        pieces = [[(sentence, tokens) for sentence in split_sentences(text) if (tokens := self.source_tokens(sentence))]
+                  for text in texts]
+        if empty := [i for i, piece in enumerate(pieces) if not piece]:
             raise InvalidInput(f"text {empty[0]} has no tokens")
+        decoded = iter(self._decode([tokens for piece in pieces for _, tokens in piece], options))
+        return [self._join([(sentence, next(decoded)) for sentence, _ in piece], options) for piece in pieces]
+
+    def _decode(self, sources: list[list[str]], options: TranslationOptions) -> list[_Decoded]:
         max_length = options.max_length or default_max_length(max(map(len, sources)))
         ids = [encode(tokens, self.source_vocab) for tokens in sources]
+        if isinstance(self.model, Transformer) and max(map(len, ids)) > self.model.config.max_position:
+            raise InvalidInput(f"a sentence of {max(map(len, ids))} tokens is longer than the model's "
+                               f"{self.model.config.max_position} positions")
         if options.beam_size == 1:
             outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length)
         else:
             decoded = [self.model.beam_search(torch.tensor([s], device=self.device), options.beam_size, max_length,
                                               options.length_penalty) for s in ids]
             outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
-        results = []
-        for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True):
-            words = [self.target_vocab.itos[i] for i in out]
-            results.append(Translation(
-                translation=detokenize([w for w in words if w not in SPECIALS], self.target_language),
-                source_tokens=tokens,
-                target_tokens=words,
-                attention=alpha.tolist() if alpha is not None else None,
-                unknown_tokens=[t for t, i in zip(tokens, token_ids, strict=True) if i == UNK_ID],
-            ))
-        return results
+        return [_Decoded(tokens, token_ids, [self.target_vocab.itos[i] for i in out], _heads(alpha))
+                for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True)]
+
+    def _join(self, parts: list[tuple[str, _Decoded]], options: TranslationOptions) -> Translation:
+        """One text's result from its sentences' (each a block of the attention matrix)."""
+        sentences = [SentenceTranslation(
+            text=sentence,
+            translation=detokenize([w for w in d.target_tokens if w not in SPECIALS], self.target_language),
+            source_tokens=d.source_tokens, target_tokens=d.target_tokens,
+            attention=d.heads[:, -1].mean(dim=1).tolist() if d.heads is not None else None) for sentence, d in parts]
+        decoded = [d for _, d in parts]
+        heads = None
+        if all(d.heads is not None for d in decoded):
+            layers, n_heads = decoded[0].heads.shape[1:3]
+            heads = torch.zeros(layers, n_heads, sum(len(d.target_tokens) for d in decoded),
+                                sum(len(d.source_tokens) for d in decoded))
+            target = source = 0
+            for d in decoded:
+                t, s = len(d.target_tokens), len(d.source_tokens)
+                heads[:, :, target:target + t, source:source + s] = d.heads.permute(1, 2, 0, 3)
+                target, source = target + t, source + s
+        return Translation(
+            translation=(" " if self.target_language == "en" else "").join(s.translation for s in sentences),
+            source_tokens=[t for d in decoded for t in d.source_tokens],
+            target_tokens=[t for d in decoded for t in d.target_tokens],
+            attention=heads[-1].mean(dim=0).tolist() if heads is not None else None,
+            unknown_tokens=[t for d in decoded for t, i in zip(d.source_tokens, d.source_ids, strict=True)
+                            if i == UNK_ID],
+            attention_heads=heads.tolist() if heads is not None and options.attention_heads else None,
+            sentences=sentences,
+        )
+
+
+@dataclass
+class _Decoded:
+    """A sentence as decoded: its tokens, and its attention (target, layers, heads, source) or None."""
+
+    source_tokens: list[str]
+    source_ids: list[int]
+    target_tokens: list[str]
+    heads: torch.Tensor | None
+
+
+def _heads(alpha: torch.Tensor | None) -> torch.Tensor | None:
+    """Attention as (target, layers, heads, source): a recurrent model's (target, source) is one of each."""
+    if alpha is None:
+        return None
+    return alpha[:, None, None, :] if alpha.dim() == 2 else alpha
 
 
 def load(checkpoint: Checkpoint, device: torch.device) -> Translator:
     """A ``seq2seq`` checkpoint's model and vocabularies, translating in the direction it was trained for."""
     source_vocab, target_vocab = seq2seq.load_vocabularies(checkpoint)
-    return Translator(seq2seq.load(checkpoint, device), source_vocab, target_vocab,
-                      checkpoint.config["model"]["direction"], device)
+    loader = transformer.load if checkpoint.config["model"].get("arch") == "transformer" else seq2seq.load
+    return Translator(loader(checkpoint, device), source_vocab, target_vocab, checkpoint.config["model"]["direction"],
+                      device)
