@@ -121,6 +121,12 @@ def translation(page: Page) -> None:
     # half of one when the fourth place is 5 (the 1e-9 absorbs the binary representation of that half).
     assert shown == pytest.approx(expected, abs=5e-4 + 1e-9)
 
+    page.fill("#tr-text", "See you tomorrow.")
+    page.select_option("#tr-direction", "auto")
+    body = submit(page, "translate-form", "/v1/translate")
+    assert body["direction"] == "en-zh"
+    expect(page.locator("#tr-result .meta").first).to_have_text(f" {body['model']} (en-zh)")
+
 
 def fill_mask(page: Page) -> None:
     page.fill("#fm-text", "My [MASK] is as boundless as the [MASK].")

@@ -105,3 +105,101 @@ def test_a_model_that_is_not_trained_is_503_naming_the_training_command(empty_cl
     response = empty_client.post(route, json={"text": "你好", "direction": direction})
     assert response.status_code == 503
     assert f"python -m training seq2seq --direction {direction}" in response.json()["detail"]
+
+
+# ---- the Transformer, every head, sentences, the direction read from the script ----------------------------
+
+
+def test_model_picks_the_transformer_whose_attention_is_its_last_layers_heads_averaged(client):
+    response = client.post("/v1/translate", json={"text": "他是学生。", "model": "zh-en-transformer",
+                                                  "attention_heads": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "seq2seq-zh-en-transformer"
+    [result] = body["results"]
+    assert_alignment(result)
+    heads = result["attention_heads"]
+    model = client.get("/v1/models").json()
+    config = next(m for m in model["data"] if m["id"] == "seq2seq-zh-en-transformer")
+    assert config["architecture"].startswith("Transformer")
+    assert len(heads[0]) >= 1 and all(len(layer) == len(heads[0]) for layer in heads)
+    for layer in heads:
+        for head in layer:
+            assert len(head) == len(result["target_tokens"])
+            for row in head:
+                assert len(row) == len(result["source_tokens"]) and sum(row) == pytest.approx(1.0, abs=1e-3)
+    last = heads[-1]
+    for t, row in enumerate(result["attention"]):
+        for s, weight in enumerate(row):
+            assert weight == pytest.approx(sum(head[t][s] for head in last) / len(last), abs=1e-3)
+
+
+def test_attention_heads_are_left_out_unless_asked_and_a_recurrent_model_has_one_head(client):
+    plain = client.post("/v1/translate", json={"text": "他是学生。", "model": "zh-en-transformer"}).json()
+    assert plain["results"][0]["attention_heads"] is None
+    recurrent = client.post("/v1/translate", json={"text": "他是学生。", "attention_heads": True}).json()
+    [result] = recurrent["results"]
+    assert recurrent["model"] == "seq2seq-zh-en"
+    assert result["attention_heads"] == [[result["attention"]]]
+
+
+def test_a_text_of_several_sentences_gets_one_result_translated_sentence_by_sentence(client):
+    response = client.post("/v1/translate", json={"texts": ["你好！我是学生。", "今天很冷。"],
+                                                  "model": "zh-en-transformer"})
+    assert response.status_code == 200, response.text
+    first, second = response.json()["results"]
+    assert [s["text"] for s in first["sentences"]] == ["你好！", "我是学生。"]
+    assert [s["text"] for s in second["sentences"]] == ["今天很冷。"]
+    assert_alignment(first)
+    alone = client.post("/v1/translate", json={"texts": ["你好！", "我是学生。"], "model": "zh-en-transformer"}).json()
+    for sentence, result in zip(first["sentences"], alone["results"], strict=True):
+        assert sentence["translation"] == result["translation"]
+        assert sentence["target_tokens"] == result["target_tokens"]
+        assert sentence["attention"] == result["attention"]
+    assert first["translation"] == " ".join(r["translation"] for r in alone["results"])
+    assert first["source_tokens"] == [t for r in alone["results"] for t in r["source_tokens"]]
+    # The text's matrix is block-diagonal: the first sentence's target tokens give the second's source nothing.
+    t, s = (len(alone["results"][0][k]) for k in ("target_tokens", "source_tokens"))
+    assert all(w == 0 for row in first["attention"][:t] for w in row[s:])
+    assert all(w == 0 for row in first["attention"][t:] for w in row[:s])
+
+
+@pytest.mark.parametrize(("texts", "direction", "model"), [
+    (["我们明天见。"], "zh-en", "seq2seq-zh-en"),
+    (["See you tomorrow."], "en-zh", "seq2seq-en-zh"),
+    (["I like 北京 a lot."], "zh-en", "seq2seq-zh-en"),
+])
+def test_direction_auto_reads_the_script_of_the_text_and_says_which_it_chose(client, texts, direction, model):
+    response = client.post("/v1/translate", json={"texts": texts, "direction": "auto"})
+    assert response.status_code == 200, response.text
+    assert (response.json()["direction"], response.json()["model"]) == (direction, model)
+
+
+def test_direction_auto_draws_the_attention_of_an_english_text(client):
+    response = client.post("/v1/translate/attention.png", json={"text": "See you tomorrow.", "direction": "auto"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"texts": ["你好。", "Hello."], "direction": "auto"}, "some texts have CJK ideographs and some do not"),
+    ({"text": "Hello.", "direction": "auto", "model": "zh-en-transformer"}, "translates zh-en, not en-zh"),
+    ({"text": "你好", "direction": "Auto"}, "'auto'"),
+    ({"text": "你好", "attention_heads": "yes"}, "valid boolean"),
+    ({"text": "你好", "attention_heads": None}, "valid boolean"),
+])
+def test_bad_direction_and_attention_heads_requests_are_422(client, body, message):
+    response = client.post("/v1/translate", json=body)
+    assert response.status_code == 422, response.text
+    assert message in str(response.json()["detail"])
+
+
+def test_attention_heads_that_could_exceed_the_reply_limit_are_422_naming_it_before_any_inference(client):
+    texts = ["我" * 200] * 8
+    body = {"texts": texts, "model": "zh-en-transformer", "attention_heads": True}
+    response = client.post("/v1/translate", json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "MAX_RESPONSE_BYTES" in detail and "attention_heads" in detail
+    without = client.post("/v1/translate", json={**body, "attention_heads": False})
+    assert without.status_code == 200, without.text

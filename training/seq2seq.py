@@ -64,8 +64,8 @@ SOURCE_VOCAB, TARGET_VOCAB = "source_vocab.json", "target_vocab.json"
 ARCHES = ("recurrent", "transformer")
 MODEL_FIELDS = {"recurrent": ("embedding_dim", "hidden_dim", "cell", "attention", "bidirectional", "dropout"),
                 "transformer": ("dim", "n_layers", "n_heads", "ffn_dim", "dropout", "tie_embeddings")}
-# The flags only one architecture reads (--cell, --attention and --bidirectional have defaults: not checked).
-ARCH_ONLY = {"recurrent": ("embedding_dim", "hidden_dim", "teacher_forcing"),
+# The flags only one architecture reads (those with a default, as --cell or --teacher-forcing, are not checked).
+ARCH_ONLY = {"recurrent": ("embedding_dim", "hidden_dim"),
              "transformer": ("dim", "n_layers", "n_heads", "ffn_dim", "tie_embeddings", "label_smoothing",
                              "warmup_steps")}
 
@@ -96,6 +96,10 @@ TRANSFORMER_PROFILES: dict[str, dict[str, Any]] = {
 # --grid trains len(CELLS) * len(ATTENTIONS) models, so each one is smaller than the quick profile's.
 GRID_FLAGS = ("--epochs", "20", "--embedding-dim", "64", "--hidden-dim", "128", "--batch-size", "64", "--lr", "2e-3",
               "--patience", "2")
+# The grid's Transformer: about the recurrent grid models' size (1.0M parameters against 0.6-0.9M), at most
+# 60 s of training.
+GRID_TRANSFORMER_FLAGS = ("--arch", "transformer", "--epochs", "40", "--dim", "128", "--n-layers", "2", "--n-heads",
+                          "4", "--ffn-dim", "256", "--max-seconds", "60")
 # Inclusive upper bounds of the source-length buckets (HSK sentences are 3-18 characters, 1-14 words).
 BUCKET_EDGES = {"zh": (7, 9, 11), "en": (5, 7, 9)}
 
@@ -523,26 +527,29 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def grid(args: argparse.Namespace) -> dict[str, Any]:
-    """Every cell x attention pair at ``GRID_FLAGS`` on one split, trained into ``<out>/.seq2seq-grid`` (hidden
-    from the service); BLEU overall and by source length."""
+    """Every cell x attention pair at ``GRID_FLAGS``, and the Transformer at ``GRID_TRANSFORMER_FLAGS``, on one
+    split, trained into ``<out>/.seq2seq-grid`` (hidden from the service); BLEU overall and by source length."""
     from training.cli import run_command
 
-    flags = [*GRID_FLAGS, *(["--epochs", str(args.epochs)] if args.epochs else []), "--seed", str(args.seed),
-             "--split-seed", str(args.split_seed), "--direction", args.direction, "--device", args.device,
-             "--out", str(Path(args.out) / ".seq2seq-grid"), *(["--pairs", str(args.pairs)] if args.pairs else [])]
+    common = [*(["--epochs", str(args.epochs)] if args.epochs else []), "--seed", str(args.seed),
+              "--split-seed", str(args.split_seed), "--direction", args.direction, "--device", args.device,
+              "--out", str(Path(args.out) / ".seq2seq-grid"), *(["--pairs", str(args.pairs)] if args.pairs else [])]
+    flags = [*GRID_FLAGS, *common]
+    variants = [(cell, attention, [*flags, "--cell", cell, "--attention", attention])
+                for cell in CELLS for attention in ATTENTIONS]
+    variants.append(("transformer", "multi-head", [*GRID_TRANSFORMER_FLAGS, *common]))
     runs = []
-    for cell in CELLS:
-        for attention in ATTENTIONS:
-            (path,) = run_command(["seq2seq", *flags, "--cell", cell, "--attention", attention,
-                                   "--name", f"{args.direction}-{cell}-{attention}"])
-            checkpoint = load_checkpoint(path)
-            result, training = checkpoint.metrics["test"], checkpoint.config["training"]
-            runs.append({"cell": cell, "attention": attention, "bleu": result["bleu"], "chrf": result["chrf"],
-                         "validation_loss": checkpoint.metrics["validation_loss"],
-                         "epochs": checkpoint.metrics["epochs"], "seconds": training["seconds"],
-                         "parameters": checkpoint.metrics["parameters"],
-                         "bleu_by_source_length": result["bleu_by_source_length"]})
+    for cell, attention, variant in variants:
+        (path,) = run_command(["seq2seq", *variant, "--name", f"{args.direction}-{cell}-{attention}"])
+        checkpoint = load_checkpoint(path)
+        result, training = checkpoint.metrics["test"], checkpoint.config["training"]
+        runs.append({"cell": cell, "attention": attention, "bleu": result["bleu"], "chrf": result["chrf"],
+                     "validation_loss": checkpoint.metrics["validation_loss"],
+                     "epochs": checkpoint.metrics["epochs"], "seconds": training["seconds"],
+                     "parameters": checkpoint.metrics["parameters"],
+                     "bleu_by_source_length": result["bleu_by_source_length"]})
     report = {"direction": args.direction, "split_seed": args.split_seed, "flags": flags,
+              "transformer_flags": [*GRID_TRANSFORMER_FLAGS, *common],
               "test_sentences": checkpoint.metrics["test"]["sentences"], "runs": runs}
     print(grid_markdown(report))
     if args.report is not None:

@@ -211,14 +211,16 @@ function heatmap(result) {
 }
 
 handle($("#translate-form"), async () => {
+  const direction = $("#tr-direction").value;
   const body = await postJSON("/v1/translate", {
     text: $("#tr-text").value,
-    direction: $("#tr-direction").value,
+    direction,
     beam_size: Number($("#tr-beam").value),
   });
   const result = body.results[0];
+  const chosen = direction === "auto" ? ` (${body.direction})` : "";
   $("#tr-result").replaceChildren(element("span", { class: "translated", text: result.translation || "(empty)" }),
-    element("span", { class: "meta", text: ` ${body.model}` }));
+    element("span", { class: "meta", text: ` ${body.model}${chosen}` }));
   if (result.unknown_tokens.length) {
     $("#tr-result").append(element("span", { class: "meta warn", text: ` · unknown: ${result.unknown_tokens.join(" ")}` }));
   }
