@@ -32,7 +32,7 @@ from training.seq2seq import load_pairs, score, split_pairs  # noqa: E402
 
 
 def measure(args: argparse.Namespace, name: str, flags: list[str], out: Path, round_: int) -> dict:
-    budget = ["--max-seconds", str(args.max_seconds)] if args.max_seconds else []
+    budget = ["--max-seconds", str(args.max_seconds or 0)]  # 0: none, for runs of equal steps
     steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
     checkpoint_name = f"{args.direction}-{name}-{round_}"
     (path,) = run_command(["seq2seq", "--arch", "transformer", "--direction", args.direction, "--seed",
@@ -73,7 +73,8 @@ def main() -> int:
     parser.add_argument("--direction", choices=("zh-en", "en-zh"), default="zh-en")
     parser.add_argument("--config", action="append", default=None, metavar="NAME=FLAGS",
                         help="a configuration: its name and the flags it adds (default: the quick profile alone)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="each run's wall-clock budget")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="each run's wall-clock budget (default: none, the profile's own left out)")
     parser.add_argument("--max-steps", type=int, default=None, help="each run's steps (equal work, any load)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="round r trains with seed + r")

@@ -4,7 +4,9 @@ Following the design notes and nanoGPT: the input is a token embedding plus a po
 (learned, or the fixed sinusoids of "Attention Is All You Need"); each block is pre-LayerNorm masked
 multi-head self-attention then a GELU feed-forward, both residual; the output layer multiplies by the
 token embedding matrix. Generation keeps each layer's keys and values in a ``KVCache`` so a new token
-costs one position's work instead of the whole context's.
+costs one position's work instead of the whole context's. The attention itself is ``models.attention``'s,
+which BERT and the Transformer translator share: a fused kernel, or, given an ``AttentionRecorder``, the
+explicit softmax whose weights it records.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def _translator(registry: Registry, options: Options, direction: str) -> Served[
 def worst_reply(translator: Translator, texts: list[str], options: Options) -> int:
     """The bytes of the reply if every sentence got its longest translation: the text's tokens, its
     block-diagonal attention (and every head's, when asked), and each sentence's own tokens and attention."""
-    layers, heads = translator.attention_heads or (0, 0)
+    layers, heads = translator.attention_shape or (0, 0)
     matrices = 1 + (layers * heads if options.attention_heads else 0)
     worst = 0
     for text in texts:

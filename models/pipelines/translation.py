@@ -106,7 +106,7 @@ class Translator:
         return isinstance(self.model, Transformer) or self.model.config.attention != "none"
 
     @property
-    def attention_heads(self) -> tuple[int, int] | None:
+    def attention_shape(self) -> tuple[int, int] | None:
         """(layers, heads) of the attention over the source; None for a model without attention."""
         if isinstance(self.model, Transformer):
             return self.model.cross_attention_heads
