@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from models import seq2seq
+from models.beam import BeamOptions
 from models.checkpoint import Checkpoint
 from models.pipelines.errors import InvalidInput
-from models.seq2seq import DIRECTIONS, SPECIALS, UNK_ID, Seq2Seq, detokenize, encode, pad_batch, tokenize
+from models.seq2seq import DIRECTIONS, SPECIALS, UNK_ID, Seq2Seq, Units, default_units, encode, pad_batch
 from models.tokenizers import WordVocab
 
 # Beam search ranks by log p / ((5 + |y|) / 6) ** LENGTH_PENALTY (Wu et al., 2016): 0.6 is their choice.
@@ -25,16 +26,20 @@ def default_max_length(source_tokens: int) -> int:
 
 @dataclass(frozen=True)
 class TranslationOptions:
-    """How to decode: greedy (``beam_size`` 1) or beam search ranked with ``length_penalty``, and the most
-    target tokens (``None``: ``default_max_length`` of the longest source)."""
+    """How to decode: greedy (``beam_size`` 1) or beam search ranked with ``length_penalty``
+    (``models.beam``); the most target tokens (``None``: ``default_max_length`` of the longest source) and
+    the fewest before ``<eos>`` (an empty translation is never right)."""
 
     beam_size: int = 1
     max_length: int | None = None
+    min_length: int = 1
     length_penalty: float = LENGTH_PENALTY
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError("beam_size must be at least 1")
+        if self.min_length < 0:
+            raise ValueError("min_length must be at least 0")
 
 
 @dataclass
@@ -50,7 +55,7 @@ class Translator:
     """A trained model with its vocabularies: text in, text plus alignment out."""
 
     def __init__(self, model: Seq2Seq, source_vocab: WordVocab, target_vocab: WordVocab, direction: str,
-                 device: torch.device):
+                 device: torch.device, source_units: Units | None = None, target_units: Units | None = None):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         self.model = model.eval()
@@ -58,6 +63,8 @@ class Translator:
         self.target_vocab = target_vocab
         self.direction = direction
         self.source_language, self.target_language = direction.split("-")
+        self.source_units = source_units or default_units(self.source_language)
+        self.target_units = target_units or default_units(self.target_language)
         self.device = device
 
     @property
@@ -65,8 +72,8 @@ class Translator:
         return self.model.config.attention != "none"
 
     def source_tokens(self, text: str) -> list[str]:
-        """``text`` as the model reads it (characters or words)."""
-        return tokenize(text, self.source_language)
+        """``text`` as the model reads it (characters, words or subwords)."""
+        return self.source_units.tokens(text)
 
     def translate(self, texts: Sequence[str], options: TranslationOptions = TranslationOptions()) -> list[Translation]:
         """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence."""
@@ -76,16 +83,16 @@ class Translator:
         max_length = options.max_length or default_max_length(max(map(len, sources)))
         ids = [encode(tokens, self.source_vocab) for tokens in sources]
         if options.beam_size == 1:
-            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length)
+            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length, options.min_length)
         else:
-            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), options.beam_size, max_length,
-                                              options.length_penalty) for s in ids]
+            beam = BeamOptions(options.beam_size, max_length, options.min_length, options.length_penalty)
+            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam) for s in ids]
             outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
         results = []
         for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True):
             words = [self.target_vocab.itos[i] for i in out]
             results.append(Translation(
-                translation=detokenize([w for w in words if w not in SPECIALS], self.target_language),
+                translation=self.target_units.text([w for w in words if w not in SPECIALS]),
                 source_tokens=tokens,
                 target_tokens=words,
                 attention=alpha.tolist() if alpha is not None else None,
@@ -97,5 +104,7 @@ class Translator:
 def load(checkpoint: Checkpoint, device: torch.device) -> Translator:
     """A ``seq2seq`` checkpoint's model and vocabularies, translating in the direction it was trained for."""
     source_vocab, target_vocab = seq2seq.load_vocabularies(checkpoint)
-    return Translator(seq2seq.load(checkpoint, device), source_vocab, target_vocab,
-                      checkpoint.config["model"]["direction"], device)
+    direction = checkpoint.config["model"]["direction"]
+    source, target = direction.split("-")
+    return Translator(seq2seq.load(checkpoint, device), source_vocab, target_vocab, direction, device,
+                      seq2seq.load_units(checkpoint, source), seq2seq.load_units(checkpoint, target))
