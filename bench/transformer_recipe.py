@@ -7,16 +7,20 @@ validation split (where choices are made) and the test split, greedy and beam 4.
 
 Every configuration is ``python -m training seq2seq --arch transformer`` (quick profile) plus its flags;
 ``--rounds`` repeats the whole list, configurations taking turns, so that a change of the machine's load
-falls on all of them alike. The table gives each run's steps and seconds and the load average at its end.
+falls on all of them alike. The table gives each run's steps, its training seconds, the CPU seconds of the
+whole command (data, training, scoring the test split once: what a quiet machine's clock would show) and
+the load average at its end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import tempfile
+import time
 from pathlib import Path
 
 # As `python -m training` does: idle OpenMP threads sleep rather than spin (set before torch loads).
@@ -35,17 +39,20 @@ def measure(args: argparse.Namespace, name: str, flags: list[str], out: Path, ro
     budget = ["--max-seconds", str(args.max_seconds or 0)]  # 0: none, for runs of equal steps
     steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
     checkpoint_name = f"{args.direction}-{name}-{round_}"
+    cpu = time.process_time()
     (path,) = run_command(["seq2seq", "--arch", "transformer", "--direction", args.direction, "--seed",
                            str(args.seed + round_), *budget, *steps, *flags, "--out", str(out),
                            "--name", checkpoint_name])
+    cpu = time.process_time() - cpu  # the whole command: its data, training, and scoring the test split once
     checkpoint = load_checkpoint(path)
     translator = load(checkpoint, torch.device("cpu"))
     pairs, provenance = load_pairs(None)
     split = split_pairs(pairs, args.direction, checkpoint.config["split_seed"],
                         checkpoint.config["data"]["split"]["fraction_test"], provenance)
     row = {"config": name, "flags": " ".join(flags), "round": round_, "steps": checkpoint.config["training"]["steps"],
-           "seconds": checkpoint.config["training"]["seconds"], "parameters": checkpoint.metrics["parameters"],
-           "val_loss": checkpoint.metrics["validation_loss"], "load": os.getloadavg()[0]}
+           "seconds": checkpoint.config["training"]["seconds"], "cpu_seconds": round(cpu, 1),
+           "parameters": checkpoint.metrics["parameters"], "val_loss": checkpoint.metrics["validation_loss"],
+           "load": os.getloadavg()[0]}
     for label, pairs_ in (("val", split.validation), ("test", split.test)):
         for beam in (1, 4):
             result = score(translator, pairs_, TranslationOptions(beam_size=beam))
@@ -55,12 +62,13 @@ def measure(args: argparse.Namespace, name: str, flags: list[str], out: Path, ro
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("config", "round", "steps", "s", "load", "params", "val loss", "val BLEU greedy / beam 4",
+    head = ("config", "round", "steps", "s", "CPU s", "load", "params", "val loss", "val BLEU greedy / beam 4",
             "val chrF greedy", "test BLEU greedy / beam 4", "test chrF greedy / beam 4")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append(
-            f"| {r['config']} | {r['round']} | {r['steps']} | {r['seconds']:.0f} | {r['load']:.1f} | "
+            f"| {r['config']} | {r['round']} | {r['steps']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | "
+            f"{r['load']:.1f} | "
             f"{r['parameters'] / 1e6:.2f}M | {r['val_loss']:.3f} | "
             f"{r['val_greedy']['bleu']:.2f} / {r['val_beam4']['bleu']:.2f} | {r['val_greedy']['chrf']:.1f} | "
             f"{r['test_greedy']['bleu']:.2f} / {r['test_beam4']['bleu']:.2f} | "
@@ -80,6 +88,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="round r trains with seed + r")
     parser.add_argument("--report", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))  # as the trainer: one thread unless asked
     configs = [c.split("=", 1) for c in (args.config or ["quick="])]
     rows = []

@@ -22,15 +22,18 @@ Each side has a frequency-ordered ``WordVocab`` whose first four entries are the
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.beam import BeamOptions, beam_search
 from models.checkpoint import Checkpoint
 from models.tokenizers import WordVocab
 
@@ -69,6 +72,114 @@ def detokenize(tokens: Sequence[str], language: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+class Units(Protocol):
+    """How one language's text becomes the tokens a model reads or writes, and back."""
+
+    kind: str  # what config["tokenizer"]["units"] records for the language
+
+    def tokens(self, text: str) -> list[str]: ...
+
+    def text(self, tokens: Sequence[str]) -> str: ...
+
+
+class Characters:
+    """Chinese, one token per character."""
+
+    kind = "characters"
+
+    def tokens(self, text: str) -> list[str]:
+        return tokenize(text, "zh")
+
+    def text(self, tokens: Sequence[str]) -> str:
+        return "".join(tokens)
+
+
+class ChineseWords:
+    """Chinese cut into words by forward maximum matching against a lexicon (the words of the HSK records'
+    own segmentation): at each position the longest lexicon word that starts there, else one character."""
+
+    kind = "words"
+    file_name = "zh_lexicon.json"
+
+    def __init__(self, lexicon: Iterable[str]):
+        self.lexicon = frozenset(w for w in lexicon if w and not any(ch.isspace() for ch in w))
+        self.longest = max((len(w) for w in self.lexicon), default=1)
+
+    def tokens(self, text: str) -> list[str]:
+        chars = "".join(tokenize(text, "zh"))
+        out, i = [], 0
+        while i < len(chars):
+            n = next((n for n in range(min(self.longest, len(chars) - i), 1, -1) if chars[i:i + n] in self.lexicon), 1)
+            out.append(chars[i:i + n])
+            i += n
+        return out
+
+    def text(self, tokens: Sequence[str]) -> str:
+        return "".join(tokens)
+
+    def to_json(self) -> str:
+        return json.dumps(sorted(self.lexicon), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ChineseWords:
+        return cls(json.loads(text))
+
+
+class EnglishWords:
+    """English, lower-cased words and punctuation marks."""
+
+    kind = "words"
+
+    def tokens(self, text: str) -> list[str]:
+        return tokenize(text, "en")
+
+    def text(self, tokens: Sequence[str]) -> str:
+        return detokenize(tokens, "en")
+
+
+class EnglishSubwords:
+    """English words cut into byte-pair-encoding units (Sennrich et al., 2016) learned on the training
+    side: frequent words stay whole, rare ones become pieces, and a piece that begins a word begins with
+    ``▁`` (SentencePiece's mark). The model can then write a word it saw once, or never, from its pieces."""
+
+    kind = "bpe"
+    file_name = "en_bpe.json"
+    WORD_START = "\u2581"
+    # Every letter, digit and common punctuation mark is a unit, seen in training or not, so that no English
+    # word is unknown.
+    ALPHABET = WORD_START + "abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()%$&/"
+
+    def __init__(self, backend: Any):
+        self.backend = backend  # a tokenizers.Tokenizer
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> EnglishSubwords:
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+        backend = Tokenizer(models.BPE(unk_token=UNK))
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=cls.WORD_START, prepend_scheme="always")
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+                                      initial_alphabet=list(cls.ALPHABET))
+        backend.train_from_iterator((" ".join(tokenize(t, "en")) for t in texts), trainer)
+        return cls(backend)
+
+    def tokens(self, text: str) -> list[str]:
+        words = tokenize(text, "en")
+        return self.backend.encode(" ".join(words)).tokens if words else []
+
+    def text(self, tokens: Sequence[str]) -> str:
+        return detokenize("".join(tokens).replace(self.WORD_START, " ").split(), "en")
+
+    def to_json(self) -> str:
+        return self.backend.to_str()
+
+    @classmethod
+    def from_json(cls, text: str) -> EnglishSubwords:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(text))
+
+
 def build_vocab(sentences: Iterable[list[str]], min_count: int = 1) -> WordVocab:
     """A ``WordVocab`` of the tokens seen at least ``min_count`` times, the specials first (count 0)."""
     counted = WordVocab.build(sentences, min_count=min_count)
@@ -103,6 +214,9 @@ class Seq2SeqConfig:
     attention: str = "additive"  # additive | dot | general | none
     bidirectional: bool = True
     dropout: float = 0.2
+    # The output layer reads the target embeddings (Press & Wolf, 2017): h~ is projected to the embedding
+    # size and scored against every target embedding, so a word's input and output vectors are one.
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -226,7 +340,11 @@ class Decoder(nn.Module):
         self.attend_first = config.attention in ("additive", "none")
         self.combine = nn.Linear(2 * H, H)  # h~_t = tanh(W_c [s_t; c_t])
         self.dropout = nn.Dropout(config.dropout)
-        self.out = nn.Linear(H, config.target_vocab_size)
+        if config.tie_embeddings:
+            self.project = nn.Linear(H, config.embedding_dim)
+            self.out_bias = nn.Parameter(torch.zeros(config.target_vocab_size))
+        else:
+            self.out = nn.Linear(H, config.target_vocab_size)
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor | None:
         return self.attention.keys(memory) if self.attention is not None else None
@@ -254,6 +372,8 @@ class Decoder(nn.Module):
 
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
         """h~ (..., H) -> scores over the target vocabulary (..., V)."""
+        if hasattr(self, "project"):
+            return F.linear(self.project(self.dropout(attentional)), self.embedding.weight, self.out_bias)
         return self.out(self.dropout(attentional))
 
 
@@ -273,12 +393,14 @@ class Seq2Seq(nn.Module):
         memory, state, mask = self.encoder(source)
         return memory, self.decoder.keys(memory), mask, state, torch.zeros_like(hidden(state))
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor, teacher_forcing: float = 1.0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, source: torch.Tensor, target: torch.Tensor, teacher_forcing: float = 1.0,
+                label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """source (B, S), target (B, T) = ``<bos> y_1 .. y_n <eos> <pad>..`` -> logits (B, T-1, V), loss.
 
         With probability ``1 - teacher_forcing`` (per sentence and step) the decoder reads its own
-        previous prediction instead of the reference token, as it must at inference time.
+        previous prediction instead of the reference token, as it must at inference time. With
+        ``label_smoothing`` e the loss's target puts 1 - e on the reference and spreads e over the
+        vocabulary (Szegedy et al., 2016), so the model is not pushed to certainty on 3,000 sentences.
         """
         memory, keys, mask, state, feed = self.start(source)
         fixed = hidden(state)
@@ -294,22 +416,27 @@ class Seq2Seq(nn.Module):
                     y = torch.where(own, self.decoder.logits(feed).argmax(-1), y)
         # One projection onto the vocabulary for all steps: the largest matrix is used once, not T times.
         logits = self.decoder.logits(torch.stack(states, dim=1))
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=PAD_ID)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=PAD_ID,
+                               label_smoothing=label_smoothing)
         return logits, loss
 
     @torch.no_grad()
-    def greedy(self, source: torch.Tensor, max_length: int
+    def greedy(self, source: torch.Tensor, max_length: int, min_length: int = 0
                ) -> tuple[list[list[int]], list[torch.Tensor | None]]:
-        """Batched greedy decoding: per sentence, the token ids (no ``<eos>``) and alpha (T, S) or None."""
+        """Batched greedy decoding: per sentence, the token ids (no ``<eos>``, at least ``min_length`` of them
+        unless ``max_length`` cuts first) and alpha (T, S) or None."""
         memory, keys, mask, state, feed = self.start(source)
         fixed = hidden(state)
         batch = source.size(0)
         y = torch.full((batch,), BOS_ID, dtype=torch.long, device=source.device)
         done = torch.zeros(batch, dtype=torch.bool, device=source.device)
         tokens, alphas = [], []
-        for _ in range(max_length):
+        for t in range(max_length):
             state, feed, alpha = self.decoder.step(y, state, feed, memory, keys, mask, fixed)
-            y = self.decoder.logits(feed).argmax(-1)
+            logits = self.decoder.logits(feed)
+            if t < min_length:
+                logits[:, EOS_ID] = float("-inf")
+            y = logits.argmax(-1)
             tokens.append(y)
             alphas.append(alpha)
             done |= y == EOS_ID
@@ -326,69 +453,27 @@ class Seq2Seq(nn.Module):
         return results, maps
 
     @torch.no_grad()
-    def beam_search(self, source: torch.Tensor, beam_size: int, max_length: int, length_penalty: float
-                    ) -> tuple[list[int], torch.Tensor | None]:
-        """One sentence (1, S): the best hypothesis by log-probability / lp(|Y|), and its alpha (T, S).
-
-        lp(|Y|) = ((5 + |Y|) / 6) ** length_penalty (Wu et al., 2016): 0 ranks by raw log-probability,
-        which favours short outputs; larger values favour longer ones.
-        """
+    def beam_search(self, source: torch.Tensor, options: BeamOptions) -> tuple[list[int], torch.Tensor | None]:
+        """One sentence (1, S): the best hypothesis (``models.beam``) and its alpha (T, S), or None."""
         memory, keys, mask, state, feed = self.start(source)
         fixed = hidden(state)
-        k = beam_size
-        memory, mask, fixed = memory.expand(k, -1, -1), mask.expand(k, -1), fixed.expand(k, -1)
-        keys = keys.expand(k, -1, -1) if keys is not None else None
-        state = select(state, torch.zeros(k, dtype=torch.long, device=source.device))
-        feed = feed.expand(k, -1)
-        y = torch.full((k,), BOS_ID, dtype=torch.long, device=source.device)
-        # Only the first beam is alive at the start, or the k beams would be k copies of one hypothesis.
-        scores = torch.full((k,), float("-inf"), device=source.device)
-        scores[0] = 0.0
-        history = torch.zeros(k, 0, dtype=torch.long, device=source.device)
-        alphas = torch.zeros(k, 0, source.size(1), device=source.device)
-        finished: list[tuple[float, list[int], torch.Tensor]] = []
+        alphas: list[torch.Tensor | None] = []
+        current: dict[str, Any] = {"state": state, "feed": feed}
 
-        def lp(length: int) -> float:
-            return ((5 + length) / 6) ** length_penalty
+        def step(parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            n = len(parents)
+            state, feed, alpha = self.decoder.step(
+                tokens, select(current["state"], parents), current["feed"][parents], memory.expand(n, -1, -1),
+                keys.expand(n, -1, -1) if keys is not None else None, mask.expand(n, -1), fixed.expand(n, -1))
+            current.update(state=state, feed=feed)
+            alphas.append(alpha)
+            return torch.log_softmax(self.decoder.logits(feed).float(), -1)
 
-        for t in range(max_length):
-            state, feed, alpha = self.decoder.step(y, state, feed, memory, keys, mask, fixed)
-            log_probs = torch.log_softmax(self.decoder.logits(feed).float(), -1) + scores.unsqueeze(1)
-            top_scores, top = log_probs.flatten().topk(min(2 * k, log_probs.numel()))
-            beams, tokens = top // log_probs.size(1), top % log_probs.size(1)
-            if alpha is not None:
-                alphas = torch.cat([alphas, alpha.float().unsqueeze(1)], 1)
-            # The k best candidates: those ending in <eos> are finished; the others stay alive, topped
-            # up from the next best so that k hypotheses keep going.
-            keep = []
-            candidates = zip(top_scores.tolist(), beams.tolist(), tokens.tolist(), strict=True)
-            for rank, (score, beam, token) in enumerate(candidates):
-                if score == float("-inf"):
-                    break
-                if token == EOS_ID:
-                    if rank < k:
-                        finished.append((score / lp(t + 1), history[beam].tolist(), alphas[beam]))
-                elif len(keep) < k:
-                    keep.append((score, beam, token))
-            if len(finished) >= k or not keep:
-                break
-            index = torch.tensor([b for _, b, _ in keep], device=source.device)
-            y = torch.tensor([tok for _, _, tok in keep], device=source.device)
-            scores = torch.full((k,), float("-inf"), device=source.device)
-            scores[: len(keep)] = torch.tensor([s for s, _, _ in keep], device=source.device)
-            # Fewer than k survivors: pad with copies of the first, kept dead by their -inf score.
-            index = torch.cat([index, index[:1].expand(k - len(keep))])
-            y = torch.cat([y, y[:1].expand(k - len(keep))])
-            state, feed = select(state, index), feed[index]
-            history = torch.cat([history[index], y.unsqueeze(1)], 1)
-            alphas = alphas[index]
-        if not finished:  # max_length reached first: rank the hypotheses still alive the same way
-            finished = [(scores[b].item() / lp(history.size(1)), history[b].tolist(), alphas[b])
-                        for b in range(k) if scores[b] > float("-inf")]
-        _, ids, alpha_map = max(finished, key=lambda f: f[0])
-        if self.config.attention == "none":
-            return ids, None
-        return ids, alpha_map[: len(ids)].cpu()
+        best = beam_search(step, BOS_ID, EOS_ID, options, source.device)
+        if self.config.attention == "none" or not best.tokens:
+            return best.tokens, None if self.config.attention == "none" else torch.zeros(0, source.size(1))
+        rows = best.rows[: len(best.tokens)]
+        return best.tokens, torch.stack([alphas[t][row] for t, row in enumerate(rows)]).float().cpu()
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -407,6 +492,22 @@ def load_vocabularies(checkpoint: Checkpoint) -> tuple[WordVocab, WordVocab]:
     """The source and target vocabularies a ``seq2seq`` checkpoint names in ``config["tokenizer"]``."""
     files = checkpoint.config["tokenizer"]["files"]
     return WordVocab.from_file(checkpoint.file(files["source"])), WordVocab.from_file(checkpoint.file(files["target"]))
+
+
+def default_units(language: str) -> Units:
+    """Characters for Chinese, words for English: what a checkpoint that names no other units reads."""
+    return Characters() if language == "zh" else EnglishWords()
+
+
+def load_units(checkpoint: Checkpoint, language: str) -> Units:
+    """The units ``config["tokenizer"]["units"]`` names for ``language``, with the file they need."""
+    tokenizer = checkpoint.config["tokenizer"]
+    kind = tokenizer.get("units", {}).get(language)
+    if language == "zh" and kind == ChineseWords.kind:
+        return ChineseWords.from_json(checkpoint.file(tokenizer["files"]["zh_lexicon"]).read_text(encoding="utf-8"))
+    if language == "en" and kind == EnglishSubwords.kind:
+        return EnglishSubwords.from_json(checkpoint.file(tokenizer["files"]["en_bpe"]).read_text(encoding="utf-8"))
+    return default_units(language)
 
 
 def model_config_dict(config: Seq2SeqConfig, direction: str) -> dict:

@@ -4,8 +4,8 @@ Read top to bottom like the paper: the config; the input embeddings (a token's v
 plus the sinusoidal position signal, §3.4-3.5); the position-wise feed-forward network (§3.3); an
 encoder layer (multi-head self-attention, then the feed-forward network); a decoder layer (masked
 self-attention, attention over the encoder's output, the feed-forward network); the model, whose
-decoder's output layer is its input embedding matrix; and the incremental decoder that greedy and beam
-search drive (``models.decoding``), one token per step with each layer's keys and values kept.
+decoder's output layer is its input embedding matrix; and the incremental decoder that greedy decoding
+and beam search (``models.beam``) drive, one token per step with each layer's keys and values kept.
 
 Multi-head attention itself is ``models.attention``, shared with BERT and GPT. One departure from the
 paper: each sub-layer normalises its input rather than its output (pre-LayerNorm, as in GPT-2), with one
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import AttentionRecorder, CrossAttention, SelfAttention
+from models.beam import BeamOptions, beam_search
 from models.checkpoint import Checkpoint
-from models.decoding import Tokens, beam_search, greedy
 from models.gpt import sinusoidal_positions
 from models.seq2seq import BOS_ID, EOS_ID, PAD_ID
 
@@ -218,18 +218,47 @@ class Transformer(nn.Module):
         return TransformerSession(self, source)
 
     @torch.no_grad()
-    def greedy(self, source: torch.Tensor, max_length: int) -> tuple[list[list[int]], list[torch.Tensor | None]]:
-        """Batched greedy decoding: per sentence, the token ids (no ``<eos>``) and its attention over the
-        source, (T, layers, heads, S)."""
+    def greedy(self, source: torch.Tensor, max_length: int, min_length: int = 0
+               ) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """Batched greedy decoding: per sentence, the token ids (no ``<eos>``, at least ``min_length`` of them
+        unless ``max_length`` cuts first) and its attention over the source, (T, layers, heads, S)."""
+        session = self.start(source)
+        y = torch.full((source.size(0),), BOS_ID, dtype=torch.long, device=source.device)
+        done = torch.zeros_like(y, dtype=torch.bool)
+        tokens, attention = [], []
+        for t in range(max_length):
+            logits, cross = session.step(y)
+            if t < min_length:
+                logits[:, EOS_ID] = float("-inf")
+            y = logits.argmax(-1)
+            tokens.append(y)
+            attention.append(cross)
+            done |= y == EOS_ID
+            if done.all():
+                break
+        ids, maps = torch.stack(tokens, 1).tolist(), torch.stack(attention, 1).float().cpu()
         lengths = (source != PAD_ID).sum(1).tolist()
-        return greedy(self.start(source), lengths, max_length, Tokens(BOS_ID, EOS_ID), source.device)
+        ends = [row.index(EOS_ID) if EOS_ID in row else len(row) for row in ids]
+        return ([row[:n] for row, n in zip(ids, ends, strict=True)],
+                [maps[i, :n, ..., :lengths[i]] for i, n in enumerate(ends)])
 
     @torch.no_grad()
-    def beam_search(self, source: torch.Tensor, beam_size: int, max_length: int, length_penalty: float
-                    ) -> tuple[list[int], torch.Tensor | None]:
-        """One sentence (1, S): the best hypothesis (``models.decoding.beam_search``) and its attention."""
-        return beam_search(self.start(source), beam_size, max_length, length_penalty, Tokens(BOS_ID, EOS_ID),
-                           source.device)
+    def beam_search(self, source: torch.Tensor, options: BeamOptions) -> tuple[list[int], torch.Tensor]:
+        """One sentence (1, S): the best hypothesis (``models.beam``) and its attention, (T, layers, heads, S)."""
+        session = self.start(source)
+        attention: list[torch.Tensor] = []
+
+        def step(parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            session.select(parents)
+            logits, cross = session.step(tokens)
+            attention.append(cross)
+            return torch.log_softmax(logits.float(), -1)
+
+        best = beam_search(step, BOS_ID, EOS_ID, options, source.device)
+        rows = best.rows[: len(best.tokens)]
+        if not rows:
+            return best.tokens, torch.zeros(0, *self.cross_attention_heads, source.size(1))
+        return best.tokens, torch.stack([attention[t][row] for t, row in enumerate(rows)]).float().cpu()
 
 
 class TransformerSession:

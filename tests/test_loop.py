@@ -121,3 +121,63 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(trainer: str
     a, b = (load_checkpoint(tmp_path / run / checkpoint_id) for run in ("a", "b"))
     for name, weight in a.state_dict.items():
         torch.testing.assert_close(b.state_dict[name], weight, rtol=0, atol=1e-6)
+
+
+class Scripted:
+    """A one-weight model pulled towards 1 by its loss; validation reports the weight and a scripted score."""
+
+    def __init__(self, scores: list[float]):
+        self.model = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(self.model.weight)
+        self.scores, self.weights = list(scores), []
+
+    def batches(self):
+        from training.loop import Batch
+
+        while True:
+            yield Batch(None, 1, 1)
+
+    def loss(self, model, batch, rows):
+        return (model.weight.sum() - 1.0) ** 2
+
+    def validate(self, model):
+        self.weights.append(model.weight.item())
+        return {"score": self.scores.pop(0)}
+
+
+def run_scripted(tmp_path: Path, scores: list[float], selection, average_last: int = 3) -> tuple[Scripted, object]:
+    import argparse
+
+    from training.loop import Run, Schedule, Settings, add_arguments, resolve
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = resolve(parser.parse_args(["--precision", "fp32"]), {})
+    args.out, args.device, args.seed = tmp_path, "cpu", 0
+    task = Scripted(scores)
+    with Run(args, "scripted") as run:
+        trained = run.fit(task, Settings(8, Schedule(0.1), eval_interval=2, selection=selection,
+                                               average_last=average_last), {})
+    return task, trained
+
+
+def test_averaging_the_last_evaluations_gives_the_mean_of_their_weights(tmp_path: Path):
+    _, plain = run_scripted(tmp_path / "plain", [1.0, 2.0, 3.0], selection=None, average_last=0)
+    final = plain.model.weight.item()
+    task, trained = run_scripted(tmp_path / "averaged", [1.0, 2.0, 3.0, 0.0], selection=None)
+    # Without a selection the run is evaluated at steps 2, 4 and 6, not where it ends: the average is of
+    # the weights at steps 4 and 6 and the final ones, at step 8.
+    assert len(task.weights) == 4
+    assert task.weights[-1] == pytest.approx((task.weights[1] + task.weights[2] + final) / 3)
+    assert trained.model.weight.item() == pytest.approx(task.weights[-1])
+    assert trained.history["evaluations"][-1]["averaged"] == 3
+
+
+@pytest.mark.parametrize(("averaged_score", "kept"), [(9.0, "average"), (1.0, "best")])
+def test_the_average_is_kept_only_when_the_selection_prefers_it(tmp_path: Path, averaged_score: float, kept: str):
+    from training.loop import Selection
+
+    task, trained = run_scripted(tmp_path, [1.0, 2.0, 5.0, 3.0, averaged_score], selection=Selection("score", True))
+    expected = task.weights[-1] if kept == "average" else task.weights[2]
+    assert trained.model.weight.item() == pytest.approx(expected)
+    assert trained.best["score"] == max(5.0, averaged_score)

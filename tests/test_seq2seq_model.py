@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from models.beam import BeamOptions
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.pipelines.attention_image import attention_png
 from models.pipelines.translation import TranslationOptions, Translator, load
@@ -21,6 +22,8 @@ from models.seq2seq import (
     SPECIALS,
     UNK_ID,
     Attention,
+    ChineseWords,
+    EnglishSubwords,
     Seq2Seq,
     Seq2SeqConfig,
     build_vocab,
@@ -162,7 +165,7 @@ def test_beam_of_one_is_greedy_decoding(attention):
     model = small_model(attention=attention)
     source = random_batch([6], 30, seed=3)
     greedy_ids, greedy_maps = model.greedy(source, max_length=7)
-    beam_ids, beam_map = model.beam_search(source, beam_size=1, max_length=7, length_penalty=0.0)
+    beam_ids, beam_map = model.beam_search(source, BeamOptions(beam_size=1, max_length=7, length_penalty=0.0))
     assert beam_ids == greedy_ids[0]
     if attention != "none":
         torch.testing.assert_close(beam_map, greedy_maps[0])
@@ -180,7 +183,7 @@ def test_beam_search_finds_a_hypothesis_at_least_as_likely_as_greedy():
         return torch.log_softmax(logits[0], -1).gather(1, target[0, 1:, None]).sum().item()
 
     greedy_ids, _ = model.greedy(source, max_length=30)
-    beam_ids, _ = model.beam_search(source, beam_size=5, max_length=30, length_penalty=0.0)
+    beam_ids, _ = model.beam_search(source, BeamOptions(beam_size=5, max_length=30, length_penalty=0.0))
     assert len(greedy_ids[0]) < 30 and len(beam_ids) < 30  # both ended with <eos>
     assert log_prob(beam_ids) >= log_prob(greedy_ids[0]) - 1e-4
 
@@ -190,7 +193,7 @@ def test_max_length_bounds_the_output():
     source = random_batch([5, 2], 30)
     ids, _ = model.greedy(source, max_length=3)
     assert all(len(row) <= 3 for row in ids)
-    beam_ids, _ = model.beam_search(source[:1], beam_size=3, max_length=3, length_penalty=1.0)
+    beam_ids, _ = model.beam_search(source[:1], BeamOptions(beam_size=3, max_length=3, length_penalty=1.0))
     assert len(beam_ids) <= 3
 
 
@@ -247,7 +250,107 @@ def test_checkpoint_round_trip_restores_the_same_translations(tmp_path):
     assert restored.translate(["我爱你。"]) == translator.translate(["我爱你。"])
 
 
+def test_a_checkpoint_with_learned_units_translates_the_same_after_loading(tmp_path):
+    lexicon = ChineseWords(["我们", "明天", "学生", "喜欢"])
+    subwords = EnglishSubwords.train([en for _, en in PAIRS] * 3, 60)
+    source_vocab = build_vocab(lexicon.tokens(zh) for zh, _ in PAIRS)
+    target_vocab = build_vocab(subwords.tokens(en) for _, en in PAIRS)
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(len(source_vocab), len(target_vocab), embedding_dim=8, hidden_dim=16, dropout=0.0,
+                                  tie_embeddings=True)).eval()
+    translator = Translator(model, source_vocab, target_vocab, "zh-en", torch.device("cpu"), lexicon, subwords)
+    config = {"id": "seq2seq-test", "family": "seq2seq", "architecture": "test",
+              "model": model_config_dict(model.config, "zh-en"),
+              "tokenizer": {"type": "WordVocab", "file": "source_vocab.json",
+                            "files": {"source": "source_vocab.json", "target": "target_vocab.json",
+                                      "zh_lexicon": "zh_lexicon.json", "en_bpe": "en_bpe.json"},
+                            "units": {"zh": "words", "en": "bpe"}}}
+    path = save_checkpoint(tmp_path, config, model.state_dict(), {},
+                           {"source_vocab.json": source_vocab.to_json(), "target_vocab.json": target_vocab.to_json(),
+                            "zh_lexicon.json": lexicon.to_json(), "en_bpe.json": subwords.to_json()})
+    restored = load(load_checkpoint(path), torch.device("cpu"))
+    assert restored.source_tokens("我们明天见。") == ["我们", "明天", "见", "。"]
+    assert restored.translate(["她喜欢喝茶。"], TranslationOptions(max_length=6)) == \
+        translator.translate(["她喜欢喝茶。"], TranslationOptions(max_length=6))
+
+
+def test_chinese_words_are_the_longest_lexicon_words_from_the_left():
+    words = ChineseWords(["我们", "一起", "一起去", "吃饭", "火车"])
+    assert words.tokens("我们 一起去吃饭吧。") == ["我们", "一起去", "吃饭", "吧", "。"]
+    assert words.text(words.tokens("我们坐火车。")) == "我们坐火车。"
+
+
+def test_english_subwords_spell_back_every_word_even_unseen_ones():
+    subwords = EnglishSubwords.train([en for _, en in PAIRS] * 3, 60)
+    text = "She doesn't like unbelievable tea, it's 5.4 yuan."
+    pieces = subwords.tokens(text)
+    assert len(pieces) > len(tokenize(text, "en")) and "<unk>" not in pieces
+    assert subwords.text(pieces) == detokenize(tokenize(text, "en"), "en")
+
+
+def test_tied_output_scores_against_the_target_embeddings_and_saves_them_once():
+    torch.manual_seed(0)
+    model = Seq2Seq(Seq2SeqConfig(30, 40, embedding_dim=8, hidden_dim=16, dropout=0.0, tie_embeddings=True)).eval()
+    attentional = torch.randn(2, 16)
+    expected = model.decoder.project(attentional) @ model.decoder.embedding.weight.T + model.decoder.out_bias
+    torch.testing.assert_close(model.decoder.logits(attentional), expected)
+    assert not any(name.startswith("decoder.out.") for name in model.state_dict())
+
+
+def test_label_smoothing_mixes_the_reference_with_the_uniform_distribution():
+    model = small_model()
+    source, target = random_batch([5, 3], 30), random_batch([4, 6], 40, seed=1)
+    logits, plain = model(source, target)
+    _, smoothed = model(source, target, label_smoothing=0.1)
+    log_probs = torch.log_softmax(logits.float(), -1).flatten(0, 1)
+    real = target[:, 1:].flatten() != PAD_ID
+    uniform = -log_probs[real].mean(-1).mean()
+    torch.testing.assert_close(smoothed, 0.9 * plain + 0.1 * uniform)
+
+
 # ---- data and training -------------------------------------------------------------------------------------
+
+
+def test_a_gloss_becomes_its_first_sense_that_translates_without_notes():
+    from training.data import clean_gloss
+
+    assert clean_gloss("(of an aircraft) to take off; (fig.) to start to develop rapidly") == "take off"
+    assert clean_gloss("surname Le; happy; cheerful") == "happy"
+    assert clean_gloss("used in 自個兒|自个儿[zi4 ge3 r5]") is None
+    assert clean_gloss("variant of 乐[le4]/abbr. for 乐队/music (Tw)", senses="/") == "music"
+    assert clean_gloss("to record sound; an audio recording (CL:段[duan4])") == "record sound"
+
+
+def hsk_split(direction: str = "zh-en"):
+    from training.data import HSK_SOURCE, load_hsk_pairs
+
+    return split_pairs(list(load_hsk_pairs()), direction, 0, 0.1, dict(HSK_SOURCE))
+
+
+def test_no_extra_pair_equals_a_validation_or_test_sentence():
+    split = hsk_split()
+    extras, provenance = trainer.extra_pairs(split, "zh-en", glosses=True, dictionary="hsk")
+    assert provenance["glosses"] > 1000 and provenance["dictionary"] > 1000 and provenance["dropped_as_held_out"] == 0
+    (word, _), (_, sense) = extras[0], extras[-1]
+    split.validation.append((word + "。", "Something else."))  # a held-out sentence that is one of the words
+    split.test.append(("别的。", sense.capitalize() + "!"))  # and one that is one of the senses
+    extras_now, provenance_now = trainer.extra_pairs(split, "zh-en", glosses=True, dictionary="hsk")
+    assert all(zh != word for zh, _ in extras_now) and all(en != sense for _, en in extras_now)
+    assert provenance_now["dropped_as_held_out"] >= 2
+    mirrored, _ = trainer.extra_pairs(hsk_split("en-zh"), "en-zh", glosses=True, dictionary="hsk")
+    assert sorted((zh, en) for en, zh in mirrored) == sorted(extras)
+
+
+def test_glosses_come_from_the_training_records_only():
+    from training.data import load_hsk_records
+
+    split = hsk_split()
+    extras, _ = trainer.extra_pairs(split, "zh-en", glosses=True, dictionary="none")
+    train = {zh for zh, _ in split.train}
+    seen = {word for r in load_hsk_records() if r.chinese in train for word, _ in r.words}
+    held_out_only = {word for r in load_hsk_records() if r.chinese not in train for word, _ in r.words} - seen
+    assert held_out_only  # words that only the validation and test records have...
+    assert {zh for zh, _ in extras} <= seen  # ...give no pair
 
 
 def test_split_is_deterministic_and_shared_by_both_directions():
@@ -286,17 +389,25 @@ def test_pad_id_is_zero_so_embeddings_of_padding_stay_zero():
     assert torch.all(model.encoder.embedding.weight[PAD_ID] == 0)
 
 
-def test_grid_table_lists_every_run_and_averages_each_attention_over_the_cells():
-    runs = [{"cell": cell, "attention": attention, "bleu": 2.0 if attention == "none" else 4.0 + i, "chrf": 20.0,
-             "validation_loss": 3.0, "epochs": 5,
-             "bleu_by_source_length": {"1-7": {"sentences": 10, "bleu": 1.0 + i}, "8+": {"sentences": 5, "bleu": 3.0}}}
-            for i, (cell, attention) in enumerate(itertools.product(CELLS, ATTENTIONS))]
-    table = grid_markdown({"runs": runs})
-    lines = table.splitlines()
-    assert lines[0].startswith("| cell | attention | BLEU | chrF") and "BLEU 1-7 (10)" in lines[0]
-    assert len([line for line in lines if line.startswith("| gru |")]) == len(ATTENTIONS)
-    none_row = next(line for line in lines if line.startswith("| none |"))
-    assert none_row.split(" | ")[1] == "2.0"
+def test_grid_table_has_one_line_per_row_with_the_mean_and_std_over_its_seeds():
+    runs = [{"row": f"{cell} {attention}", "seed": seed, "bleu": 2.0 + seed, "chrf": 20.0, "steps": 100,
+             "bleu_by_source_length": {"1-7": 1.0 + seed, "8+": 3.0}, "sentences_by_source_length": {"1-7": 10, "8+": 5},
+             "bleu_by_sentences_joined": {"1": 2.0 + seed, "2": 1.0}}
+            for cell, attention in itertools.product(CELLS, ATTENTIONS) for seed in (0, 1, 2)]
+    lines = grid_markdown({"runs": runs}).splitlines()
+    assert lines[0].startswith("| row | seeds | BLEU | chrF") and "BLEU 1-7 (10)" in lines[0] and "BLEU ×2" in lines[0]
+    assert len(lines) == 2 + len(CELLS) * len(ATTENTIONS)
+    gru_none = next(line for line in lines if line.startswith("| gru none |")).split(" | ")
+    assert gru_none[1:4] == ["3", "3.0 ± 1.0", "20.0 ± 0.0"]
+    assert gru_none[-1].rstrip(" |") == "1.0 ± 0.0"
+
+
+def test_joined_test_pairs_run_chinese_on_and_space_english():
+    pairs = [("我爱你。", "I love you."), ("他是学生。", "He is a student."), ("你好吗？", "How are you?")]
+    assert trainer.joined_test(pairs, 2, "zh-en") == [("我爱你。他是学生。", "I love you. He is a student.")]
+    mirror = [(en, zh) for zh, en in pairs]
+    assert trainer.joined_test(mirror, 3, "en-zh") == [("I love you. He is a student. How are you?",
+                                                         "我爱你。他是学生。你好吗？")]
 
 
 def test_cli_trains_on_a_user_tsv_then_evaluates_and_draws_the_heatmap(tmp_path):

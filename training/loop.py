@@ -16,7 +16,9 @@
 - The budget: ``--max-steps`` or ``--max-seconds``, whichever ends first; the learning rate follows
   whichever is further along, so a run on the clock still ends its decay when time is up.
 - Evaluation every ``--eval-interval`` steps; with a ``Selection`` the best evaluated model is kept and
-  the run stops when it has not improved for ``patience`` evaluations.
+  the run stops when it has not improved for ``patience`` evaluations. With ``average_last`` k, the
+  weights of the last k evaluations are averaged at the end (Vaswani et al., 2017) and the average is
+  evaluated too: it is kept when the selection prefers it (always, without a selection).
 - The training state (weights, optimizer, counters, history, every rank's RNG) every
   ``--save-interval`` steps, at each evaluation and at the end, in ``.<id>-train-state`` beside the
   checkpoint. ``--resume`` continues from it and repeats the uninterrupted run: a task's batches are a
@@ -55,7 +57,7 @@ T_contra = TypeVar("T_contra", contravariant=True)
 
 # The loop's flags that a trainer's profile leaves unset take these.
 DEFAULTS: dict[str, Any] = {"precision": "auto", "grad_clip": 1.0, "weight_decay": 0.0, "eval_interval": 0,
-                            "save_interval": 0, "max_seconds": 0.0, "max_steps": 0}
+                            "save_interval": 0, "max_seconds": 0.0, "max_steps": 0, "clock": "wall"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="at most this many optimizer steps (0: as many as --epochs make)")
     g.add_argument("--max-seconds", type=float, default=None,
                    help="wall-clock budget of the training loop; the learning rate follows it (0: none)")
+    g.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                   help="what --max-seconds counts: wall-clock time, or this process's CPU time, which is what "
+                        "a quiet machine's wall clock would show when other work shares the cores")
     g.add_argument("--eval-interval", type=int, default=None,
                    help="optimizer steps between validation checks (0: the trainer's own: once an epoch for "
                         "those that keep their best model, else none during training)")
@@ -216,6 +221,7 @@ class Settings:
     eps: float = 1e-8
     eval_interval: int = 0  # steps between validation checks when --eval-interval is 0 (an epoch, say)
     selection: Selection | None = None
+    average_last: int = 0  # average the weights of the last k evaluations at the end (0 or 1: no)
     serve_as: Record | None = None  # write the served checkpoint at every evaluation too
 
 
@@ -288,6 +294,7 @@ class Progress:
     history: dict[str, list] = field(default_factory=lambda: {"step": [], "loss": [], "lr": [], "evaluations": []})
     best: dict[str, Any] | None = None  # {"evaluation": ..., "model": state dict}
     since_best: int = 0
+    recent: list[dict[str, torch.Tensor]] = field(default_factory=list)  # the last evaluations' weights
 
 
 class Run:
@@ -356,7 +363,7 @@ class Run:
             if len(self.state["torch_rng"]) == dist.world_size:  # on another number of processes: fresh streams
                 torch.set_rng_state(self.state["torch_rng"][dist.rank])
             run = Progress(**{k: self.state[k] for k in ("step", "seconds", "tokens", "history", "best",
-                                                          "since_best")})
+                                                          "since_best")}, recent=self.state.get("recent", []))
             log.info("%s: resumed at step %d", self.id, run.step)
         model = dist.wrap(raw)  # DDP starts every rank from rank 0's weights
         forward = torch.compile(model) if args.compile else model
@@ -365,11 +372,12 @@ class Run:
 
         def snapshot() -> dict[str, Any]:
             return {"step": run.step, "seconds": run.seconds + elapsed, "tokens": run.tokens, "history": run.history,
-                    "best": run.best, "since_best": run.since_best, "model": raw.state_dict(),
+                    "best": run.best, "since_best": run.since_best, "recent": run.recent, "model": raw.state_dict(),
                     "optimizer": optimizer.state_dict(), "rebuild": rebuild}
 
         batches = itertools.islice(task.batches(), run.step, None)
-        started, elapsed, tokens_at_start, losses_since = time.perf_counter(), 0.0, run.tokens, 0
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        started, elapsed, tokens_at_start, losses_since = clock(), 0.0, run.tokens, 0
         budget, interval = args.max_seconds or None, args.eval_interval or settings.eval_interval
         bar = progress(total=settings.max_steps, initial=run.step, desc=self.id, unit="step")
         stop = run.step >= settings.max_steps or (settings.selection is not None and self._patience_spent(run,
@@ -383,7 +391,7 @@ class Run:
                 group["lr"] = lr
             loss = self._step(forward, task, batch, optimizer)
             # rank 0's clock, shared so that every rank stops on the same step
-            loss, elapsed = dist.sum([loss, time.perf_counter() - started if dist.is_main else 0.0])
+            loss, elapsed = dist.sum([loss, clock() - started if dist.is_main else 0.0])
             run.step += 1
             run.tokens += batch.tokens
             losses_since += 1
@@ -408,6 +416,8 @@ class Run:
         bar.close()
         save_state(self.states, dist, snapshot())
         trained = self._trained(raw, run, elapsed, tokens_at_start)
+        if settings.average_last > 1 and run.recent:
+            self._average(task, raw, run, settings, trained.seconds)
         if run.best is not None:
             raw.load_state_dict(run.best["model"])
             trained.best = run.best["evaluation"]
@@ -432,8 +442,9 @@ class Run:
         return total.item()
 
     def _evaluate(self, task: Task, raw: nn.Module, run: Progress, settings: Settings, steps: int,
-                  seconds: float) -> dict[str, Any]:
-        """Rank 0 validates and every rank takes its figures, so all keep the same model and stop together."""
+                  seconds: float, averaged: int = 0) -> dict[str, Any]:
+        """Rank 0 validates and every rank takes its figures, so all keep the same model and stop together.
+        ``averaged``: the model is the mean of that many evaluations' weights."""
         metrics: dict[str, Any] | None = None
         if self.is_main:
             raw.eval()
@@ -443,11 +454,14 @@ class Run:
         metrics = self.dist.broadcast(metrics)
         recent = run.history["loss"][-steps:] if steps else []
         evaluation = {"step": run.step, "seconds": round(seconds, 2),
-                      "train_loss": round(sum(recent) / max(1, len(recent)), 5),
-                      **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}}
+                      **({"train_loss": round(sum(recent) / len(recent), 5)} if recent else {}),
+                      **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()},
+                      **({"averaged": averaged} if averaged else {})}
         run.history["evaluations"].append(evaluation)
         log.info("%s step %d: %s", self.id, run.step, ", ".join(f"{k} {v}" for k, v in evaluation.items()
                                                                  if k != "step"))
+        if settings.average_last > 1 and not averaged:
+            run.recent = [*run.recent, copy.deepcopy(raw.state_dict())][-settings.average_last:]
         selection = settings.selection
         if selection is not None:
             best = run.best["evaluation"][selection.metric] if run.best else None
@@ -456,6 +470,20 @@ class Run:
             else:
                 run.since_best += 1
         return evaluation
+
+    def _average(self, task: Task, raw: nn.Module, run: Progress, settings: Settings, seconds: float) -> None:
+        """Evaluate the mean of the last evaluations' weights (the final weights among them, evaluated or not);
+        the model becomes it if the selection prefers it (then it is the best), or if there is no selection."""
+        last = raw.state_dict()
+        evaluated_last = run.history["evaluations"][-1]["step"] == run.step
+        snapshots = run.recent if evaluated_last else [*run.recent, last][-settings.average_last:]
+        averaged = {name: sum(weights[name].float() for weights in snapshots).div(len(snapshots)).to(value.dtype)
+                    if value.is_floating_point() else value for name, value in last.items()}
+        raw.load_state_dict(averaged)
+        before = run.best
+        self._evaluate(task, raw, run, settings, 0, seconds, averaged=len(snapshots))
+        if settings.selection is not None and run.best is before:  # not better: back to the last weights
+            raw.load_state_dict(last)
 
     @staticmethod
     def _patience_spent(run: Progress, settings: Settings) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 from models.catalog import fingerprint
 
-PLACEMENT = frozenset({"out", "device", "resume", "compile", "micro_batch_size", "save_interval"})
+PLACEMENT = frozenset({"out", "device", "resume", "compile", "micro_batch_size", "save_interval", "clock"})
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import torch
 
 from models import seq2seq, transformer
+from models.beam import BeamOptions
 from models.checkpoint import Checkpoint
 from models.pipelines.errors import InvalidInput
-from models.seq2seq import DIRECTIONS, SPECIALS, UNK_ID, Seq2Seq, detokenize, encode, pad_batch, tokenize
+from models.seq2seq import DIRECTIONS, SPECIALS, UNK_ID, Seq2Seq, Units, default_units, encode, pad_batch
 from models.tokenizers import WordVocab
 from models.transformer import Transformer
 
@@ -28,17 +29,21 @@ def default_max_length(source_tokens: int) -> int:
 
 @dataclass(frozen=True)
 class TranslationOptions:
-    """How to decode: greedy (``beam_size`` 1) or beam search ranked with ``length_penalty``, and the most
-    target tokens (``None``: ``default_max_length`` of the longest source)."""
+    """How to decode: greedy (``beam_size`` 1) or beam search ranked with ``length_penalty``
+    (``models.beam``); the most target tokens (``None``: ``default_max_length`` of the longest source) and
+    the fewest before ``<eos>`` (an empty translation is never right)."""
 
     beam_size: int = 1
     max_length: int | None = None
+    min_length: int = 1
     length_penalty: float = LENGTH_PENALTY
     attention_heads: bool = False  # also return every layer's and head's attention
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError("beam_size must be at least 1")
+        if self.min_length < 0:
+            raise ValueError("min_length must be at least 0")
 
 
 @dataclass
@@ -91,7 +96,7 @@ class Translator:
     """A trained model with its vocabularies: text in, text plus alignment out."""
 
     def __init__(self, model: TranslationModel, source_vocab: WordVocab, target_vocab: WordVocab, direction: str,
-                 device: torch.device):
+                 device: torch.device, source_units: Units | None = None, target_units: Units | None = None):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         self.model = model.eval()
@@ -99,6 +104,8 @@ class Translator:
         self.target_vocab = target_vocab
         self.direction = direction
         self.source_language, self.target_language = direction.split("-")
+        self.source_units = source_units or default_units(self.source_language)
+        self.target_units = target_units or default_units(self.target_language)
         self.device = device
 
     @property
@@ -113,8 +120,8 @@ class Translator:
         return (1, 1) if self.has_attention else None
 
     def source_tokens(self, text: str) -> list[str]:
-        """``text`` as the model reads it (characters or words)."""
-        return tokenize(text, self.source_language)
+        """``text`` as the model reads it (characters, words or subwords)."""
+        return self.source_units.tokens(text)
 
     def sentences(self, text: str) -> list[list[str]]:
         """The source tokens of each sentence of ``text``, as it is translated."""
@@ -137,10 +144,10 @@ class Translator:
             raise InvalidInput(f"a sentence of {max(map(len, ids))} tokens is longer than the model's "
                                f"{self.model.config.max_position} positions")
         if options.beam_size == 1:
-            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length)
+            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length, options.min_length)
         else:
-            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), options.beam_size, max_length,
-                                              options.length_penalty) for s in ids]
+            beam = BeamOptions(options.beam_size, max_length, options.min_length, options.length_penalty)
+            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam) for s in ids]
             outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
         return [_Decoded(tokens, token_ids, [self.target_vocab.itos[i] for i in out], _heads(alpha))
                 for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True)]
@@ -149,7 +156,7 @@ class Translator:
         """One text's result from its sentences' (each a block of the attention matrix)."""
         sentences = [SentenceTranslation(
             text=sentence,
-            translation=detokenize([w for w in d.target_tokens if w not in SPECIALS], self.target_language),
+            translation=self.target_units.text([w for w in d.target_tokens if w not in SPECIALS]),
             source_tokens=d.source_tokens, target_tokens=d.target_tokens,
             attention=d.heads[:, -1].mean(dim=1).tolist() if d.heads is not None else None) for sentence, d in parts]
         decoded = [d for _, d in parts]
@@ -195,6 +202,8 @@ def _heads(alpha: torch.Tensor | None) -> torch.Tensor | None:
 def load(checkpoint: Checkpoint, device: torch.device) -> Translator:
     """A ``seq2seq`` checkpoint's model and vocabularies, translating in the direction it was trained for."""
     source_vocab, target_vocab = seq2seq.load_vocabularies(checkpoint)
+    direction = checkpoint.config["model"]["direction"]
+    source, target = direction.split("-")
     loader = transformer.load if checkpoint.config["model"].get("arch") == "transformer" else seq2seq.load
-    return Translator(loader(checkpoint, device), source_vocab, target_vocab, checkpoint.config["model"]["direction"],
-                      device)
+    return Translator(loader(checkpoint, device), source_vocab, target_vocab, direction, device,
+                      seq2seq.load_units(checkpoint, source), seq2seq.load_units(checkpoint, target))
