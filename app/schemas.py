@@ -125,6 +125,10 @@ def Word(max_length: int) -> Any:  # noqa: N802 - it names a type, as Annotated 
                      AfterValidator(_one_word)]
 
 
+# A token id: bounded by the largest id any vocabulary could have; a model checks its own vocabulary.
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=LIMITS.max_prompt_tokens)]
+
 ModelName = Annotated[str, Field(min_length=1, max_length=MODEL_NAME_LENGTH, pattern=MODEL_NAME_PATTERN,
                                  description="A loaded checkpoint, by id (see /v1/models) or short name.")]
 
