@@ -381,13 +381,15 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("sg", "cbow"), default="sg", help="which checkpoint")
-    parser.add_argument("--format", choices=("text",), default="text", help="word2vec text format")
-    parser.add_argument("--output", type=Path, default=None, help="file to write (default: <id>.txt)")
+    parser.add_argument("--format", choices=("text", "binary"), default="text",
+                        help="word2vec's text or binary format (gensim reads either: binary=False or True)")
+    parser.add_argument("--output", type=Path, default=None, help="file to write (default: <id>.txt or <id>.bin)")
 
 
 def export(args: argparse.Namespace) -> None:
     ckpt_id = checkpoint_id("word2vec", args.mode)
     vectors = load(load_checkpoint(Path(args.out) / ckpt_id))
-    output = args.output or Path(f"{ckpt_id}.txt")
-    vectors.save_word2vec_format(output)
+    binary = args.format == "binary"
+    output = args.output or Path(f"{ckpt_id}.{'bin' if binary else 'txt'}")
+    vectors.save_word2vec_format(output, binary=binary)
     print(f"wrote {len(vectors)} vectors of size {vectors.vector_size} to {output}")
