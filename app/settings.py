@@ -30,10 +30,10 @@ class Settings(BaseSettings):
                                    "stream ends with an error event.")
     max_concurrent_inferences: int = Field(4, ge=1, description="Inferences running at once.")
     max_queued_inferences: int = Field(16, ge=0, description="Inferences waiting for a slot before 429.")
-    max_batch_size: int = Field(32, ge=1, description="Most fill-mask or classify requests answered together by "
-                                "one batched forward pass (1 turns dynamic batching off).")
-    batch_wait_ms: float = Field(5.0, ge=0, description="Longest a fill-mask or classify request waits for others "
-                                 "to share its forward pass (milliseconds).")
+    max_batch_size: int = Field(32, ge=1, description="Most fill-mask, classify or embeddings requests answered "
+                                "together by one batched forward pass (1 turns dynamic batching off).")
+    batch_wait_ms: float = Field(5.0, ge=0, description="Longest a fill-mask, classify or embeddings request waits "
+                                 "for others to share its forward pass (milliseconds).")
     keep_alive_timeout: float = Field(75.0, gt=0, description="Seconds an idle keep-alive connection stays open. "
                                       "Longer than clients' and load balancers' own idle timeouts, so that they, "
                                       "not the service, close idle connections: a request sent just as the "
@@ -58,7 +58,8 @@ class Settings(BaseSettings):
                                  "text or next-sentence sentence (characters).")
     max_prompt_tokens: int = Field(2048, ge=1, description="Most token ids in one prompt or input given as ids "
                                    "(completions, embeddings, detokenize).")
-    max_new_tokens: int = Field(512, ge=1, description="Most tokens one generated sample may have.")
+    max_new_tokens: int = Field(512, ge=1, description="Most tokens one generated sample may have (a chat reply's "
+                                "default).")
     max_samples: int = Field(8, ge=1, description="Most samples (n) one generation request may ask for.")
     max_prompts: int = Field(8, ge=1, description="Most prompts one /v1/completions request may carry.")
     max_messages: int = Field(32, ge=1, description="Most messages one /v1/chat/completions request may carry.")
