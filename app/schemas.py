@@ -41,9 +41,16 @@ class RequestModel(BaseModel):
     def _json_values(cls, value: Any) -> Any:
         if has_lone_surrogate(value):
             raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not a character")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)  # JSON has one kind of number: 20.0 is the integer 20, as JSON Schema reads it
-        return value
+        return _integers(value)
+
+
+def _integers(value: Any) -> Any:
+    """JSON has one kind of number: 20.0 is the integer 20, as JSON Schema reads it, in lists too (token ids)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integers(item) for item in value]
+    return value
 
 
 class OneOrMany(RequestModel):
