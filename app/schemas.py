@@ -16,12 +16,13 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.json_schema import SkipJsonSchema
 
 from app.settings import get_settings
+from models.catalog import ID_PATTERN, MAX_ID_LENGTH
 
 LIMITS = get_settings()
 
 # A checkpoint id or short name: letters, digits, '.', '_' and '-', not starting with a dot.
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-MODEL_NAME_LENGTH = 64
+MODEL_NAME_PATTERN = f"^{ID_PATTERN}$"
+MODEL_NAME_LENGTH = MAX_ID_LENGTH
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # What JSON Schema's patterns call a space (ECMAScript's \s), spelt out, so that the validator here, the

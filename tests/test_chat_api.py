@@ -35,7 +35,8 @@ def openai_client(server: str):  # noqa: ANN201 - the openai package is a test-o
 
 
 def test_a_conversation_renders_as_the_plays_are_rendered_for_training():
-    messages = [Message("user", "Who's there?", "BERNARDO"), Message("assistant", "Nay, answer me:\nstand!", "FRANCISCO")]
+    messages = [Message("user", "Who's there?", "BERNARDO"),
+                Message("assistant", "Nay, answer me:\nstand!", "FRANCISCO")]
     play = Play("hamlet", "Hamlet", "tragedy", (Speech("BERNARDO", ("Who's there?",)),
                                                 Speech("FRANCISCO", ("Nay, answer me:", "stand!"))))
     assert render(messages, reply=False) + "\n" == play.render()
