@@ -9,7 +9,7 @@ string and list has a maximum size, from ``Settings``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import HTTPException
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -136,6 +136,14 @@ def Word(max_length: int) -> Any:  # noqa: N802 - it names a type, as Annotated 
 # A token id: bounded by the largest id any vocabulary could have; a model checks its own vocabulary.
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=LIMITS.max_prompt_tokens)]
+
+def texts_or_ids(value: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The items of an OpenAI field that is one text or one list of token ids, or a list of either (a
+    completion's ``prompt``, an embedding's ``input``)."""
+    if isinstance(value, str) or isinstance(value[0], int):
+        return [cast(str | list[int], value)]
+    return list(cast(list[str] | list[list[int]], value))
+
 
 ModelName = Annotated[str, Field(min_length=1, max_length=MODEL_NAME_LENGTH, pattern=MODEL_NAME_PATTERN,
                                  description="A loaded checkpoint, by id (see /v1/models) or short name.")]

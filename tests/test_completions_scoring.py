@@ -124,6 +124,8 @@ def test_a_prompt_of_token_ids_continues_as_its_text_does(client: httpx.Client):
     by_text = complete(client, prompt=PROMPT, max_tokens=8, seed=5)["choices"][0]["text"]
     by_ids = complete(client, prompt=ids, max_tokens=8, seed=5)["choices"][0]["text"]
     assert by_ids == by_text
+    as_floats = complete(client, prompt=[float(i) for i in ids], max_tokens=8, seed=5)["choices"][0]["text"]
+    assert as_floats == by_text  # JSON has one kind of number: 7.0 is the token id 7
     echoed = complete(client, prompt=[ids, ids[:3]], max_tokens=0, echo=True)["choices"]
     start = client.post("/detokenize", json={"tokens": ids[:3]}).json()["prompt"]
     assert [c["text"] for c in echoed] == [PROMPT, start]

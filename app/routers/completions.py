@@ -40,7 +40,7 @@ from app.routers.generate import (
     count_tokens,
 )
 from app.routing import JSONRoute
-from app.schemas import LIMITS, ModelName, TokenIds
+from app.schemas import LIMITS, ModelName, TokenIds, texts_or_ids
 from app.streaming import Deadline, EventStream, pieces
 from models.pipelines import TextGenerator
 from models.pipelines.errors import InvalidInput
@@ -104,9 +104,7 @@ class CompletionRequest(OpenAIRequest, Sampling):
     @property
     def prompts(self) -> list[str | list[int]]:
         """Every prompt: a text or its token ids."""
-        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
-            return [self.prompt]  # type: ignore[list-item]
-        return list(self.prompt)  # type: ignore[arg-type]
+        return texts_or_ids(self.prompt)
 
 
 class Logprobs(BaseModel):

@@ -23,7 +23,7 @@ from app.batching import Batching, get_batching
 from app.openai_api import FieldRefused, OpenAIRequest, openai_errors
 from app.registry import Registry, get_registry
 from app.routing import JSONRoute
-from app.schemas import LIMITS, ModelName, Text, TokenIds, check_reply_size
+from app.schemas import LIMITS, ModelName, Text, TokenIds, check_reply_size, texts_or_ids
 from models.pipelines import TextEmbedder
 from models.pipelines.errors import InvalidInput
 
@@ -53,9 +53,7 @@ class EmbeddingRequest(OpenAIRequest):
 
     @property
     def inputs(self) -> list[str | list[int]]:
-        if isinstance(self.input, str) or isinstance(self.input[0], int):
-            return [self.input]  # type: ignore[list-item]
-        return list(self.input)  # type: ignore[arg-type]
+        return texts_or_ids(self.input)
 
 
 class Embedding(BaseModel):
