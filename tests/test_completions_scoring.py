@@ -14,6 +14,7 @@ from models.checkpoint import load_checkpoint
 from models.gpt import GPT, GPTConfig, GPTSession
 from models.pipelines import text_generation
 from models.rnn import RNNLanguageModel, RNNLanguageModelConfig
+from models.tokenizers import load_text_tokenizer
 
 from .conftest import API_KEY
 
@@ -68,18 +69,19 @@ def test_echo_with_max_tokens_0_scores_the_prompt_with_the_models_own_log_probab
     choice = complete(client, model=model, prompt=PROMPT, max_tokens=0, echo=True, logprobs=3)["choices"][0]
     assert choice["text"] == PROMPT and choice["finish_reason"] == "length"
     logprobs = choice["logprobs"]
-    generator = text_generation.load(load_checkpoint(checkpoint_dir / ("gpt" if model == "gpt" else "lm-lstm")),
-                                     torch.device("cpu"))
-    ids = generator.tokenizer.encode(PROMPT)
-    expected = torch.log_softmax(generator.model.next_token_logits(ids).float(), dim=-1)
-    assert logprobs["tokens"] == [generator.tokenizer.decode([i]) for i in ids]
+    checkpoint = load_checkpoint(checkpoint_dir / ("gpt" if model == "gpt" else "lm-lstm"))
+    network = text_generation.LANGUAGE_MODELS[checkpoint.family](checkpoint, torch.device("cpu"))
+    tokenizer = load_text_tokenizer(checkpoint, network.config.vocab_size)
+    ids = tokenizer.encode(PROMPT)
+    expected = torch.log_softmax(network.next_token_logits(ids).float(), dim=-1)
+    assert logprobs["tokens"] == [tokenizer.decode([i]) for i in ids]
     assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
     for t in range(1, len(ids)):
         assert math.isclose(logprobs["token_logprobs"][t], expected[t - 1, ids[t]].item(), abs_tol=1e-4)
         top = logprobs["top_logprobs"][t]
         best = expected[t - 1].topk(3)
         for value, token_id in zip(best.values.tolist(), best.indices.tolist(), strict=True):
-            assert math.isclose(top[generator.tokenizer.decode([token_id])], value, abs_tol=1e-4)
+            assert math.isclose(top[tokenizer.decode([token_id])], value, abs_tol=1e-4)
         assert logprobs["tokens"][t] in top and 3 <= len(top) <= 4  # the token itself is always there
 
 

@@ -105,7 +105,7 @@ class TextGenerator:
     @property
     def context(self) -> int | None:
         """The most tokens the model reads at once (a GPT's positions); None for a recurrent model."""
-        return getattr(self.model.config, "block_size", None)
+        return getattr(self._model.config, "block_size", None)
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """A prompt's token ids: text is encoded, ids are checked against the vocabulary."""
@@ -139,7 +139,7 @@ class TextGenerator:
         position, from one forward pass over ``ids``: the model's own distribution, before any sampling
         control, whatever decoding would have done."""
         self.check_ids(ids)
-        logprobs = torch.log_softmax(self.model.next_token_logits(ids)[:-1].float(), dim=-1).cpu()
+        logprobs = torch.log_softmax(self._model.next_token_logits(ids)[:-1].float(), dim=-1).cpu()
         following = torch.tensor(ids[1:], dtype=torch.long)
         chosen = logprobs.gather(1, following[:, None])[:, 0].tolist()
         best_values, best_ids = logprobs.topk(min(top, logprobs.size(-1)), dim=-1)
