@@ -16,9 +16,10 @@ training pairs of our split only.
 Both train for the same wall-clock seconds (default: our quick profile's budget) on our split, and
 both are scored on its test pairs with the same sacreBLEU settings (``training.seq2seq.corpus_scores``:
 lower-cased; BLEU's ``13a`` tokenizer into English, ``zh`` into Chinese), the same detokenizer and the
-same limit on output length. The two runs go side by side as two one-thread processes: on a quiet
-2-core machine each has a core, and when other work loads the machine they share its slowdown. The
-load average is printed before and after; read the figures with it.
+same limit on output length; the validation split is printed beside the test split. The two runs go
+side by side as two one-thread processes: on a quiet 2-core machine each has a core, and when other
+work loads the machine they share its slowdown (or, with ``--clock cpu``, each counts its own CPU
+seconds). The load average is printed before and after; read the figures with it.
 """
 
 from __future__ import annotations
@@ -136,11 +137,12 @@ class TutorialRun:
     steps: int
     seconds: float
     cpu_seconds: float
-    hypotheses: list[str]
+    hypotheses: dict[str, list[str]]  # split name -> greedy translations of its sources
 
 
 def train_tutorial(direction: str, seconds: float, seed: int, clock: str) -> TutorialRun:
-    """The recipe, on our split's training pairs, for ``seconds`` on ``clock``; then the test split."""
+    """The recipe, on our split's training pairs, for ``seconds`` on ``clock``; then the validation and test
+    splits translated."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     pairs, provenance = load_pairs(None)
@@ -169,13 +171,17 @@ def train_tutorial(direction: str, seconds: float, seed: int, clock: str) -> Tut
                 break
     elapsed, cpu = time.perf_counter() - wall_started, time.process_time() - cpu_started
     model.eval()
-    hypotheses = []
-    for i in range(0, len(split.test), 128):
-        sources = [encode(tokenize(s, source_language), source_vocab) for s, _ in split.test[i:i + 128]]
-        for ids in model.greedy(pad_batch(sources), default_max_length(max(map(len, sources)))):
-            words = [target_vocab.itos[k] for k in ids]
-            hypotheses.append(detokenize([w for w in words if w not in SPECIALS], target_language))
-    return TutorialRun(steps, elapsed, cpu, hypotheses)
+
+    def translate(pairs: list[tuple[str, str]]) -> list[str]:
+        hypotheses = []
+        for i in range(0, len(pairs), 128):
+            sources = [encode(tokenize(s, source_language), source_vocab) for s, _ in pairs[i:i + 128]]
+            for ids in model.greedy(pad_batch(sources), default_max_length(max(map(len, sources)))):
+                words = [target_vocab.itos[k] for k in ids]
+                hypotheses.append(detokenize([w for w in words if w not in SPECIALS], target_language))
+        return hypotheses
+
+    return TutorialRun(steps, elapsed, cpu, {"validation": translate(split.validation), "test": translate(split.test)})
 
 
 # ---- the comparison ---------------------------------------------------------------------------------
@@ -199,15 +205,17 @@ def start_ours(direction: str, args: argparse.Namespace, out: Path) -> subproces
     return subprocess.Popen(command, env={**os.environ, "PROGRESS": "0"})
 
 
-def score_ours(checkpoint: Path, test: list[tuple[str, str]], beam_size: int) -> dict:
+def score_ours(checkpoint: Path, pairs: list[tuple[str, str]], beam_size: int) -> dict:
     translator = load_translator(load_checkpoint(checkpoint), torch.device("cpu"))
-    hypotheses = translations(translator, [s for s, _ in test], TranslationOptions(beam_size=beam_size))
-    return corpus_scores(hypotheses, [t for _, t in test], translator.target_language)
+    hypotheses = translations(translator, [s for s, _ in pairs], TranslationOptions(beam_size=beam_size))
+    return corpus_scores(hypotheses, [t for _, t in pairs], translator.target_language)
 
 
-def compare(direction: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
+def compare(direction: str, args: argparse.Namespace) -> list[tuple[str, dict[str, dict]]]:
+    """(label, {split: scores}) for the tutorial's greedy run, then ours greedy and beam 4."""
     pairs, provenance = load_pairs(None)
-    test = split_pairs(pairs, direction, 0, 0.1, provenance).test
+    split = split_pairs(pairs, direction, 0, 0.1, provenance)
+    splits = {"validation": split.validation, "test": split.test}
     tutorial_file = args.out / f"tutorial-{direction}.json"
     workers = [start_tutorial(direction, args, tutorial_file)]
     checkpoints = args.checkpoint_dir or args.out / "ours"
@@ -219,12 +227,14 @@ def compare(direction: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
     tutorial = json.loads(tutorial_file.read_text(encoding="utf-8"))
     checkpoint = checkpoints / f"seq2seq-{direction}"
     training = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["training"]
+    target_language = languages(direction)[1]
     rows = [(f"tutorial recipe, greedy ({tutorial['steps']} steps, {tutorial['seconds']:.0f} s)",
-             corpus_scores(tutorial["hypotheses"], [t for _, t in test], languages(direction)[1]))]
+             {name: corpus_scores(tutorial["hypotheses"][name], [t for _, t in pairs], target_language)
+              for name, pairs in splits.items()})]
     for beam in (1, 4):
         label = "greedy" if beam == 1 else f"beam {beam}"
         rows.append((f"ours, {label} ({training['steps']} steps, {training['seconds']:.0f} s)",
-                     score_ours(checkpoint, test, beam)))
+                     {name: score_ours(checkpoint, pairs, beam) for name, pairs in splits.items()}))
     return rows
 
 
@@ -250,14 +260,18 @@ def main() -> int:
     directions = ("zh-en", "en-zh") if args.direction == "both" else (args.direction,)
     print(f"{args.seconds:g} s of training each; load average {os.getloadavg()[0]:.2f}", flush=True)
     results = {d: compare(d, args) for d in directions}
-    print(f"\nload average now {os.getloadavg()[0]:.2f}; test split of {args.out} (split seed 0)")
-    print(f"{'direction':<9} {'run':<46} {'BLEU':>6} {'chrF':>6} {'BP':>6} {'ratio':>6}")
+    print(f"\nload average now {os.getloadavg()[0]:.2f}; split seed 0 of the HSK pairs")
+    print(f"{'direction':<9} {'run':<46} {'split':<10} {'BLEU':>6} {'chrF':>6} {'BP':>6} {'ratio':>6}")
     for direction, rows in results.items():
-        for label, s in rows:
-            print(f"{direction:<9} {label:<46} {s['bleu']:>6.2f} {s['chrf']:>6.2f} {s['brevity_penalty']:>6.3f} "
-                  f"{s['length_ratio']:>6.3f}")
-        tutorial_bleu, ours_bleu = rows[0][1]["bleu"], max(s["bleu"] for _, s in rows[1:])
-        print(f"{direction:<9} ours / tutorial BLEU: {ours_bleu / max(tutorial_bleu, 1e-9):.2f}x")
+        for label, by_split in rows:
+            for name, s in by_split.items():
+                print(f"{direction:<9} {label:<46} {name:<10} {s['bleu']:>6.2f} {s['chrf']:>6.2f} "
+                      f"{s['brevity_penalty']:>6.3f} {s['length_ratio']:>6.3f}")
+        tutorial_bleu = rows[0][1]["test"]["bleu"]
+        for label, by_split in rows[1:]:
+            print(f"{direction:<9} {label}: test BLEU {by_split['test']['bleu'] / max(tutorial_bleu, 1e-9):.2f}x "
+                  "the tutorial's")
+    (args.out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
 
 
