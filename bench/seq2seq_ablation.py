@@ -20,14 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-# name -> the flags that undo one choice of the quick recipe (the first row is the recipe itself)
+# name -> the flags that undo one choice of the quick recipe, or add one it left out (the first row is the recipe)
 RUNS: dict[str, tuple[str, ...]] = {
     "quick recipe": (),
     "no label smoothing": ("--label-smoothing", "0"),
     "untied output embeddings": ("--no-tie-embeddings",),
-    "no HSK glosses": ("--no-glosses",),
-    "no CC-CEDICT pairs": ("--dictionary", "none"),
-    "all of CC-CEDICT": ("--dictionary", "all"),
+    "with HSK glosses": ("--glosses",),
+    "with HSK glosses and CC-CEDICT's HSK words": ("--glosses", "--dictionary", "hsk"),
     "English as whole words": ("--english-units", "words"),
     "Chinese as words": ("--chinese-units", "words"),
     "no checkpoint averaging": ("--average-last", "0"),
