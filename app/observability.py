@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +19,14 @@ from app.middleware import request_id
 request_labels: ContextVar[dict[str, str] | None] = ContextVar("request_labels", default=None)
 
 access_log = logging.getLogger("app.access")
+
+
+@dataclass(frozen=True)
+class TokenTimes:
+    """Where a generation's token timings go: seconds to its first token, and between its tokens."""
+
+    first: Callable[[float], None]
+    between: Callable[[float], None]
 
 
 class Metrics:
@@ -40,6 +50,16 @@ class Metrics:
         self.loaded_models = Gauge("lineage_loaded_models", "Models loaded and served", registry=self.registry)
         self.batch_size = Histogram("lineage_batch_size", "Requests answered together by one batched forward pass",
                                     ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+        self.time_to_first_token = Histogram(
+            "lineage_time_to_first_token_seconds", "From a generation's admission to its first token", ["model"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=self.registry)
+        self.time_between_tokens = Histogram(
+            "lineage_time_between_tokens_seconds", "Between consecutive tokens of one generation", ["model"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry)
+
+    def token_times(self, model_id: str) -> TokenTimes:
+        return TokenTimes(self.time_to_first_token.labels(model_id).observe,
+                          self.time_between_tokens.labels(model_id).observe)
 
 
 def note_model(model_id: str) -> None:

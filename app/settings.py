@@ -34,6 +34,8 @@ class Settings(BaseSettings):
                                 "one batched forward pass (1 turns dynamic batching off).")
     batch_wait_ms: float = Field(5.0, ge=0, description="Longest a fill-mask or classify request waits for others "
                                  "to share its forward pass (milliseconds).")
+    max_decode_batch: int = Field(32, ge=1, description="Most samples one decode step of a language model advances "
+                                  "together (continuous batching); further generations wait to join.")
     keep_alive_timeout: float = Field(75.0, gt=0, description="Seconds an idle keep-alive connection stays open. "
                                       "Longer than clients' and load balancers' own idle timeouts, so that they, "
                                       "not the service, close idle connections: a request sent just as the "

@@ -1,10 +1,12 @@
-"""Running a text generation for a route: in the pool, within the request timeout, for a client still there.
+"""Running a text generation for a route: batched with others, within the request timeout, for a client still there.
 
-The pipeline's own stream (``TextGenerator.stream``) is pulled in the inference pool a few tokens at a
-time. Between pulls the route looks again: past ``REQUEST_TIMEOUT`` the generation ends (504, or an error
-event in a stream), and a client that has gone away stops it after the current pull instead of costing
-the rest. A stream is admitted before its 200 is sent (429 otherwise), holds its place until its last
-event, and always ends with ``data: [DONE]``, after an error event if something failed on the way.
+A generation joins its model's running batch (``app.scheduler``) and its pieces come back as each decode
+step ends. Between them the route looks again: past ``REQUEST_TIMEOUT`` the generation ends (504, or an
+error event in a stream), and a client that has gone away ends it; either way its rows leave the batch
+before the next step. A stream is admitted before its 200 is sent (429 otherwise), holds its place until
+its last event, and always ends with ``data: [DONE]``, after an error event if something failed on the way.
+
+``pieces`` is what a route calls to generate: one request's ``Piece``s, from any language model.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -20,14 +22,17 @@ from fastapi import HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.inference import Admission, InferencePool, InferenceTimeout
+from app.inference import Admission, InferenceTimeout
+from app.registry import Served
+from app.scheduler import Scheduler
 from models.pipelines.text_generation import Piece, TextGenerator
 from models.sampling import SamplingParams
 
 log = logging.getLogger("app.generate")
 
-# How long one pull from the generator may run before the route checks on the client again.
-PULL_SECONDS = 0.05
+# How often, at most, a generation asks whether its client is still there (a look costs a few microseconds
+# of the event loop; a step's pieces can arrive every few milliseconds).
+CHECK_SECONDS = 0.05
 
 # An error event's data, from its message and OpenAI's error type.
 ErrorEvent = Callable[[str, str], dict[str, Any]]
@@ -47,31 +52,25 @@ class Deadline:
         return left
 
 
-def _pull(stream: Iterator[Piece], seconds: float) -> tuple[list[Piece], bool]:
-    """Pieces from the generator for up to ``seconds`` (at least one); True once it is exhausted."""
-    until = time.monotonic() + seconds
-    pieces: list[Piece] = []
-    for piece in stream:
-        pieces.append(piece)
-        if time.monotonic() >= until:
-            return pieces, False
-    return pieces, True
-
-
-async def pieces(request: Request, pool: InferencePool, generator: TextGenerator, prompt_ids: list[int],
+async def pieces(request: Request, scheduler: Scheduler, served: Served[TextGenerator], prompt_ids: list[int],
                  params: SamplingParams, deadline: Deadline) -> AsyncIterator[Piece]:
-    """The pipeline's pieces, computed in the pool a pull at a time, until done, past the deadline (504) or
-    the client leaves. The caller holds the request's admission."""
-    stream = generator.stream(prompt_ids, params)
-    while True:
-        batch, done = await pool.call(lambda: _pull(stream, PULL_SECONDS), timeout=deadline.remaining())
-        for piece in batch:
-            yield piece
-        if done:
-            return
-        if await request.is_disconnected():
-            log.info("client disconnected; generation stopped")
-            return
+    """The pieces of one generation as its model's batch decodes them, until it is done, past the deadline
+    (504) or the client leaves. The caller holds the request's admission."""
+    sequence = scheduler.submit(served.id, served.pipeline, prompt_ids, params)
+    checked = time.monotonic()
+    try:
+        while True:
+            for piece in await sequence.next(min(deadline.remaining(), CHECK_SECONDS)):
+                yield piece
+            if sequence.done:
+                return
+            if time.monotonic() - checked >= CHECK_SECONDS:
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    log.info("client disconnected; generation stopped")
+                    return
+    finally:
+        sequence.cancel()
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

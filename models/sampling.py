@@ -2,15 +2,16 @@
 
 Every autoregressive language model here shares this file. A model only has to be a ``LanguageModel``:
 ``start`` reads a prompt and returns a ``DecodingSession`` (feed one token per row, get next-token
-logits back, drop finished rows). ``models.pipelines.text_generation.TextGenerator`` then provides
-temperature / top-k / top-p / repetition-penalty sampling, seeds, ``n`` samples decoded as one batch,
-stop sequences and a stream of text pieces that a caller can abandon at any point.
+logits back, drop finished rows, take in the rows of another prompt's session).
+``models.pipelines.text_generation`` then provides temperature / top-k / top-p / repetition-penalty
+sampling, seeds, ``n`` samples decoded as one batch, stop sequences, a stream of text pieces that a
+caller can abandon at any point, and batches that many requests join and leave as they decode.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 import torch
 
@@ -241,7 +242,13 @@ class DecodingSession(Protocol):
         ...
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Keep only these rows (indices into the current rows), dropping finished samples."""
+        """Keep only these rows (indices into the current rows), dropping finished samples; a repeated
+        index copies a row."""
+        ...
+
+    def extend(self, other: Self) -> None:
+        """Add the rows of ``other`` (a session of the same model, of another prompt) after these, so that
+        both continue in one ``step``: how requests join a running batch."""
         ...
 
 

@@ -10,6 +10,7 @@ invalid value, is a 400 in OpenAI's ``{"error": {...}}`` shape naming it (``app.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.inference import InferencePool, get_pool
-from app.registry import Registry, get_registry
+from app.registry import Registry, Served, get_registry
 from app.routers.generate import (
     STREAMED,
     FinishReason,
@@ -32,6 +33,7 @@ from app.routers.generate import (
     count_tokens,
 )
 from app.routing import JSONRoute
+from app.scheduler import Scheduler, get_scheduler
 from app.schemas import LIMITS, ModelName, RequestModel
 from app.streaming import Deadline, EventStream, pieces
 from models.pipelines import TextGenerator
@@ -143,54 +145,56 @@ ERRORS = {status: {"model": OpenAIErrorResponse, "description": text} for status
 @router.post("/completions", response_model=CompletionResponse, responses={**STREAMED, **ERRORS},
              summary="OpenAI-compatible text completions (streamed with stream=true)")
 async def completions(body: CompletionRequest, request: Request, registry: Annotated[Registry, Depends(get_registry)],
-                      pool: Annotated[InferencePool, Depends(get_pool)]) -> Response:
+                      pool: Annotated[InferencePool, Depends(get_pool)],
+                      scheduler: Annotated[Scheduler, Depends(get_scheduler)]) -> Response:
     body.check_consistent()
     served = registry.get(TextGenerator, body.model)
-    generator = served.pipeline
     prompts = body.prompts
-    prompt_ids = [generator.encode_prompt(p) for p in prompts]
+    prompt_ids = [served.pipeline.encode_prompt(p) for p in prompts]
     params = body.params(body.max_tokens or 16)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": served.id}
     if body.stream:
         admission = pool.admit()
-        return EventStream(_chunks(request, pool, served.id, generator, body, prompt_ids, params, head), admission,
-                           lambda message, kind: {"error": {"message": message, "type": kind, "param": None,
-                                                            "code": None}})
+        chunks = _chunks(request, scheduler, served, body, prompt_ids, params, head, Deadline(pool.timeout))
+        return EventStream(chunks, admission, lambda message, kind: {"error": {"message": message, "type": kind,
+                                                                              "param": None, "code": None}})
     echoed = sum(map(len, prompts)) * params.n if body.echo else 0
-    check_samples_fit(generator, len(prompts) * params.n, params.max_new_tokens, echoed)
+    check_samples_fit(served.pipeline, len(prompts) * params.n, params.max_new_tokens, echoed)
     choices: list[Choice] = []
     completion_tokens = 0
     async with pool.slot():
         deadline = Deadline(pool.timeout)
-        for p, (prompt, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
-            for i, result in enumerate(await complete(request, pool, generator, ids, params, deadline)):
-                text = prompt + result.text if body.echo else result.text
-                choices.append(Choice(text=text, index=p * params.n + i, finish_reason=result.finish_reason))
-                completion_tokens += result.tokens
+        # Every prompt joins the model's batch at once: they decode together, not one after another.
+        results = await asyncio.gather(*(complete(request, scheduler, served, ids, params, deadline)
+                                         for ids in prompt_ids))
+    for p, (prompt, completed) in enumerate(zip(prompts, results, strict=True)):
+        for i, result in enumerate(completed):
+            text = prompt + result.text if body.echo else result.text
+            choices.append(Choice(text=text, index=p * params.n + i, finish_reason=result.finish_reason))
+            completion_tokens += result.tokens
     count_tokens(request, served.id, completion_tokens)
     usage = Usage.of(sum(map(len, prompt_ids)), completion_tokens)
     return JSONResponse(CompletionResponse(**head, choices=choices, usage=usage).model_dump())
 
 
-async def _chunks(request: Request, pool: InferencePool, model_id: str, generator: TextGenerator,
-                  body: CompletionRequest, prompt_ids: list[list[int]], params: SamplingParams,
-                  head: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(request: Request, scheduler: Scheduler, served: Served[TextGenerator], body: CompletionRequest,
+                  prompt_ids: list[list[int]], params: SamplingParams, head: dict[str, Any],
+                  deadline: Deadline) -> AsyncIterator[dict[str, Any]]:
     def chunk(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}]}
 
-    deadline = Deadline(pool.timeout)
     completion_tokens = 0
     for p, (prompt, ids) in enumerate(zip(body.prompts, prompt_ids, strict=True)):
         if body.echo:
             for i in range(params.n):
                 yield chunk(p * params.n + i, prompt)
-        async for piece in pieces(request, pool, generator, ids, params, deadline):
+        async for piece in pieces(request, scheduler, served, ids, params, deadline):
             if piece.text or piece.finish_reason:
                 yield chunk(p * params.n + piece.index, piece.text, piece.finish_reason)
             if piece.finish_reason is not None:
                 completion_tokens += piece.tokens
-                count_tokens(request, model_id, piece.tokens)
+                count_tokens(request, served.id, piece.tokens)
     if body.stream_options is not None and body.stream_options.include_usage:
         usage = Usage.of(sum(map(len, prompt_ids)), completion_tokens)
         yield {**head, "choices": [], "usage": usage.model_dump()}

@@ -1,0 +1,196 @@
+"""Continuous batching: concurrent generations from one language model share each decode step.
+
+Each loaded language model gets a ``DecodeLoop`` when a request first asks it for text. The loop owns one
+``DecodeBatch`` (``models.pipelines.text_generation``) and, while anything is generating, one worker slot of
+the inference pool; it runs one decode step at a time in a worker thread. Between steps, on the event
+loop, it hands each request its new pieces, drops the requests that were cancelled (their client left or
+their time ran out) and admits waiting ones, whose prompts are read just before the next step. So a
+request joins a running batch within a step, leaves it at the next one, and a batch holds whatever is
+generating at the moment. A request draws from its own random stream with its own options, so a seeded
+request gives the same text alone or in company.
+
+``Scheduler.submit`` is the whole interface: it returns a ``Sequence``, whose ``next`` waits for new pieces
+and whose ``cancel`` gives up its rows. ``app.streaming.pieces`` drives one for a route, within the
+request's deadline and for a client still there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+import anyio.to_thread
+from fastapi import Request
+
+from app.inference import InferencePool
+from app.observability import TokenTimes
+from models.pipelines.text_generation import DecodeBatch, Generation, Piece, TextGenerator
+from models.sampling import SamplingParams
+
+log = logging.getLogger("app.scheduler")
+
+
+class Sequence:
+    """One request's generation as the event loop sees it: pieces as they come, and a way to give up."""
+
+    def __init__(self, generation: Generation):
+        self.generation = generation
+        self.submitted = time.monotonic()
+        self.last_token: float | None = None
+        self.cancelled = False
+        self.done = False
+        self.error: Exception | None = None
+        self._pieces: list[Piece] = []
+        self._ready = asyncio.Event()
+
+    async def next(self, timeout: float) -> list[Piece]:
+        """The pieces decoded since the last call, waiting up to ``timeout`` seconds for some (then [])."""
+        if not self._pieces and not self.done:
+            self._ready.clear()
+            with anyio.move_on_after(timeout):
+                await self._ready.wait()
+        if self.error is not None:
+            raise self.error
+        pieces, self._pieces = self._pieces, []
+        return pieces
+
+    def cancel(self) -> None:
+        """Give up: the rows leave the batch before its next step."""
+        self.cancelled = True
+
+    def deliver(self, pieces: list[Piece]) -> None:
+        self._pieces += pieces
+        if self.generation.finished:
+            self.done = True
+            self.error = self.generation.error
+        self._ready.set()
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        self.done = True
+        self._ready.set()
+
+
+class DecodeLoop:
+    """One model's batch of running generations, stepped while any generation runs or waits to join."""
+
+    def __init__(self, generator: TextGenerator, pool: InferencePool, max_rows: int, times: TokenTimes):
+        self.generator = generator
+        self.pool = pool
+        self.max_rows = max_rows  # rows (samples) one step advances; more requests wait to join
+        self.times = times
+        self.batch = DecodeBatch(generator.model)
+        self.waiting: deque[Sequence] = deque()
+        self.running: dict[Generation, Sequence] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._riding = 0  # this loop's share of pool.riding: its requests beyond the one slot it holds
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        sequence = Sequence(self.generator.generation(prompt_ids, params))
+        self.waiting.append(sequence)
+        if self._task is None:  # it ends whenever nothing runs or waits
+            self._task = asyncio.create_task(self._run())
+        return sequence
+
+    async def _run(self) -> None:
+        worker = object()  # the loop's claim on one worker slot, held while it has work
+        try:
+            await self.pool.limiter.acquire_on_behalf_of(worker)
+            try:
+                while self.waiting or self.running:
+                    joining, leaving = self._changes()
+                    results = await anyio.to_thread.run_sync(self._iterate, joining, leaving)
+                    self._deliver(results)
+                    self._ride()
+            finally:
+                self.pool.limiter.release_on_behalf_of(worker)
+        except Exception as e:  # a fault outside any one request (the model's step): each request hears of it
+            log.exception("decode step failed")
+            for sequence in [*self.running.values(), *self.waiting]:
+                sequence.fail(e)
+            self.running.clear()
+            self.waiting.clear()
+            self.batch = DecodeBatch(self.generator.model)
+        finally:
+            self._task = None
+            self._ride(stopped=True)
+
+    def _changes(self) -> tuple[list[Sequence], list[Sequence]]:
+        """Who joins before the next step (oldest first, while their rows fit) and who leaves (cancelled)."""
+        leaving = [s for s in self.running.values() if s.cancelled]
+        for sequence in leaving:
+            del self.running[sequence.generation]
+        rows = sum(s.generation.rows for s in self.running.values())
+        joining: list[Sequence] = []
+        while self.waiting:
+            sequence = self.waiting[0]
+            if sequence.cancelled:
+                self.waiting.popleft()
+                continue
+            if rows and rows + sequence.generation.rows > self.max_rows:
+                break
+            self.waiting.popleft()
+            joining.append(sequence)
+            rows += sequence.generation.rows
+            self.running[sequence.generation] = sequence
+        return joining, leaving
+
+    def _iterate(self, joining: list[Sequence], leaving: list[Sequence]) -> list[tuple[Generation, list[Piece]]]:
+        """In a worker thread: the leavers leave, the joiners' prompts are read, then one step for all."""
+        for sequence in leaving:
+            self.batch.leave(sequence.generation)
+        for sequence in joining:
+            try:
+                self.batch.join(sequence.generation)
+            except Exception as e:  # a prompt the model cannot read fails its own request only
+                sequence.generation.fail(e)
+        return self.batch.step()
+
+    def _deliver(self, results: list[tuple[Generation, list[Piece]]]) -> None:
+        now = time.monotonic()
+        for generation, pieces in results:
+            sequence = self.running.get(generation)
+            if sequence is None:
+                continue
+            if generation.error is None:
+                since = sequence.submitted if sequence.last_token is None else sequence.last_token
+                (self.times.first if sequence.last_token is None else self.times.between)(now - since)
+                sequence.last_token = now
+            sequence.deliver(pieces)
+            if sequence.done:
+                del self.running[generation]
+        for generation in [g for g in self.running if g.finished]:  # a prompt that failed to join
+            self.running.pop(generation).deliver([])
+
+    def _ride(self, stopped: bool = False) -> None:
+        """Requests in the batch are running, not queued: all but one ride on the loop's worker slot."""
+        riding = 0 if stopped else max(0, len(self.running) - 1)
+        self.pool.riding += riding - self._riding
+        self._riding = riding
+
+
+class Scheduler:
+    """One decode loop per loaded language model, made on first use and anew when the model is reloaded."""
+
+    def __init__(self, pool: InferencePool, max_rows: int, times: Callable[[str], TokenTimes]):
+        self.pool = pool
+        self.max_rows = max_rows
+        self.times = times  # the token-timing observers of a model id
+        self._loops: dict[str, DecodeLoop] = {}
+
+    def submit(self, model_id: str, generator: TextGenerator, prompt_ids: list[int],
+               params: SamplingParams) -> Sequence:
+        """Start generating; the returned ``Sequence`` yields the pieces. A reloaded model gets a new loop,
+        and the old one finishes the generations it has."""
+        loop = self._loops.get(model_id)
+        if loop is None or loop.generator is not generator:
+            loop = self._loops[model_id] = DecodeLoop(generator, self.pool, self.max_rows, self.times(model_id))
+        return loop.submit(prompt_ids, params)
+
+
+async def get_scheduler(request: Request) -> Scheduler:  # async: see app.inference.get_pool
+    return request.app.state.scheduler
