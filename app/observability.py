@@ -22,11 +22,13 @@ access_log = logging.getLogger("app.access")
 
 
 @dataclass(frozen=True)
-class TokenTimes:
-    """Where a generation's token timings go: seconds to its first token, and between its tokens."""
+class GenerationMetrics:
+    """Where a language model's decode loop reports: seconds from a request's admission to its first token,
+    seconds between its tokens, and the rows (samples) each decode step advanced."""
 
-    first: Callable[[float], None]
-    between: Callable[[float], None]
+    first_token: Callable[[float], None]
+    between_tokens: Callable[[float], None]
+    step_rows: Callable[[float], None]
 
 
 class Metrics:
@@ -57,9 +59,13 @@ class Metrics:
             "lineage_time_between_tokens_seconds", "Between consecutive tokens of one generation", ["model"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry)
 
-    def token_times(self, model_id: str) -> TokenTimes:
-        return TokenTimes(self.time_to_first_token.labels(model_id).observe,
-                          self.time_between_tokens.labels(model_id).observe)
+        self.decode_rows = Histogram("lineage_decode_rows", "Rows (samples of all requests) one decode step advanced",
+                                     ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+
+    def generation(self, model_id: str) -> GenerationMetrics:
+        return GenerationMetrics(self.time_to_first_token.labels(model_id).observe,
+                                 self.time_between_tokens.labels(model_id).observe,
+                                 self.decode_rows.labels(model_id).observe)
 
 
 def note_model(model_id: str) -> None:

@@ -22,12 +22,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import anyio
 import anyio.to_thread
 from fastapi import Request
 
-from app.inference import InferencePool
-from app.observability import TokenTimes
+from app.inference import InferencePool, InferenceTimeout
+from app.observability import GenerationMetrics
 from models.pipelines.text_generation import DecodeBatch, Generation, Piece, TextGenerator
 from models.sampling import SamplingParams
 
@@ -42,17 +41,18 @@ class Sequence:
         self.submitted = time.monotonic()
         self.last_token: float | None = None
         self.cancelled = False
+        self.timer: asyncio.TimerHandle | None = None  # its deadline
         self.done = False
         self.error: Exception | None = None
         self._pieces: list[Piece] = []
         self._ready = asyncio.Event()
 
-    async def next(self, timeout: float) -> list[Piece]:
-        """The pieces decoded since the last call, waiting up to ``timeout`` seconds for some (then [])."""
+    async def next(self) -> list[Piece]:
+        """The pieces decoded since the last call: after each step of the batch it runs in (perhaps none,
+        while text is held back), or the error that ended it. No timer per call: ``expire`` is set once."""
         if not self._pieces and not self.done:
             self._ready.clear()
-            with anyio.move_on_after(timeout):
-                await self._ready.wait()
+            await self._ready.wait()
         if self.error is not None:
             raise self.error
         pieces, self._pieces = self._pieces, []
@@ -61,8 +61,18 @@ class Sequence:
     def cancel(self) -> None:
         """Give up: the rows leave the batch before its next step."""
         self.cancelled = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def expire(self, seconds: float) -> None:
+        """Its time is up: 504 to whoever waits, and its rows leave the batch."""
+        if not self.done:
+            self.fail(InferenceTimeout(seconds))
+        self.cancel()
 
     def deliver(self, pieces: list[Piece]) -> None:
+        if self.done:  # it failed meanwhile (its time ran out)
+            return
         self._pieces += pieces
         if self.generation.finished:
             self.done = True
@@ -78,11 +88,11 @@ class Sequence:
 class DecodeLoop:
     """One model's batch of running generations, stepped while any generation runs or waits to join."""
 
-    def __init__(self, generator: TextGenerator, pool: InferencePool, max_rows: int, times: TokenTimes):
+    def __init__(self, generator: TextGenerator, pool: InferencePool, max_rows: int, metrics: GenerationMetrics):
         self.generator = generator
         self.pool = pool
         self.max_rows = max_rows  # rows (samples) one step advances; more requests wait to join
-        self.times = times
+        self.metrics = metrics
         self.batch = DecodeBatch(generator.model)
         self.waiting: deque[Sequence] = deque()
         self.running: dict[Generation, Sequence] = {}
@@ -103,7 +113,9 @@ class DecodeLoop:
             try:
                 while self.waiting or self.running:
                     joining, leaving = self._changes()
-                    results = await anyio.to_thread.run_sync(self._iterate, joining, leaving)
+                    rows, results = await anyio.to_thread.run_sync(self._iterate, joining, leaving)
+                    if rows:
+                        self.metrics.step_rows(rows)
                     self._deliver(results)
                     self._ride()
             finally:
@@ -139,8 +151,10 @@ class DecodeLoop:
             self.running[sequence.generation] = sequence
         return joining, leaving
 
-    def _iterate(self, joining: list[Sequence], leaving: list[Sequence]) -> list[tuple[Generation, list[Piece]]]:
-        """In a worker thread: the leavers leave, the joiners' prompts are read, then one step for all."""
+    def _iterate(self, joining: list[Sequence], leaving: list[Sequence]
+                 ) -> tuple[int, list[tuple[Generation, list[Piece]]]]:
+        """In a worker thread: the leavers leave, the joiners' prompts are read, then one step for all (the rows
+        it gave a token to, and each generation's pieces)."""
         for sequence in leaving:
             self.batch.leave(sequence.generation)
         for sequence in joining:
@@ -148,7 +162,7 @@ class DecodeLoop:
                 self.batch.join(sequence.generation)
             except Exception as e:  # a prompt the model cannot read fails its own request only
                 sequence.generation.fail(e)
-        return self.batch.step()
+        return self.batch.rows, self.batch.step()
 
     def _deliver(self, results: list[tuple[Generation, list[Piece]]]) -> None:
         now = time.monotonic()
@@ -158,7 +172,7 @@ class DecodeLoop:
                 continue
             if generation.error is None:
                 since = sequence.submitted if sequence.last_token is None else sequence.last_token
-                (self.times.first if sequence.last_token is None else self.times.between)(now - since)
+                (self.metrics.first_token if sequence.last_token is None else self.metrics.between_tokens)(now - since)
                 sequence.last_token = now
             sequence.deliver(pieces)
             if sequence.done:
@@ -176,20 +190,22 @@ class DecodeLoop:
 class Scheduler:
     """One decode loop per loaded language model, made on first use and anew when the model is reloaded."""
 
-    def __init__(self, pool: InferencePool, max_rows: int, times: Callable[[str], TokenTimes]):
+    def __init__(self, pool: InferencePool, max_rows: int, metrics: Callable[[str], GenerationMetrics]):
         self.pool = pool
         self.max_rows = max_rows
-        self.times = times  # the token-timing observers of a model id
+        self.metrics = metrics  # a model id's observers
         self._loops: dict[str, DecodeLoop] = {}
 
-    def submit(self, model_id: str, generator: TextGenerator, prompt_ids: list[int],
-               params: SamplingParams) -> Sequence:
-        """Start generating; the returned ``Sequence`` yields the pieces. A reloaded model gets a new loop,
-        and the old one finishes the generations it has."""
+    def submit(self, model_id: str, generator: TextGenerator, prompt_ids: list[int], params: SamplingParams,
+               seconds: float) -> Sequence:
+        """Start generating; the returned ``Sequence`` yields the pieces, and fails with 504 after ``seconds``.
+        A reloaded model gets a new loop, and the old one finishes the generations it has."""
         loop = self._loops.get(model_id)
         if loop is None or loop.generator is not generator:
-            loop = self._loops[model_id] = DecodeLoop(generator, self.pool, self.max_rows, self.times(model_id))
-        return loop.submit(prompt_ids, params)
+            loop = self._loops[model_id] = DecodeLoop(generator, self.pool, self.max_rows, self.metrics(model_id))
+        sequence = loop.submit(prompt_ids, params)
+        sequence.timer = asyncio.get_running_loop().call_later(seconds, sequence.expire, self.pool.timeout)
+        return sequence
 
 
 async def get_scheduler(request: Request) -> Scheduler:  # async: see app.inference.get_pool

@@ -30,8 +30,9 @@ from models.sampling import SamplingParams
 
 log = logging.getLogger("app.generate")
 
-# How often, at most, a generation asks whether its client is still there (a look costs a few microseconds
-# of the event loop; a step's pieces can arrive every few milliseconds).
+# How often, at most, a generation asks whether its client is still there, when a step's pieces arrive (a
+# look costs the event loop some microseconds; steps come every few milliseconds). A stream's disconnect
+# also cancels it at once (Starlette listens for it).
 CHECK_SECONDS = 0.05
 
 # An error event's data, from its message and OpenAI's error type.
@@ -56,11 +57,11 @@ async def pieces(request: Request, scheduler: Scheduler, served: Served[TextGene
                  params: SamplingParams, deadline: Deadline) -> AsyncIterator[Piece]:
     """The pieces of one generation as its model's batch decodes them, until it is done, past the deadline
     (504) or the client leaves. The caller holds the request's admission."""
-    sequence = scheduler.submit(served.id, served.pipeline, prompt_ids, params)
+    sequence = scheduler.submit(served.id, served.pipeline, prompt_ids, params, deadline.remaining())
     checked = time.monotonic()
     try:
         while True:
-            for piece in await sequence.next(min(deadline.remaining(), CHECK_SECONDS)):
+            for piece in await sequence.next():
                 yield piece
             if sequence.done:
                 return
