@@ -1,4 +1,8 @@
-"""Translation: a seq2seq model with its two vocabularies, text in, text and alignment out."""
+"""Translation: a seq2seq model with its two vocabularies, text in, text and alignment out.
+
+``translate`` takes texts that share decoding options; ``query`` and ``translate_queries`` take texts each
+with its own (texts of many requests, batched), grouping those that can share a ``translate`` call.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,16 @@ class Translation:
     unknown_tokens: list[str]  # source tokens outside the vocabulary (read as <unk>)
 
 
+@dataclass(frozen=True)
+class TranslationQuery:
+    """One text to translate with its decoding options: what ``Translator.translate_queries`` batches."""
+
+    text: str
+    beam_size: int = 1
+    max_length: int | None = None  # target tokens; None: ``default_max_length`` of this text
+    length_penalty: float = LENGTH_PENALTY
+
+
 class Translator:
     """A trained model with its vocabularies: text in, text plus alignment out."""
 
@@ -54,24 +68,52 @@ class Translator:
         """``text`` as the model reads it (characters or words)."""
         return tokenize(text, self.source_language)
 
-    def translate(self, texts: Sequence[str], beam_size: int = 1, max_length: int | None = None,
+    def query(self, text: str, beam_size: int = 1, max_length: int | None = None,
+              length_penalty: float = LENGTH_PENALTY) -> TranslationQuery:
+        """One text with its options, checked: ``InvalidInput`` for a text the model reads as nothing."""
+        if not self.source_tokens(text):
+            raise InvalidInput("the text has no tokens")
+        return TranslationQuery(text, beam_size, max_length, length_penalty)
+
+    def translate_queries(self, queries: Sequence[TranslationQuery]) -> list[Translation]:
+        """Each query's translation, in order; the queries with the same decoding options share one
+        ``translate`` call, so texts of many requests decode as one batch."""
+        groups: dict[tuple[int, float], list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault((query.beam_size, query.length_penalty), []).append(i)
+        translations: dict[int, Translation] = {}
+        for (beam_size, length_penalty), members in groups.items():
+            texts = [queries[i].text for i in members]
+            limits = [queries[i].max_length or default_max_length(len(self.source_tokens(queries[i].text)))
+                      for i in members]
+            translations.update(zip(members, self.translate(texts, beam_size, limits, length_penalty), strict=True))
+        return [translations[i] for i in range(len(queries))]
+
+    def translate(self, texts: Sequence[str], beam_size: int = 1, max_length: int | Sequence[int] | None = None,
                   length_penalty: float = LENGTH_PENALTY) -> list[Translation]:
         """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence.
 
-        ``max_length`` (target tokens) defaults to ``default_max_length`` of the longest source.
+        ``max_length`` (target tokens) is one limit for every text, or one per text; it defaults to
+        ``default_max_length`` of the longest source.
         """
         if beam_size < 1:
             raise ValueError("beam_size must be at least 1")
         sources = [self.source_tokens(text) for text in texts]
         if empty := [i for i, s in enumerate(sources) if not s]:
             raise InvalidInput(f"text {empty[0]} has no tokens")
-        max_length = max_length or default_max_length(max(map(len, sources)))
+        if max_length is None:
+            max_length = default_max_length(max(map(len, sources)))
+        limits = [max_length] * len(texts) if isinstance(max_length, int) else list(max_length)
         ids = [encode(tokens, self.source_vocab) for tokens in sources]
         if beam_size == 1:
-            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length)
+            # Greedy decoding of a token does not depend on how long the decoding may go on, so one batch
+            # decodes to the largest limit and each text is cut at its own.
+            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max(limits))
+            outputs = [out[:limit] for out, limit in zip(outputs, limits, strict=True)]
+            maps = [alpha[:limit] if alpha is not None else None for alpha, limit in zip(maps, limits, strict=True)]
         else:
-            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam_size, max_length,
-                                              length_penalty) for s in ids]
+            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam_size, limit,
+                                              length_penalty) for s, limit in zip(ids, limits, strict=True)]
             outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
         results = []
         for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True):
