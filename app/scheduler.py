@@ -21,16 +21,32 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio.to_thread
 from fastapi import Request
 
 from app.inference import InferencePool, InferenceTimeout
 from app.observability import GenerationMetrics
-from models.pipelines.text_generation import DecodeBatch, Generation, Piece, TextGenerator
+from models.pipelines.text_generation import DecodeBatch, Generation, Piece, TextGenerator, joined
 from models.sampling import SamplingParams
 
 log = logging.getLogger("app.scheduler")
+
+
+# Longest a decode loop runs steps in one trip to a worker thread: each trip costs a thread hop, and each
+# piece of text sent costs a Server-Sent Event, so a trip of several steps sends each stream one event with
+# their text. Shorter than a reader notices; a trip ends early whenever a request joins or leaves.
+TRIP_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decode step of a batch: the rows it advanced, each generation's new pieces, and when it ended."""
+
+    rows: int
+    results: list[tuple[Generation, list[Piece]]]
+    at: float  # time.monotonic()
 
 
 class Sequence:
@@ -113,10 +129,8 @@ class DecodeLoop:
             try:
                 while self.waiting or self.running:
                     joining, leaving = self._changes()
-                    rows, results = await anyio.to_thread.run_sync(self._iterate, joining, leaving)
-                    if rows:
-                        self.metrics.step_rows(rows)
-                    self._deliver(results)
+                    steps = await anyio.to_thread.run_sync(self._trip, joining, leaving)
+                    self._deliver(steps)
                     self._ride()
             finally:
                 self.pool.limiter.release_on_behalf_of(worker)
@@ -151,10 +165,10 @@ class DecodeLoop:
             self.running[sequence.generation] = sequence
         return joining, leaving
 
-    def _iterate(self, joining: list[Sequence], leaving: list[Sequence]
-                 ) -> tuple[int, list[tuple[Generation, list[Piece]]]]:
-        """In a worker thread: the leavers leave, the joiners' prompts are read, then one step for all (the rows
-        it gave a token to, and each generation's pieces)."""
+    def _trip(self, joining: list[Sequence], leaving: list[Sequence]) -> list[Step]:
+        """In a worker thread: the leavers leave, the joiners' prompts are read, then steps for all, until
+        ``TRIP_SECONDS`` have passed or something changes: a request waits to join, a running one is cancelled.
+        A trip that admitted someone ends after one step, so that their first token goes out at once."""
         for sequence in leaving:
             self.batch.leave(sequence.generation)
         for sequence in joining:
@@ -162,19 +176,34 @@ class DecodeLoop:
                 self.batch.join(sequence.generation)
             except Exception as e:  # a prompt the model cannot read fails its own request only
                 sequence.generation.fail(e)
-        return self.batch.rows, self.batch.step()
+        until = time.monotonic() + TRIP_SECONDS
+        steps: list[Step] = []
+        while True:
+            rows = self.batch.rows
+            steps.append(Step(rows, self.batch.step(), time.monotonic()))
+            if (joining or not self.batch.generations or time.monotonic() >= until or self.waiting
+                    or any(s.cancelled for s in self.running.values())):
+                return steps
 
-    def _deliver(self, results: list[tuple[Generation, list[Piece]]]) -> None:
-        now = time.monotonic()
-        for generation, pieces in results:
-            sequence = self.running.get(generation)
-            if sequence is None:
-                continue
-            if generation.error is None:
-                since = sequence.submitted if sequence.last_token is None else sequence.last_token
-                (self.metrics.first_token if sequence.last_token is None else self.metrics.between_tokens)(now - since)
-                sequence.last_token = now
-            sequence.deliver(pieces)
+    def _deliver(self, steps: list[Step]) -> None:
+        """Each request's pieces of a trip, joined into one piece per sample, and its token timings."""
+        pieces: dict[Generation, list[Piece]] = {}
+        for step in steps:
+            if step.rows:
+                self.metrics.step_rows(step.rows)
+            for generation, new in step.results:
+                sequence = self.running.get(generation)
+                if sequence is None:
+                    continue
+                if generation.error is None:
+                    since = sequence.submitted if sequence.last_token is None else sequence.last_token
+                    (self.metrics.first_token if sequence.last_token is None
+                     else self.metrics.between_tokens)(step.at - since)
+                    sequence.last_token = step.at
+                pieces.setdefault(generation, []).extend(new)
+        for generation, new in pieces.items():
+            sequence = self.running[generation]
+            sequence.deliver(joined(new))
             if sequence.done:
                 del self.running[generation]
         for generation in [g for g in self.running if g.finished]:  # a prompt that failed to join

@@ -8,10 +8,10 @@ stream one ``/v1/generate`` request after another (``stream: true``, sampling at
 seed per request, a prompt from the start of a speech of a validation play), for --seconds per level in
 --rounds turns, the levels taking turns so that a change in the machine's other load weighs on all alike.
 MAX_QUEUED_INFERENCES is raised so that every stream is admitted. Reported per level: tokens/s summed over
-the streams (from each stream's final usage, counted pro rata for streams that straddle the end of a round), each
-stream's own tokens/s, time to first token (to the first
-event carrying text) p50 and p95, the mean time between tokens, the server's CPU seconds per 1,000 tokens,
-and the ratio to one stream.
+the streams (from each stream's final usage, counted pro rata for streams that straddle the end of a round),
+a stream's own tokens/s (tokens over time from request to last event, all streams together), time to first
+token (to the first event carrying text) p50 and p95, the mean time between tokens, the server's CPU
+seconds per 1,000 tokens, and the ratio to one stream.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class Tally:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     first_token: list[float] = field(default_factory=list)  # seconds from sending to the first text
-    stream_rates: list[float] = field(default_factory=list)  # each finished stream's tokens/s
+    stream_tokens: int = 0  # of the finished streams, and the seconds they took, from request to last event
+    stream_seconds: float = 0.0
     gaps: list[float] = field(default_factory=list)  # each finished stream's mean seconds between tokens
     errors: int = 0
 
@@ -52,11 +53,12 @@ class Tally:
 
     def summary(self) -> str:
         cuts = statistics.quantiles(self.first_token, n=20) if len(self.first_token) > 1 else self.first_token * 19
-        return (f"{self.tokens_per_s:8.1f} tokens/s  per stream {statistics.mean(self.stream_rates):6.1f}  "
+        per_stream = self.stream_tokens / max(1e-9, self.stream_seconds)
+        return (f"{self.tokens_per_s:8.1f} tokens/s  per stream {per_stream:6.1f}  "
                 f"first token p50 {cuts[9] * 1000:7.1f} ms  p95 {cuts[18] * 1000:7.1f} ms  "
                 f"between tokens {statistics.mean(self.gaps) * 1000:6.1f} ms  "
                 f"server CPU {self.cpu_seconds / max(1, self.all_tokens) * 1000:5.2f} s/1k tokens  "
-                f"streams {len(self.stream_rates)}  errors {self.errors}")
+                f"streams {len(self.first_token)}  errors {self.errors}")
 
 
 def prompts() -> list[str]:
@@ -97,7 +99,8 @@ async def stream_once(client: httpx.AsyncClient, body: dict, tally: Tally, windo
     tally.tokens += tokens * inside / (finished - started)
     tally.all_tokens += tokens
     tally.first_token.append(first - started)
-    tally.stream_rates.append(tokens / (finished - started))
+    tally.stream_tokens += tokens
+    tally.stream_seconds += finished - started
     tally.gaps.append((finished - first) / max(1, tokens - 1))
 
 

@@ -266,6 +266,22 @@ class TextGenerator:
         return Completions(collect(self.stream(prompt_ids, params), params.n), prompt_tokens=len(prompt_ids))
 
 
+def joined(pieces: list[Piece]) -> list[Piece]:
+    """Consecutive pieces of one generation as one piece per sample: their text joined, the last one's finish."""
+    texts: dict[int, str] = {}
+    finished: dict[int, Piece] = {}
+    for piece in pieces:
+        texts[piece.index] = texts.get(piece.index, "") + piece.text
+        if piece.finish_reason is not None:
+            finished[piece.index] = piece
+    out = []
+    for index, text in texts.items():
+        last = finished.get(index)
+        if text or last is not None:
+            out.append(Piece(index, text, last.finish_reason, last.tokens) if last else Piece(index, text))
+    return out
+
+
 def collect(pieces: Iterable[Piece], n: int) -> list[Completion]:
     collector = Collector(n)
     for piece in pieces:
