@@ -28,7 +28,7 @@ from fastapi import Request
 
 from app.inference import InferencePool, InferenceTimeout
 from app.observability import GenerationMetrics
-from models.pipelines.text_generation import DecodeBatch, Generation, Piece, TextGenerator, joined
+from models.pipelines.text_generation import Generation, Piece, TextGenerator, joined
 from models.sampling import SamplingParams
 
 log = logging.getLogger("app.scheduler")
@@ -109,7 +109,7 @@ class DecodeLoop:
         self.pool = pool
         self.max_rows = max_rows  # rows (samples) one step advances; more requests wait to join
         self.metrics = metrics
-        self.batch = DecodeBatch(generator.model)
+        self.batch = generator.batch()
         self.waiting: deque[Sequence] = deque()
         self.running: dict[Generation, Sequence] = {}
         self._task: asyncio.Task[None] | None = None
@@ -140,7 +140,7 @@ class DecodeLoop:
                 sequence.fail(e)
             self.running.clear()
             self.waiting.clear()
-            self.batch = DecodeBatch(self.generator.model)
+            self.batch = self.generator.batch()
         finally:
             self._task = None
             self._ride(stopped=True)

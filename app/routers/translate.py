@@ -31,7 +31,7 @@ from app.schemas import (
 )
 from models.pipelines import Translator
 from models.pipelines.attention_image import attention_png
-from models.pipelines.translation import LENGTH_PENALTY, Translation, default_max_length
+from models.pipelines.translation import LENGTH_PENALTY, Translation, TranslationOptions, default_max_length
 
 router = APIRouter(prefix="/v1/translate", tags=["translate"], route_class=JSONRoute)
 
@@ -59,6 +59,11 @@ class Options(RequestModel):
     def target_length(self, source_tokens: int) -> int:
         """The most tokens the translation of a text of ``source_tokens`` tokens may have."""
         return self.max_length or min(default_max_length(source_tokens), LIMITS.max_translation_length)
+
+    def decoding(self, source_tokens: int) -> TranslationOptions:
+        """How to decode texts of at most ``source_tokens`` tokens."""
+        return TranslationOptions(beam_size=self.beam_size, max_length=self.target_length(source_tokens),
+                                  length_penalty=self.length_penalty)
 
 
 class TranslateRequest(Options, OneOrMany):
@@ -143,10 +148,9 @@ async def translate(body: TranslateRequest, registry: Annotated[Registry, Depend
     served = _translator(registry, body)
     translator, texts = served.pipeline, body.inputs
     check_reply_size(worst_reply(translator, texts, body), "send fewer or shorter texts, or a smaller max_length")
-    # Every text of a request may run as long as the longest one's default allows, as when it decodes alone.
-    max_length = body.target_length(max(len(translator.source_tokens(t)) for t in texts))
-    queries = [lambda text=text: translator.query(text, body.beam_size, max_length, body.length_penalty)
-               for text in texts]
+    # Every text of a request may run as long as the longest one's default allows, as when they decode together.
+    options = body.decoding(max(len(translator.source_tokens(t)) for t in texts))
+    queries = [lambda text=text: translator.query(text, options) for text in texts]
     translations = await batching.submit(served.id, translator.translate_queries, queries)
     return JSONResponse({"results": [result(t) for t in translations], "model": served.id,
                          "direction": body.direction})
@@ -162,11 +166,10 @@ async def attention_image(body: AttentionImageRequest, registry: Annotated[Regis
     if not translator.has_attention:
         raise HTTPException(status_code=422, detail=f"model '{served.id}' was trained without attention; there "
                                                     "is nothing to draw")
-    max_length = body.target_length(len(translator.source_tokens(body.text)))
+    options = body.decoding(len(translator.source_tokens(body.text)))
 
     def draw() -> bytes:
-        [translation] = translator.translate([body.text], beam_size=body.beam_size, max_length=max_length,
-                                             length_penalty=body.length_penalty)
+        [translation] = translator.translate([body.text], options)
         return attention_png(translation, title=f"{served.id}: {translation.translation}")
 
     return Response(content=await pool.run(draw), media_type="image/png")

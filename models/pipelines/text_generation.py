@@ -235,7 +235,7 @@ class TextGenerator:
     """
 
     def __init__(self, model: LanguageModel, tokenizer: TextTokenizer):
-        self.model = model
+        self._model = model
         self.tokenizer = tokenizer
         # The most characters one token decodes to: with max_new_tokens, it bounds a reply's length.
         self.longest_token = max(len(tokenizer.decode([i])) for i in range(tokenizer.vocab_size))
@@ -250,10 +250,14 @@ class TextGenerator:
         """A request's generation, ready to join a ``DecodeBatch`` of this model."""
         return Generation(self.tokenizer, prompt_ids, params)
 
+    def batch(self) -> DecodeBatch:
+        """An empty batch of this model, for generations to join."""
+        return DecodeBatch(self._model)
+
     def stream(self, prompt: str | list[int], params: SamplingParams) -> Iterator[Piece]:
         prompt_ids = self.encode_prompt(prompt) if isinstance(prompt, str) else prompt
         generation = self.generation(prompt_ids, params)
-        batch = DecodeBatch(self.model)
+        batch = self.batch()
         batch.join(generation)
         while not generation.finished:
             for _, pieces in batch.step():

@@ -1,7 +1,7 @@
 """Translation: a seq2seq model with its two vocabularies, text in, text and alignment out.
 
-``translate`` takes texts that share decoding options; ``query`` and ``translate_queries`` take texts each
-with its own (texts of many requests, batched), grouping those that can share a ``translate`` call.
+``translate`` takes texts that share their decoding options; ``query`` and ``translate_queries`` take texts
+each with its own (texts of many requests, batched), and group those that can decode together.
 """
 
 from __future__ import annotations
@@ -27,13 +27,18 @@ def default_max_length(source_tokens: int) -> int:
     return 2 * source_tokens + 10
 
 
-@dataclass
-class Translation:
-    translation: str  # the target tokens as text, special tokens (an output <unk>) left out
-    source_tokens: list[str]
-    target_tokens: list[str]  # as produced, <unk> included, <eos> not
-    attention: list[list[float]] | None  # len(target_tokens) x len(source_tokens), rows sum to 1
-    unknown_tokens: list[str]  # source tokens outside the vocabulary (read as <unk>)
+@dataclass(frozen=True)
+class TranslationOptions:
+    """How to decode: greedy (``beam_size`` 1) or beam search ranked with ``length_penalty``, and the most
+    target tokens (``None``: ``default_max_length`` of the longest source)."""
+
+    beam_size: int = 1
+    max_length: int | None = None
+    length_penalty: float = LENGTH_PENALTY
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError("beam_size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,16 @@ class TranslationQuery:
     """One text to translate with its decoding options: what ``Translator.translate_queries`` batches."""
 
     text: str
-    beam_size: int = 1
-    max_length: int | None = None  # target tokens; None: ``default_max_length`` of this text
-    length_penalty: float = LENGTH_PENALTY
+    options: TranslationOptions
+
+
+@dataclass
+class Translation:
+    translation: str  # the target tokens as text, special tokens (an output <unk>) left out
+    source_tokens: list[str]
+    target_tokens: list[str]  # as produced, <unk> included, <eos> not
+    attention: list[list[float]] | None  # len(target_tokens) x len(source_tokens), rows sum to 1
+    unknown_tokens: list[str]  # source tokens outside the vocabulary (read as <unk>)
 
 
 class Translator:
@@ -68,52 +80,47 @@ class Translator:
         """``text`` as the model reads it (characters or words)."""
         return tokenize(text, self.source_language)
 
-    def query(self, text: str, beam_size: int = 1, max_length: int | None = None,
-              length_penalty: float = LENGTH_PENALTY) -> TranslationQuery:
+    def query(self, text: str, options: TranslationOptions) -> TranslationQuery:
         """One text with its options, checked: ``InvalidInput`` for a text the model reads as nothing."""
         if not self.source_tokens(text):
             raise InvalidInput("the text has no tokens")
-        return TranslationQuery(text, beam_size, max_length, length_penalty)
+        return TranslationQuery(text, options)
 
     def translate_queries(self, queries: Sequence[TranslationQuery]) -> list[Translation]:
-        """Each query's translation, in order; the queries with the same decoding options share one
-        ``translate`` call, so texts of many requests decode as one batch."""
+        """Each query's translation, in order. Queries that decode alike (beam size and length penalty) share
+        one batch whatever their limits, each cut at its own (its ``max_length``, else the default of its
+        text), so texts of many requests decode together."""
         groups: dict[tuple[int, float], list[int]] = {}
         for i, query in enumerate(queries):
-            groups.setdefault((query.beam_size, query.length_penalty), []).append(i)
+            groups.setdefault((query.options.beam_size, query.options.length_penalty), []).append(i)
         translations: dict[int, Translation] = {}
-        for (beam_size, length_penalty), members in groups.items():
+        for members in groups.values():
             texts = [queries[i].text for i in members]
-            limits = [queries[i].max_length or default_max_length(len(self.source_tokens(queries[i].text)))
+            limits = [queries[i].options.max_length or default_max_length(len(self.source_tokens(queries[i].text)))
                       for i in members]
-            translations.update(zip(members, self.translate(texts, beam_size, limits, length_penalty), strict=True))
+            translations.update(zip(members, self._decode(texts, queries[members[0]].options, limits), strict=True))
         return [translations[i] for i in range(len(queries))]
 
-    def translate(self, texts: Sequence[str], beam_size: int = 1, max_length: int | Sequence[int] | None = None,
-                  length_penalty: float = LENGTH_PENALTY) -> list[Translation]:
-        """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence.
+    def translate(self, texts: Sequence[str], options: TranslationOptions = TranslationOptions()) -> list[Translation]:
+        """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence."""
+        longest = max(len(self.source_tokens(text)) for text in texts)
+        return self._decode(texts, options, [options.max_length or default_max_length(longest)] * len(texts))
 
-        ``max_length`` (target tokens) is one limit for every text, or one per text; it defaults to
-        ``default_max_length`` of the longest source.
-        """
-        if beam_size < 1:
-            raise ValueError("beam_size must be at least 1")
+    def _decode(self, texts: Sequence[str], options: TranslationOptions, limits: list[int]) -> list[Translation]:
+        """Each text decoded as ``options`` say, to at most its own limit of target tokens."""
         sources = [self.source_tokens(text) for text in texts]
         if empty := [i for i, s in enumerate(sources) if not s]:
             raise InvalidInput(f"text {empty[0]} has no tokens")
-        if max_length is None:
-            max_length = default_max_length(max(map(len, sources)))
-        limits = [max_length] * len(texts) if isinstance(max_length, int) else list(max_length)
         ids = [encode(tokens, self.source_vocab) for tokens in sources]
-        if beam_size == 1:
+        if options.beam_size == 1:
             # Greedy decoding of a token does not depend on how long the decoding may go on, so one batch
             # decodes to the largest limit and each text is cut at its own.
             outputs, maps = self.model.greedy(pad_batch(ids, self.device), max(limits))
             outputs = [out[:limit] for out, limit in zip(outputs, limits, strict=True)]
             maps = [alpha[:limit] if alpha is not None else None for alpha, limit in zip(maps, limits, strict=True)]
         else:
-            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam_size, limit,
-                                              length_penalty) for s, limit in zip(ids, limits, strict=True)]
+            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), options.beam_size, limit,
+                                              options.length_penalty) for s, limit in zip(ids, limits, strict=True)]
             outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
         results = []
         for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True):
