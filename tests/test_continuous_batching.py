@@ -423,3 +423,23 @@ def test_a_client_that_leaves_a_plain_generation_frees_its_place(generation_serv
     while admitted(generation_server) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert admitted(generation_server) == 0
+
+
+def test_a_client_streaming_back_to_back_always_finds_its_place(checkpoint_dir: Path,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The place a stream holds is free again by the time its client can send the next request."""
+    root = tmp_path_factory.mktemp("gpt-only")
+    (root / "gpt").symlink_to(checkpoint_dir / "gpt")
+    server = Server(root, tmp_path_factory.mktemp("logs") / "one-place-server.log", MAX_CONCURRENT_INFERENCES="1",
+                    MAX_QUEUED_INFERENCES="0")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            statuses = []
+            for seed in range(60):
+                with client.stream("POST", "/v1/generate", json={"prompt": "ROMEO:\n", "max_new_tokens": 2,
+                                                                 "seed": seed, "stream": True}) as response:
+                    response.read()
+                    statuses.append(response.status_code)
+        assert statuses == [200] * 60
+    finally:
+        server.stop()
