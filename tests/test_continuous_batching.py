@@ -398,6 +398,42 @@ def test_a_seeded_request_gives_the_same_text_alone_and_among_concurrent_streams
     assert rows["1.0"] < rows["+Inf"]  # some step advanced several streams at once
 
 
+def decode_rows(url: str, model_id: str) -> tuple[float, float]:
+    """(decode steps, steps that advanced a single row) of ``model_id`` so far."""
+    metrics = text_string_to_metric_families(httpx.get(url + "/metrics").text)
+    samples = {(s.name, s.labels.get("le")): s.value for f in metrics if f.name == "lineage_decode_rows"
+               for s in f.samples if s.labels["model"] == model_id}
+    return samples.get(("lineage_decode_rows_count", None), 0.0), samples.get(("lineage_decode_rows_bucket", "1.0"),
+                                                                              0.0)
+
+
+def test_chat_and_completions_share_decode_steps_and_answer_seeded_requests_as_if_alone(generation_server: str) -> None:
+    chats = [{"model": "gpt", "messages": [{"role": "user", "content": "Who's there?" * seed}], "max_tokens": 12 + seed,
+              "seed": seed, "temperature": 1.2} for seed in range(1, 7)]
+    completions = [{"model": "gpt", "prompt": ["ROMEO:\n", "JULIET:\n"], "max_tokens": 10 + seed, "n": 2,
+                    "seed": seed, "temperature": 1.2} for seed in range(1, 4)]
+
+    def texts(path: str, reply: dict) -> list[str]:
+        if path == "/v1/chat/completions":
+            return [c["message"]["content"] for c in reply["choices"]]
+        return [c["text"] for c in reply["choices"]]
+
+    requests = [("/v1/chat/completions", body) for body in chats] + [("/v1/completions", b) for b in completions]
+    with httpx.Client(base_url=generation_server, timeout=60) as client:
+        alone = [texts(path, client.post(path, json=body).json()) for path, body in requests]
+
+    async def together(batch: list[tuple[str, dict]]) -> list[list[str]]:
+        async with httpx.AsyncClient(base_url=generation_server, timeout=60) as client:
+            replies = await asyncio.gather(*(client.post(path, json=body) for path, body in batch))
+        return [texts(path, reply.json()) for (path, _), reply in zip(batch, replies, strict=True)]
+
+    steps, single = decode_rows(generation_server, "gpt")
+    assert asyncio.run(together(requests[:len(chats)])) == alone[:len(chats)]
+    steps_after, single_after = decode_rows(generation_server, "gpt")
+    assert single_after - single < steps_after - steps  # chats alone (one row each) shared some steps
+    assert asyncio.run(together(requests)) == alone
+
+
 def test_time_to_first_token_and_between_tokens_are_histograms_per_model(generation_server: str) -> None:
     with httpx.Client(base_url=generation_server, timeout=60) as client:
         assert client.post("/v1/generate", json={"prompt": "JULIET:\n", "max_new_tokens": 5}).status_code == 200
