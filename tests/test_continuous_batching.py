@@ -281,7 +281,10 @@ def test_concurrent_requests_share_decode_steps_and_get_their_own_text(name: str
         assert max(counted.steps) >= 2 + 3 + 1  # requests decoded in one step
         await eventually(lambda: released(loop, pool))
         assert len(recorded.first) == len(sequences) and recorded.between and min(recorded.between) >= 0
-        assert max(recorded.rows) == max(counted.steps) and len(recorded.rows) >= len(counted.steps)
+        # A step samples every row (all of them, the first time: they joined together); the model then
+        # advances those that go on.
+        assert max(recorded.rows) == sum(p.n for _, p in requests()) >= max(counted.steps)
+        assert len(recorded.rows) >= len(counted.steps)
 
     asyncio.run(scenario())
 
