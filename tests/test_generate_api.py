@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from . import reference
+
 PROMPT = "ROMEO:\n"
+LANGUAGE_MODELS = {"gpt": "gpt", "lstm": "lm-lstm"}  # a transformer and a recurrent model: name -> checkpoint
 
 
 def events(response: httpx.Response) -> list[dict | str]:
@@ -71,9 +75,42 @@ def test_stop_sequence_cuts_the_text_before_it(client: httpx.Client) -> None:
     assert cut == {"text": expected, "finish_reason": "stop"}
 
 
-def test_sampling_controls_are_accepted(client: httpx.Client) -> None:
-    body = generate(client, max_new_tokens=8, temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3, seed=0)
-    assert body["results"][0]["text"]
+@pytest.fixture(scope="module")
+def recomputed(checkpoint_dir: Path) -> dict[str, reference.LanguageModel]:
+    return {name: reference.language_model(checkpoint_dir, checkpoint) for name, checkpoint in LANGUAGE_MODELS.items()}
+
+
+@pytest.mark.parametrize("model", LANGUAGE_MODELS)
+def test_greedy_text_is_greedy_decoding_recomputed_from_the_checkpoint(client: httpx.Client, recomputed: dict,
+                                                                       model: str) -> None:
+    text, tokens, finish_reason = reference.greedy_continuation(recomputed[model], PROMPT, 40)
+    body = generate(client, model=model, max_new_tokens=40, temperature=0)
+    assert body["results"] == [{"text": text, "finish_reason": finish_reason}]
+    assert body["usage"]["completion_tokens"] == tokens
+
+
+@pytest.mark.parametrize("narrow", [{"top_k": 1}, {"top_p": 1e-6}])
+@pytest.mark.parametrize("model", LANGUAGE_MODELS)
+def test_top_k_1_or_a_tiny_top_p_at_temperature_1_gives_the_greedy_text_for_any_seed(
+        client: httpx.Client, recomputed: dict, model: str, narrow: dict) -> None:
+    text, _, finish_reason = reference.greedy_continuation(recomputed[model], PROMPT, 30)
+    sampled = {generate(client, model=model, max_new_tokens=30, temperature=1.0, seed=seed)["results"][0]["text"]
+               for seed in (1, 2, 3)}
+    assert len(sampled) > 1  # unfiltered, these seeds give different texts
+    for seed in (1, 2, 3):
+        body = generate(client, model=model, max_new_tokens=30, temperature=1.0, seed=seed, **narrow)
+        assert body["results"] == [{"text": text, "finish_reason": finish_reason}], seed
+
+
+@pytest.mark.parametrize("model", LANGUAGE_MODELS)
+def test_a_repetition_penalty_changes_the_text_as_recomputed(client: httpx.Client, recomputed: dict,
+                                                            model: str) -> None:
+    plain, _, _ = reference.greedy_continuation(recomputed[model], PROMPT, 40)
+    text, tokens, finish_reason = reference.greedy_continuation(recomputed[model], PROMPT, 40, repetition_penalty=1.8)
+    assert text != plain
+    body = generate(client, model=model, max_new_tokens=40, temperature=0, repetition_penalty=1.8)
+    assert body["results"] == [{"text": text, "finish_reason": finish_reason}]
+    assert body["usage"]["completion_tokens"] == tokens
 
 
 def test_stream_sends_pieces_then_finish_and_usage_then_done(client: httpx.Client) -> None:
