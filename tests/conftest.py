@@ -5,16 +5,20 @@ The server is uvicorn in a subprocess on a free loopback port, started once per 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +31,45 @@ def run_training(*args: str, timeout: float = 900) -> subprocess.CompletedProces
     if result.returncode != 0:
         pytest.fail(f"python -m training {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def copy_checkpoint(source: Path, root: Path, checkpoint_id: str, *, name: str | None = None,
+                    config: Callable[[dict], dict] | None = None,
+                    weights: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> Path:
+    """The checkpoint at ``source`` copied to ``root/checkpoint_id`` under that id (and ``name``), its config
+    and weights passed through ``config`` and ``weights`` when given."""
+    target = root / checkpoint_id
+    shutil.copytree(source, target)
+    config_path = target / "config.json"
+    values = {**json.loads(config_path.read_text()), "id": checkpoint_id}
+    if name is not None:
+        values["name"] = name
+    config_path.write_text(json.dumps(config(values) if config else values))
+    if weights:
+        path = target / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in weights(load_file(path)).items()}, path)
+    return target
+
+
+def wait_until(condition: Callable[[], bool], message: str, timeout: float = 60) -> None:
+    """Return once ``condition()`` holds; fail with ``message`` if it still does not after ``timeout`` seconds.
+
+    The deadline is generous on purpose: two shared cores can stall any step for seconds, and a test that
+    waits on a condition costs only the time the condition takes.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:g} s: {message}")
+        time.sleep(0.05)
+
+
+def gauge(base_url: str, name: str) -> float:
+    """The value of an unlabelled gauge on the service's /metrics."""
+    for line in httpx.get(base_url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} missing from /metrics")
 
 
 def free_port() -> int:
@@ -91,11 +134,17 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of the real service with every tiny checkpoint loaded."""
+def live_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real service with every tiny checkpoint loaded (its log is read by some tests)."""
     srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "server.log")
-    yield srv.url
+    yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(live_server: Server) -> str:
+    """Base URL of the real service with every tiny checkpoint loaded."""
+    return live_server.url
 
 
 @pytest.fixture(scope="session")
@@ -111,4 +160,29 @@ def empty_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
     srv = Server(empty, tmp_path_factory.mktemp("logs") / "empty-server.log")
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         yield c
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service with tight limits: a 1 s REQUEST_TIMEOUT, one inference at a time and none waiting, CORS
+    for one origin, and up to 8,192 new tokens, so that one request can ask for far more than a second's work
+    (8 samples of 8,192 tokens take the tiny GPT about 8 s of one idle core).
+
+    It serves the GPT, the LSTM language model, word2vec-sg, and ``gpt-faulty``: the GPT with its position
+    embeddings made NaN from position 16 on, so that sampling fails part-way through a text.
+    """
+    root = tmp_path_factory.mktemp("strict-checkpoints")
+    for name in ("gpt", "lm-lstm", "word2vec-sg"):
+        (root / name).symlink_to(checkpoint_dir / name)
+
+    def nan_from_16(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tensors["wpe.weight"][16:] = float("nan")
+        return tensors
+
+    copy_checkpoint(checkpoint_dir / "gpt", root, "gpt-faulty", name="faulty", weights=nan_from_16)
+    srv = Server(root, tmp_path_factory.mktemp("logs") / "strict-server.log", REQUEST_TIMEOUT="1",
+                 MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="0", MAX_NEW_TOKENS="8192",
+                 CORS_ORIGINS='["http://playground.example"]')
+    yield srv
     srv.stop()

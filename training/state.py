@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,13 @@ def load_state(directory: Path) -> dict[str, Any]:
     path = directory / "state.pt"
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no training state at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"--resume: {path} has format {state.get('format')!r}, expected {STATE_FORMAT}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # not a file torch.save wrote, or cut short
+        raise ValueError(f"--resume: {path} is not a training state ({type(e).__name__})") from e
+    found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if found != STATE_FORMAT:
+        raise ValueError(f"--resume: {path} has format {found!r}, expected {STATE_FORMAT}")
     return state
 
 
