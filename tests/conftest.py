@@ -5,6 +5,7 @@ The server is uvicorn in a subprocess on a free loopback port, started once per 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,10 +16,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
+
+# The test-only dependencies (the `dev` extra) are all needed: a missing one stops the run, saying so.
+if missing := [name for name in ("httpx", "playwright", "schemathesis", "openai")
+               if importlib.util.find_spec(name) is None]:
+    raise pytest.UsageError(f"the tests need {', '.join(missing)}: install them with `pip install -e '.[dev]'` "
+                            "(or run `make test`)")
+
+import httpx  # noqa: E402 - after the check above
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
