@@ -112,6 +112,11 @@ class Registry:
         loader = LOADERS.get(checkpoint.family)
         if loader is None:
             raise CheckpointError(f"unknown family {checkpoint.family!r}")
+        try:
+            model = loader(checkpoint, self.device)
+        except KeyError as e:  # a loader reads config keys and tensors by name: say which one is absent
+            raise CheckpointError(f"{path.name}: missing {e} (a config.json key or a tensor the "
+                                  f"{checkpoint.family} loader reads)") from e
         config = checkpoint.config
         return LoadedModel(
             id=checkpoint.id,
@@ -121,7 +126,7 @@ class Registry:
             config=config,
             metrics=checkpoint.metrics,
             parameters=sum(t.numel() for t in checkpoint.state_dict.values()),
-            model=loader(checkpoint, self.device),
+            model=model,
         )
 
     @property

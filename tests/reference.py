@@ -140,6 +140,13 @@ def translation_score(model: seq2seq.Translator, text: str, target: list[str], e
     return total / ((5 + len(ids)) / 6) ** length_penalty
 
 
+def untrained_seq2seq_weights(model_config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Freshly initialised weights of the seq2seq model ``model_config`` (``direction`` included) describes."""
+    torch.manual_seed(seed)
+    fields = {k: v for k, v in model_config.items() if k != "direction"}
+    return seq2seq.Seq2Seq(seq2seq.Seq2SeqConfig(**fields)).state_dict()
+
+
 @torch.no_grad()
 def beam_translation(model: seq2seq.Translator, text: str, beam_size: int, max_length: int,
                      length_penalty: float) -> list[str]:

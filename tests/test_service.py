@@ -10,16 +10,19 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from app.inference import InferencePool, InferenceTimeout, OverCapacity
 
-from .conftest import ROOT, Server
+from . import reference
+from .conftest import ROOT, Server, copy_checkpoint
 
 
 @pytest.fixture
@@ -116,42 +119,94 @@ def test_logs_are_json_lines_carrying_the_request_id(checkpoint_dir: Path, logs:
     assert any(r["logger"] == "app.registry" and "loaded word2vec-sg" in r["message"] for r in records)
 
 
-def _copy(source: Path, target: Path, checkpoint_id: str) -> Path:
-    shutil.copytree(source, target / checkpoint_id)
-    config_path = target / checkpoint_id / "config.json"
-    config = json.loads(config_path.read_text())
-    config["id"] = checkpoint_id
-    config_path.write_text(json.dumps(config))
-    return target / checkpoint_id
+def drop(key: str):  # noqa: ANN201 - a config transformation for copy_checkpoint
+    return lambda config: {k: v for k, v in config.items() if k != key}
 
 
-def test_bad_checkpoints_are_refused_and_the_rest_served(checkpoint_dir: Path, tmp_path: Path, logs: Path):
-    root = tmp_path / "mixed"
-    root.mkdir()
-    shutil.copytree(checkpoint_dir / "word2vec-sg", root / "word2vec-sg")
-    truncated = _copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-cbow")
-    weights = truncated / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
-    pickled = _copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-pickled")
+@pytest.fixture(scope="module")
+def odd_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service on one good word2vec checkpoint, checkpoints it must refuse, two language models that share
+    a short name, and a translation model trained without attention."""
+    root = tmp_path_factory.mktemp("odd-checkpoints")
+    source = checkpoint_dir
+    shutil.copytree(source / "word2vec-sg", root / "word2vec-sg")
+    truncated = copy_checkpoint(source / "word2vec-cbow", root, "word2vec-cbow") / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    pickled = copy_checkpoint(source / "word2vec-cbow", root, "word2vec-pickled")
     torch.save({"input_embeddings.weight": torch.zeros(3, 3)}, pickled / "model.safetensors")
-    (_copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-noconfig") / "config.json").write_text("{oops")
+    (copy_checkpoint(source / "word2vec-cbow", root, "word2vec-noconfig") / "config.json").write_text("{oops")
+    (copy_checkpoint(source / "word2vec-cbow", root, "word2vec-noweights") / "model.safetensors").unlink()
+    (copy_checkpoint(source / "word2vec-cbow", root, "word2vec-badmetrics") / "metrics.json").write_text("{nope")
+    copy_checkpoint(source / "word2vec-cbow", root, "word2vec-nomodel", config=drop("model"))
+    copy_checkpoint(source / "word2vec-cbow", root, "word2vec-noarch", config=drop("architecture"))
+    copy_checkpoint(source / "gpt", root, "gpt-notokenizer", config=drop("tokenizer"))
+    copy_checkpoint(source / "word2vec-cbow", root, "word2vec-notensor", weights=lambda tensors: {})
+    copy_checkpoint(source / "word2vec-cbow", root, "word2vec-elsewhere", config=lambda c: {**c, "id": "word2vec-sg"})
+    copy_checkpoint(source / "word2vec-cbow", root, "glove-x", config=lambda c: {**c, "family": "glove"})
+    shutil.copytree(source / "lm-lstm", root / "lm-lstm")
+    copy_checkpoint(source / "gpt", root, "gpt-lstm", name="lstm")  # a GPT trained with --name lstm
+    plain = copy_checkpoint(source / "seq2seq-zh-en", root, "seq2seq-zh-en-plain", name="zh-en-plain",
+                            config=lambda c: {**c, "model": {**c["model"], "attention": "none"}})
+    weights = reference.untrained_seq2seq_weights(json.loads((plain / "config.json").read_text())["model"])
+    save_file(weights, plain / "model.safetensors")
+    server = Server(root, tmp_path_factory.mktemp("logs") / "odd-server.log")
+    yield server
+    server.stop()
 
-    server = Server(root, logs)
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            ready = c.get("/ready")
-            assert ready.status_code == 200
-            states = {s["id"]: s for s in ready.json()["checkpoints"]}
-            assert states["word2vec-sg"]["status"] == "loaded"
-            for bad in ("word2vec-cbow", "word2vec-pickled", "word2vec-noconfig"):
-                assert states[bad]["status"] == "refused" and states[bad]["reason"], bad
-            assert "model.safetensors" in states["word2vec-pickled"]["reason"]
-            assert c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).status_code == 200
-            cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
-            assert cbow.status_code == 503
-    finally:
-        server.stop()
-    assert "refused checkpoint word2vec-pickled" in logs.read_text()
+
+REFUSED = {
+    "word2vec-cbow": "cannot read model.safetensors",
+    "word2vec-pickled": "cannot read model.safetensors",
+    "word2vec-noconfig": "config.json is not valid JSON",
+    "word2vec-noweights": "no model.safetensors",
+    "word2vec-badmetrics": "metrics.json is not valid JSON",
+    "word2vec-nomodel": "missing 'model'",
+    "word2vec-noarch": "config.json is missing 'architecture'",
+    "gpt-notokenizer": "missing 'tokenizer'",
+    "word2vec-notensor": "missing 'input_embeddings.weight'",
+    "word2vec-elsewhere": "directory word2vec-elsewhere holds checkpoint id 'word2vec-sg'",
+    "glove-x": "unknown family 'glove'",
+}
+
+
+def test_bad_checkpoints_are_refused_with_their_reason_and_the_rest_served(odd_server: Server):
+    with httpx.Client(base_url=odd_server.url, timeout=30) as c:
+        ready = c.get("/ready")
+        assert ready.status_code == 200
+        states = {s["id"]: s for s in ready.json()["checkpoints"]}
+        for checkpoint_id, reason in REFUSED.items():
+            assert states[checkpoint_id]["status"] == "refused", checkpoint_id
+            assert reason in states[checkpoint_id]["reason"], states[checkpoint_id]
+        for loaded in ("word2vec-sg", "lm-lstm", "gpt-lstm", "seq2seq-zh-en-plain"):
+            assert states[loaded] == {"id": loaded, "status": "loaded", "reason": None}
+        served = {m["id"] for m in c.get("/v1/models").json()["data"]}
+        assert served == {"word2vec-sg", "lm-lstm", "gpt-lstm", "seq2seq-zh-en-plain"}
+        assert c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).status_code == 200
+        cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
+        assert cbow.status_code == 503
+    log = odd_server.log_path.read_text()
+    assert all(f"refused checkpoint {checkpoint_id}" in log for checkpoint_id in REFUSED)
+
+
+def test_a_name_two_language_models_share_is_422_naming_both_and_their_ids_still_work(odd_server: Server):
+    with httpx.Client(base_url=odd_server.url, timeout=60) as c:
+        response = c.post("/v1/generate", json={"prompt": "ROMEO:", "model": "lstm", "max_new_tokens": 3})
+        assert response.status_code == 422
+        assert response.json()["detail"] == "'lstm' is ambiguous; use one of gpt-lstm, lm-lstm"
+        for checkpoint_id in ("gpt-lstm", "lm-lstm"):
+            body = c.post("/v1/generate", json={"prompt": "ROMEO:", "model": checkpoint_id, "max_new_tokens": 3})
+            assert body.status_code == 200 and body.json()["model"] == checkpoint_id
+
+
+def test_a_translation_model_without_attention_translates_but_has_no_heatmap(odd_server: Server):
+    with httpx.Client(base_url=odd_server.url, timeout=60) as c:
+        request = {"text": "我们明天见。", "model": "zh-en-plain", "max_length": 5}
+        result = c.post("/v1/translate", json=request).json()["results"][0]
+        assert result["attention"] is None and len(result["target_tokens"]) <= 5
+        response = c.post("/v1/translate/attention.png", json=request)
+        assert response.status_code == 422
+        assert response.json()["detail"] == ("model 'seq2seq-zh-en-plain' was trained without attention; "
+                                             "there is nothing to draw")
 
 
 def test_reload_adds_new_models_and_keeps_old_ones_whose_update_fails(checkpoint_dir, tmp_path, logs):
