@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from app.inference import InferencePool, InferenceTimeout, OverCapacity
 
 from . import reference
-from .conftest import ROOT, Server, copy_checkpoint
+from .conftest import ROOT, Server, copy_checkpoint, wait_until
 
 
 @pytest.fixture
@@ -92,6 +92,54 @@ def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Pa
                 c.get("/health")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("trace-42", True),
+    ("x" * 128, True),
+    ("x" * 129, False),  # too long
+    ("two\twords", False),  # not printable
+    ("next\x85line", False),  # a C1 control character, which HTTP parsers let through
+    ("", False),
+])
+def test_a_request_id_is_echoed_only_when_short_and_printable(live_server: Server, given: str, kept: bool):
+    connection = http.client.HTTPConnection("127.0.0.1", live_server.port, timeout=30)
+    try:
+        connection.request("GET", "/v1/models", headers={"X-Request-ID": given})
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    echoed = response.getheader("x-request-id")
+    if kept:
+        assert echoed == given
+    else:
+        assert len(echoed) == 32 and all(c in "0123456789abcdef" for c in echoed)
+    wait_until(lambda: f'"request_id": "{echoed}"' in live_server.log_path.read_text(),
+               "the access log has no line with the request id sent back")
+
+
+def test_cors_answers_the_configured_origin_only(strict_server: Server, server: str):
+    allowed, other = "http://playground.example", "http://elsewhere.example"
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type,authorization"}
+    path = "/v1/word2vec/similarity"
+    body = {"word_a": "king", "word_b": "queen"}
+    with httpx.Client(base_url=strict_server.url, timeout=30) as c:
+        response = c.options(path, headers={**preflight, "Origin": allowed})
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == allowed
+        assert "POST" in response.headers["access-control-allow-methods"]
+        assert "authorization" in response.headers["access-control-allow-headers"].lower()
+        response = c.options(path, headers={**preflight, "Origin": other})
+        assert response.status_code == 400 and "access-control-allow-origin" not in response.headers
+        response = c.post(path, json=body, headers={"Origin": allowed})
+        assert response.status_code == 200 and response.headers["access-control-allow-origin"] == allowed
+        response = c.post(path, json=body, headers={"Origin": other})
+        assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+    with httpx.Client(base_url=server, timeout=30) as c:  # CORS_ORIGINS unset: no origin is answered
+        assert "access-control-allow-origin" not in c.options(path, headers={**preflight, "Origin": allowed}).headers
+        assert "access-control-allow-origin" not in c.post(path, json=body, headers={"Origin": allowed}).headers
 
 
 def test_metrics_count_requests_by_route_status_and_model(client: httpx.Client):
@@ -227,6 +275,85 @@ def test_reload_adds_new_models_and_keeps_old_ones_whose_update_fails(checkpoint
             assert states["word2vec-sg"]["status"] == "loaded" and "kept previous" in states["word2vec-sg"]["reason"]
             assert c.post("/v1/word2vec/similarity", json=body).status_code == 200
             assert c.post("/v1/word2vec/similarity", json={**body, "model": "sg"}).status_code == 200
+    finally:
+        server.stop()
+
+
+TEXTS = ["love and death", "the king and the queen of the play, and the fool with his crown at night", "sword"]
+
+
+def served(c: httpx.Client) -> tuple[float, list[dict]]:
+    similarity = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).json()["similarity"]
+    return similarity, c.post("/v1/classify", json={"texts": TEXTS, "model": "cnn"}).json()["results"]
+
+
+def expected(root: Path) -> tuple[float, list[dict]]:
+    classifier = reference.text_classifier(root, "clf-cnn")
+    return (reference.cosine(reference.word_vectors(root, "word2vec-sg"), "king", "queen"),
+            [reference.class_probabilities(classifier, text) for text in TEXTS])
+
+
+def assert_serves(c: httpx.Client, root: Path) -> None:
+    similarity, results = served(c)
+    cosine, probabilities = expected(root)
+    assert similarity == pytest.approx(cosine, abs=1e-5)
+    assert [r["probabilities"] for r in results] == [pytest.approx(p, abs=1e-5) for p in probabilities]
+
+
+def test_reload_drops_deleted_checkpoints_and_serves_new_weights_through_new_batchers(checkpoint_dir: Path,
+                                                                                       tmp_path: Path, logs: Path):
+    root = tmp_path / "live"
+    for checkpoint_id in ("word2vec-sg", "word2vec-cbow", "clf-cnn"):
+        shutil.copytree(checkpoint_dir / checkpoint_id, root / checkpoint_id)
+    server = Server(root, logs)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert_serves(c, root)  # the classifier's batcher now exists
+            before = served(c)
+            shutil.rmtree(root / "word2vec-cbow")
+            # Other weights under the same ids: CBOW's vectors as word2vec-sg, the LSTM classifier as clf-cnn.
+            for checkpoint_id, other in (("word2vec-sg", "word2vec-cbow"), ("clf-cnn", "clf-lstm")):
+                shutil.rmtree(root / checkpoint_id)
+                copy_checkpoint(checkpoint_dir / other, root, checkpoint_id, name=checkpoint_id.split("-")[1])
+            reloaded = c.post("/v1/admin/reload")
+            assert reloaded.status_code == 200
+            assert reloaded.json()["checkpoints"] == [{"id": "clf-cnn", "status": "loaded", "reason": None},
+                                                      {"id": "word2vec-sg", "status": "loaded", "reason": None}]
+            assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {"clf-cnn", "word2vec-sg"}
+            cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
+            assert cbow.status_code == 503
+            assert_serves(c, root)
+            assert served(c) != before
+    finally:
+        server.stop()
+
+
+def test_a_stream_in_flight_during_a_reload_keeps_the_weights_it_started_with(checkpoint_dir: Path,
+                                                                             tmp_path: Path, logs: Path):
+    root = tmp_path / "live"
+    shutil.copytree(checkpoint_dir / "gpt", root / "gpt")
+    server = Server(root, logs, MAX_NEW_TOKENS="20000")
+    body = {"prompt": "ROMEO:\n", "seed": 5}
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            # The first 1,500 tokens of the stream below, as the weights it starts with give them (about 1 s
+            # of work on an idle core: the reload lands well inside them).
+            old = c.post("/v1/generate", json={**body, "max_new_tokens": 1500}).json()["results"][0]["text"]
+            with c.stream("POST", "/v1/generate", json={**body, "max_new_tokens": 20000, "stream": True}) as stream:
+                lines = stream.iter_lines()  # kept: a dropped iterator closes the response
+                text = json.loads(next(line for line in lines if line.startswith("data: "))[6:])["text"]
+                shutil.rmtree(root / "gpt")
+                copy_checkpoint(checkpoint_dir / "gpt", root, "gpt",
+                                weights=lambda tensors: {**tensors, "wte.weight": tensors["wte.weight"] * 2})
+                assert c.post("/v1/admin/reload").status_code == 200
+                for line in lines:
+                    if line.startswith("data: "):
+                        text += json.loads(line[6:]).get("text", "")
+                    if len(text) >= len(old):
+                        break
+            assert text[:len(old)] == old
+            new = c.post("/v1/generate", json={**body, "max_new_tokens": 1500}).json()["results"][0]["text"]
+            assert new != old
     finally:
         server.stop()
 
