@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,22 @@ def copy_checkpoint(source: Path, root: Path, checkpoint_id: str, *, name: str |
         path = target / "model.safetensors"
         save_file({k: v.contiguous() for k, v in weights(load_file(path)).items()}, path)
     return target
+
+
+def assert_same_answer(batched: Any, alone: Any) -> None:
+    """Equal structures, floats within tolerance (a padded pass may round differently)."""
+    if isinstance(alone, float):
+        assert batched == pytest.approx(alone, abs=1e-5)
+    elif isinstance(alone, dict):
+        assert batched.keys() == alone.keys()
+        for key in alone:
+            assert_same_answer(batched[key], alone[key])
+    elif isinstance(alone, list):
+        assert len(batched) == len(alone)
+        for b, a in zip(batched, alone, strict=True):
+            assert_same_answer(b, a)
+    else:
+        assert batched == alone
 
 
 def wait_until(condition: Callable[[], bool], message: str, timeout: float = 60) -> None:

@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 from app.inference import InferencePool, InferenceTimeout, OverCapacity
 
 from . import reference
-from .conftest import ROOT, Server, copy_checkpoint, wait_until
+from .conftest import ROOT, Server, copy_checkpoint, gauge, wait_until
 
 
 @pytest.fixture
@@ -66,11 +67,6 @@ def test_idle_keep_alive_connections_outlive_the_clients_expiry(server: str):
         connection.close()
 
 
-def _admitted(c: httpx.Client) -> float:
-    [line] = [line for line in c.get("/metrics").text.splitlines() if line.startswith("lineage_inferences_admitted ")]
-    return float(line.split()[1])
-
-
 def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Path):
     server = Server(checkpoint_dir, logs)
     try:
@@ -78,9 +74,8 @@ def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Pa
             # Long enough to be caught running: eight samples of the most tokens a request may ask for.
             body = {"prompt": "ROMEO:", "max_new_tokens": 512, "n": 8, "seed": 0}
             reply = background.submit(c.post, "/v1/generate", json=body)
-            deadline = time.monotonic() + 30
-            while _admitted(c) < 1 and not reply.done() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: gauge(server.url, "lineage_inferences_admitted") == 1 or reply.done(),
+                       "the generation never started")
             assert not reply.done(), "the generation ended before the shutdown could start"
             server.process.send_signal(signal.SIGTERM)
             response = reply.result(timeout=60)
@@ -370,14 +365,17 @@ def test_docker_entrypoint_serves_the_checkpoints(checkpoint_dir: Path, logs: Pa
 
 def test_pool_answers_429_past_capacity_and_504_past_the_timeout():
     async def scenario() -> None:
-        pool = InferencePool(max_concurrent=1, max_queued=0, timeout=0.2)
+        pool = InferencePool(max_concurrent=1, max_queued=0, timeout=60)
         async with pool.slot():
             with pytest.raises(OverCapacity) as refused:
                 await pool.run(lambda: 1)
             assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "1"
         assert await pool.run(lambda: 41 + 1) == 42
+        pool.timeout = 0.2
+        release = threading.Event()  # the work never ends before the timeout: it waits for this
         with pytest.raises(InferenceTimeout) as late:
-            await pool.run(time.sleep, 1.0)
+            await pool.run(release.wait, 60)
+        release.set()
         assert late.value.status_code == 504
         assert pool.admitted == 0
 
