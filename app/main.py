@@ -100,3 +100,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(translate.router, dependencies=protected)
     app.include_router(classify.router, dependencies=protected)
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``app.main:app``, as ``uvicorn app.main:app`` asks for it: the app built from the environment's settings.
+
+    Built on first access, so importing this module builds nothing (models load at startup in any case)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    app = globals()["app"] = create_app()
+    return app

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
                                       "server closes one fails without an answer.")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body accepted (413 above).")
+    max_header_bytes: int = Field(65_536, ge=1024, description="Largest request head (request line and headers) "
+                                  "accepted; 431 above.")
+    read_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a whole request, counted from "
+                                "its first byte (from the connection's opening for its first one); past it the "
+                                "connection is closed.")
+    max_connections: int = Field(1000, ge=1, description="Open connections one server process keeps; the request of "
+                                 "a connection past it gets 429 with Retry-After.")
 
 
 @lru_cache
