@@ -67,7 +67,8 @@ def test_targets_restrict_the_candidates(client: httpx.Client):
     items = response.json()["predictions"][0]
     _check_items(items, 3)
     assert {item["token_str"] for item in items} == {"thou", "the", "and"}  # lower-cased like the vocabulary
-    fewer = _fill(client, text="wherefore art [MASK] Romeo?", targets=["thou", "the", "and"], top_k=1).json()
+    fewer = _fill(client, text="O Romeo, Romeo, wherefore art [MASK] Romeo?", targets=["thou", "the", "and"],
+                  top_k=1).json()
     assert len(fewer["predictions"][0]) == 1
     assert fewer["predictions"][0][0]["token_str"] == items[0]["token_str"]
 
