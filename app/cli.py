@@ -11,7 +11,7 @@ import sys
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from app.settings import Settings
+from app.settings import Settings, use_settings
 
 
 def parse_settings(argv: list[str], prog: str) -> Settings:
@@ -35,6 +35,7 @@ def serve(argv: list[str], prog: str = "python -m app") -> None:
     # the imports below load it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = parse_settings(argv, prog)
+    use_settings(settings)  # before app.main, below, builds the request schemas from them
 
     import functools
 

@@ -191,8 +191,8 @@ def empty_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
 @pytest.fixture(scope="session")
 def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The service with tight limits: a 1 s REQUEST_TIMEOUT, one inference at a time and none waiting, CORS
-    for one origin, and up to 8,192 new tokens, so that one request can ask for far more than a second's work
-    (8 samples of 8,192 tokens take the tiny GPT about 8 s of one idle core).
+    for one origin, and up to 8,192 new tokens and 256 prompts a completion, so that one request can ask for far
+    more than a second's work (8 samples of 8,192 tokens take the tiny GPT about 8 s of one idle core).
 
     It serves the GPT, the LSTM language model, word2vec-sg, and ``gpt-faulty``: the GPT with its position
     embeddings made NaN from position 16 on, so that sampling fails part-way through a text.
@@ -207,7 +207,26 @@ def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
     copy_checkpoint(checkpoint_dir / "gpt", root, "gpt-faulty", name="faulty", weights=nan_from_16)
     srv = Server(root, tmp_path_factory.mktemp("logs") / "strict-server.log", REQUEST_TIMEOUT="1",
-                 MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="0", MAX_NEW_TOKENS="8192",
+                 MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="0", MAX_NEW_TOKENS="8192", MAX_PROMPTS="256",
                  CORS_ORIGINS='["http://playground.example"]')
     yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def short_timeout_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service with REQUEST_TIMEOUT of half a second: long generations reach it."""
+    srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "short-timeout-server.log", REQUEST_TIMEOUT="0.5")
+    yield srv.url
+    srv.stop()
+
+
+API_KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service with API_KEY set (to ``API_KEY``)."""
+    srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "keyed-server.log", API_KEY=API_KEY)
+    yield srv.url
     srv.stop()

@@ -1,9 +1,10 @@
 """Answers computed in the test process from a checkpoint on disk, to hold the service's answers against.
 
-Each checkpoint is read with the models' own public loading code; the answer is then computed here
-another way than the service computes it (brute force, one input at a time, recomputing instead of
-caching), so a service that mixes up inputs, drops an option or answers from the wrong model disagrees.
-Every import of model code used for that lives in this file.
+Each checkpoint is read with the model files' own loading code (the network, its tokenizer or vocabularies;
+never the pipelines the service answers with); the answer is then computed here another way than the
+service computes it (brute force, one input at a time, recomputing instead of caching), so a service that
+mixes up inputs, drops an option or answers from the wrong model disagrees. Every import of model code used
+for that lives in this file.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
+from torch import nn
 
 from models import bert, classifier, gpt, rnn, seq2seq, word2vec
-from models.checkpoint import load_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint
+from models.tokenizers import WordVocab, load_text_tokenizer
+
+CPU = torch.device("cpu")
 
 
-def _load(root: Path, checkpoint_id: str, loader: Callable) -> object:  # noqa: ANN401 - the loader's own type
-    return loader(load_checkpoint(Path(root) / checkpoint_id), torch.device("cpu"))
+def _checkpoint(root: Path, checkpoint_id: str) -> Checkpoint:
+    return load_checkpoint(Path(root) / checkpoint_id)
 
 
 # ---- word2vec --------------------------------------------------------------------------------------
@@ -36,9 +42,10 @@ class Vectors:
 
 
 def word_vectors(root: Path, checkpoint_id: str) -> Vectors:
-    loaded = _load(root, checkpoint_id, word2vec.load)
-    vectors = np.asarray(loaded.vectors, dtype=np.float64)
-    return Vectors(list(loaded.vocab.itos), vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    checkpoint = _checkpoint(root, checkpoint_id)
+    vectors = word2vec.load(checkpoint).input_embeddings.weight.detach().double().numpy()
+    words = WordVocab.from_file(checkpoint.file(word2vec.VOCAB_FILE)).itos
+    return Vectors(list(words), vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
 
 
 def cosine(vectors: Vectors, word_a: str, word_b: str) -> float:
@@ -57,12 +64,19 @@ def nearest(vectors: Vectors, positive: list[str], negative: list[str], topn: in
 # ---- BERT --------------------------------------------------------------------------------------------
 
 
-def fill_mask_model(root: Path, checkpoint_id: str = "bert") -> bert.FillMask:
-    return _load(root, checkpoint_id, bert.load)
+@dataclass
+class Bert:
+    model: bert.BertForPreTraining
+    tokenizer: Tokenizer
+
+
+def fill_mask_model(root: Path, checkpoint_id: str = "bert") -> Bert:
+    checkpoint = _checkpoint(root, checkpoint_id)
+    return Bert(bert.load(checkpoint, CPU), bert.load_tokenizer(checkpoint))
 
 
 @torch.no_grad()
-def is_next_probability(model: bert.FillMask, text_a: str, text_b: str) -> float:
+def is_next_probability(model: Bert, text_a: str, text_b: str) -> float:
     """The NSP head's softmax at IS_NEXT for ``[CLS] a [SEP] b [SEP]``, segments 0 then 1."""
     encoding = model.tokenizer.encode(text_a, text_b)
     assert encoding.tokens[0] == bert.CLS and encoding.type_ids[-1] == 1
@@ -71,7 +85,7 @@ def is_next_probability(model: bert.FillMask, text_a: str, text_b: str) -> float
 
 
 @torch.no_grad()
-def mask_probabilities(model: bert.FillMask, text: str) -> list[torch.Tensor]:
+def mask_probabilities(model: Bert, text: str) -> list[torch.Tensor]:
     """For each ``[MASK]`` of one text alone (no padding), the MLM head's probabilities over the vocabulary."""
     encoding = model.tokenizer.encode(text)
     mlm_logits, _, _ = model.model(torch.tensor([encoding.ids]), torch.tensor([encoding.type_ids]))
@@ -81,26 +95,46 @@ def mask_probabilities(model: bert.FillMask, text: str) -> list[torch.Tensor]:
 # ---- classifiers ---------------------------------------------------------------------------------------
 
 
-def text_classifier(root: Path, checkpoint_id: str) -> classifier.TextClassifier:
-    return _load(root, checkpoint_id, classifier.load)
+@dataclass
+class Classifier:
+    model: nn.Module
+    encoder: classifier.WordEncoder | classifier.SubwordEncoder
+    labels: list[str]
+
+
+def text_classifier(root: Path, checkpoint_id: str) -> Classifier:
+    checkpoint = _checkpoint(root, checkpoint_id)
+    return Classifier(classifier.load(checkpoint, CPU), classifier.load_encoder(checkpoint),
+                      list(checkpoint.config["labels"]))
 
 
 @torch.no_grad()
-def class_probabilities(model: classifier.TextClassifier, text: str) -> dict[str, float]:
+def class_probabilities(model: Classifier, text: str) -> dict[str, float]:
     """One text alone, unpadded, through the network: every label's probability."""
-    logits, _ = model.model(torch.tensor([model.encode(text)]))
+    logits, _ = model.model(torch.tensor([model.encoder.encode(text)]))
     return dict(zip(model.labels, logits[0].double().softmax(-1).tolist(), strict=True))
 
 
 # ---- seq2seq -------------------------------------------------------------------------------------------
 
 
-def translator(root: Path, checkpoint_id: str) -> seq2seq.Translator:
-    return _load(root, checkpoint_id, seq2seq.load)
+@dataclass
+class Translator:
+    model: seq2seq.Seq2Seq
+    source_vocab: WordVocab
+    target_vocab: WordVocab
+    source_language: str
+
+
+def translator(root: Path, checkpoint_id: str) -> Translator:
+    checkpoint = _checkpoint(root, checkpoint_id)
+    source_vocab, target_vocab = seq2seq.load_vocabularies(checkpoint)
+    source_language = checkpoint.config["model"]["direction"].split("-")[0]
+    return Translator(seq2seq.load(checkpoint, CPU), source_vocab, target_vocab, source_language)
 
 
 @torch.no_grad()
-def greedy_translation(model: seq2seq.Translator, text: str, max_length: int) -> tuple[list[str], torch.Tensor | None]:
+def greedy_translation(model: Translator, text: str, max_length: int) -> tuple[list[str], torch.Tensor | None]:
     """One sentence alone, one decoder step at a time, the most probable token each time until ``<eos>``:
     the target tokens and the attention rows (target x source)."""
     source = torch.tensor([seq2seq.encode(seq2seq.tokenize(text, model.source_language), model.source_vocab)])
@@ -122,7 +156,7 @@ def greedy_translation(model: seq2seq.Translator, text: str, max_length: int) ->
 
 
 @torch.no_grad()
-def translation_score(model: seq2seq.Translator, text: str, target: list[str], ended: bool,
+def translation_score(model: Translator, text: str, target: list[str], ended: bool,
                       length_penalty: float) -> float:
     """log P(target [<eos>] | text) by teacher forcing, over lp = ((5 + |Y|) / 6) ** length_penalty, with
     |Y| counting the ``<eos>`` when the output ended with one (Wu et al., 2016)."""
@@ -148,7 +182,7 @@ def untrained_seq2seq_weights(model_config: dict, seed: int = 0) -> dict[str, to
 
 
 @torch.no_grad()
-def beam_translation(model: seq2seq.Translator, text: str, beam_size: int, max_length: int,
+def beam_translation(model: Translator, text: str, beam_size: int, max_length: int,
                      length_penalty: float) -> list[str]:
     """The model's own beam search on one sentence: its target tokens."""
     source = torch.tensor([seq2seq.encode(seq2seq.tokenize(text, model.source_language), model.source_vocab)])
@@ -170,9 +204,10 @@ class LanguageModel:
 
 
 def language_model(root: Path, checkpoint_id: str) -> LanguageModel:
-    family = load_checkpoint(Path(root) / checkpoint_id).family
-    generator = _load(root, checkpoint_id, gpt.load if family == "gpt" else rnn.load)
-    net = generator.model
+    checkpoint = _checkpoint(root, checkpoint_id)
+    family = checkpoint.family
+    net = (gpt.load if family == "gpt" else rnn.load)(checkpoint, CPU)
+    tokenizer = load_text_tokenizer(checkpoint, net.config.vocab_size)
 
     @torch.no_grad()
     def logits(ids: list[int]) -> torch.Tensor:
@@ -182,7 +217,7 @@ def language_model(root: Path, checkpoint_id: str) -> LanguageModel:
             return net(inputs)[0][0, -1]
         return net.run(inputs)[0][0, -1]  # the fused layer over the whole sequence, from a zero state
 
-    return LanguageModel(generator.tokenizer, logits, generator.tokenizer.eos_id)
+    return LanguageModel(tokenizer, logits, tokenizer.eos_id)
 
 
 def greedy_continuation(lm: LanguageModel, prompt: str, max_new_tokens: int,

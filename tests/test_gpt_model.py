@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from models.checkpoint import find_checkpoints, load_checkpoint
-from models.gpt import GPT, GPTConfig, KVCache, load, sinusoidal_positions
+from models.gpt import GPT, GPTConfig, KVCache, sinusoidal_positions
+from models.pipelines.text_generation import TextGenerator, load
 from models.sampling import (
     SamplingParams,
     TextAssembler,
-    TextGenerator,
     apply_repetition_penalty,
     filter_top_k,
     filter_top_p,
@@ -256,15 +256,19 @@ class ScriptedSession:
         self.position = [self.position[r] for r in rows.tolist()]
 
 
+class ScriptedModel:
+    def __init__(self, script: list[int], vocab: int):
+        self.script, self.vocab = script, vocab
+
+    def start(self, prompt: list[int], rows: int) -> tuple[ScriptedSession, torch.Tensor]:
+        session = ScriptedSession(self.script, self.vocab, rows)
+        return session, session.logits()
+
+
 def scripted(text: str, eos: bool = False) -> TextGenerator:
     tokenizer = ByteBPETokenizer.train([text], vocab_size=300)
     script = tokenizer.encode(text) + ([tokenizer.eos_id] if eos else [])
-
-    def start(prompt: list[int], rows: int) -> tuple[ScriptedSession, torch.Tensor]:
-        session = ScriptedSession(script, tokenizer.vocab_size, rows)
-        return session, session.logits()
-
-    return TextGenerator(start, tokenizer)
+    return TextGenerator(ScriptedModel(script, tokenizer.vocab_size), tokenizer)
 
 
 class PreferenceSession:
@@ -289,6 +293,15 @@ class PreferenceSession:
         self.scripts = [self.scripts[r] for r in rows.tolist()]
 
 
+class PreferenceModel:
+    def __init__(self, scripts: list[list[int]], letters: list[int], vocab: int):
+        self.scripts, self.letters, self.vocab = scripts, letters, vocab
+
+    def start(self, prompt: list[int], rows: int) -> tuple[PreferenceSession, torch.Tensor]:
+        session = PreferenceSession(self.scripts, self.letters, self.vocab)
+        return session, session.logits()
+
+
 def test_dropping_a_finished_sample_keeps_each_other_samples_repetition_history() -> None:
     tokenizer = ByteBPETokenizer.train([TEXT], vocab_size=300)
     letters = [tokenizer.encode(c)[0] for c in "abcdefgh"]
@@ -296,11 +309,7 @@ def test_dropping_a_finished_sample_keeps_each_other_samples_repetition_history(
     short, long = [a, tokenizer.eos_id], [b, b, c, b, b, c, b, b]
 
     def preferring(*scripts: list[int]) -> TextGenerator:
-        def start(prompt: list[int], rows: int) -> tuple[PreferenceSession, torch.Tensor]:
-            session = PreferenceSession(list(scripts), letters, tokenizer.vocab_size)
-            return session, session.logits()
-
-        return TextGenerator(start, tokenizer)
+        return TextGenerator(PreferenceModel(list(scripts), letters, tokenizer.vocab_size), tokenizer)
 
     penalised = SamplingParams(max_new_tokens=8, temperature=0.0, repetition_penalty=3.0)
     together = preferring(short, long).generate("x", dataclasses.replace(penalised, n=2)).results
@@ -329,7 +338,7 @@ def test_streamed_greedy_text_is_greedy_decoding_by_full_recomputation() -> None
     recomputed = reference.LanguageModel(tokenizer, lambda ids: model(torch.tensor([ids]))[0][0, -1],
                                          tokenizer.eos_id)
     expected, tokens, _ = reference.greedy_continuation(recomputed, "ROMEO:", 24)
-    generator = TextGenerator(model.start, tokenizer, context_length=32)
+    generator = TextGenerator(model, tokenizer)
     pieces = list(generator.stream("ROMEO:", SamplingParams(max_new_tokens=24, temperature=0.0)))
     assert "".join(p.text for p in pieces) == expected
     assert (pieces[-1].finish_reason, pieces[-1].tokens) == ("length", tokens)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,9 +15,13 @@ from .conftest import Server, gauge, wait_until
 
 PROMPT = "ROMEO:\n"
 # Minutes of work for the tiny GPT on a shared machine (8 prompts x 8 samples x 512 tokens: about 4 s of one
-# idle core), and on the strict server 8 samples of 8,192 tokens: about 8 s. Both far past a 1 s timeout.
+# idle core), and on the strict server one sample of 8,192 tokens: about 8 s. Both far past a 1 s timeout, and
+# both replies within MAX_RESPONSE_BYTES.
 ALL_NIGHT = {"model": "gpt", "prompt": [PROMPT] * 8, "n": 8, "max_tokens": 512, "seed": 1}
-PAST_TIMEOUT = {"model": "gpt", "prompt": PROMPT, "n": 8, "max_new_tokens": 8192, "seed": 1}
+PAST_TIMEOUT = {"model": "gpt", "prompt": PROMPT, "max_new_tokens": 8192, "seed": 1}
+# Many short prompts: each takes the tiny GPT a few hundredths of a second (measured: 0.03 s in the service at a
+# load of 7 on two cores), far within a 1 s timeout, and all 256 together seconds, far past it.
+SHORT_PROMPTS = {"model": "gpt", "prompt": [PROMPT] * 256, "max_tokens": 32, "seed": 1}
 
 
 def admitted(url: str) -> float:
@@ -35,17 +40,46 @@ def data_events(lines: Iterator[str]) -> Iterator[dict | str]:
 
 def test_a_generation_past_the_request_timeout_is_504_and_frees_its_slot(strict_server: Server):
     url = strict_server.url
+    started = time.monotonic()
     response = httpx.post(url + "/v1/generate", json=PAST_TIMEOUT, timeout=60)
+    assert time.monotonic() - started < 10  # instead of the 8 s or more the whole generation takes
     assert response.status_code == 504, response.text
     assert response.json() == {"detail": "inference did not finish within 1 s"}
     wait_until(lambda: admitted(url) == 0, "the timed-out generation still holds its slot")
-    response = httpx.post(url + "/v1/completions", json={**ALL_NIGHT, "max_tokens": 8192}, timeout=60)
+    response = httpx.post(url + "/v1/completions", json={"model": "gpt", "prompt": PROMPT, "max_tokens": 8192,
+                                                         "seed": 1}, timeout=60)
     assert response.status_code == 504, response.text
     assert response.json()["error"] == {"message": "inference did not finish within 1 s", "type": "server_error",
                                         "param": None, "code": "timeout"}
     wait_until(lambda: admitted(url) == 0, "the timed-out completion still holds its slot")
     small = httpx.post(url + "/v1/generate", json={"prompt": PROMPT, "max_new_tokens": 4}, timeout=60)
     assert small.status_code == 200
+
+
+def test_the_request_timeout_bounds_a_whole_completion_not_each_of_its_prompts(strict_server: Server):
+    url = strict_server.url
+    alone = httpx.post(url + "/v1/completions", json={**SHORT_PROMPTS, "prompt": PROMPT}, timeout=60)
+    assert alone.status_code == 200, alone.text  # one prompt fits in the timeout
+    started = time.monotonic()
+    response = httpx.post(url + "/v1/completions", json=SHORT_PROMPTS, timeout=60)
+    assert response.status_code == 504, response.text[:300]
+    assert time.monotonic() - started < 10
+    wait_until(lambda: admitted(url) == 0, "the timed-out completion still holds its slot")
+
+
+def test_a_stream_past_the_request_timeout_ends_with_an_error_event_then_done(strict_server: Server):
+    url = strict_server.url
+    started = time.monotonic()
+    with httpx.stream("POST", url + "/v1/completions", json={**SHORT_PROMPTS, "stream": True}, timeout=60) as response:
+        assert response.status_code == 200
+        *chunks, error, done = data_events(response.iter_lines())
+    assert time.monotonic() - started < 10
+    assert (error, done) == ({"error": {"message": "inference did not finish within 1 s", "type": "server_error",
+                                        "param": None, "code": None}}, "[DONE]")
+    finished = [c["choices"][0]["index"] for c in chunks if c["choices"][0]["finish_reason"]]
+    # Whole prompts were answered before the time ran out: a timeout per prompt would never have been reached.
+    assert 2 <= len(finished) < len(SHORT_PROMPTS["prompt"]) and finished == list(range(len(finished))), finished
+    wait_until(lambda: admitted(url) == 0, "the timed-out stream still holds its slot")
 
 
 # ---- capacity before a stream starts ------------------------------------------------------------------
@@ -79,8 +113,8 @@ def test_a_fault_in_the_middle_of_a_stream_ends_it_with_an_error_event(strict_se
                                                                       body: dict):
     with httpx.stream("POST", strict_server.url + path, json=body, timeout=60) as response:
         assert response.status_code == 200
-        events = list(data_events(response.iter_lines()))
-    *before, last = events
+        *before, last, done = data_events(response.iter_lines())
+    assert done == "[DONE]"
     assert before, "the stream failed before it sent any text"
     texts = [e["text"] if path == "/v1/generate" else e["choices"][0]["text"] for e in before]
     assert "".join(texts), "the stream sent no text before the fault"

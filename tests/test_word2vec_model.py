@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.pipelines.word_vectors import WordVectors, load
 from models.tokenizers import WordVocab
-from models.word2vec import Word2Vec, Word2VecConfig, WordVectors, load
+from models.word2vec import Word2Vec, Word2VecConfig
 from training.word2vec import flatten, keep_probabilities, noise_table, train_block
 
 from .conftest import run_training
