@@ -22,7 +22,7 @@ from fastapi import HTTPException, Request
 
 from app.observability import note_model
 from models import pipelines
-from models.catalog import CATALOG, ID_PREFIXES, family_of, train_command
+from models.catalog import CATALOG, ID_PREFIXES, family_of, outdated, train_command
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
 from models.pipelines import (
     FillMask,
@@ -73,6 +73,7 @@ class CheckpointStatus:
     id: str
     status: str  # "loaded" or "refused"
     reason: str | None = None
+    outdated: str | None = None  # why today's default recipe would train it otherwise (models.catalog.outdated)
 
 
 class ModelError(HTTPException):
@@ -130,12 +131,13 @@ class Registry:
                     log.error("refused checkpoint %s: %s", path.name, e)
                     if path.name in previous:
                         models[path.name] = previous[path.name]
-                        statuses[path.name] = CheckpointStatus(path.name, "loaded", f"kept previous version: {e}")
+                        statuses[path.name] = CheckpointStatus(path.name, "loaded", f"kept previous version: {e}",
+                                                               outdated(previous[path.name].config))
                     else:
                         statuses[path.name] = CheckpointStatus(path.name, "refused", str(e))
                     continue
                 models[loaded.id] = loaded
-                statuses[path.name] = CheckpointStatus(path.name, "loaded")
+                statuses[path.name] = CheckpointStatus(path.name, "loaded", outdated=outdated(loaded.config))
                 log.info("loaded %s (%s, %d parameters)", loaded.id, loaded.architecture, loaded.parameters)
             # Readers see the old dict or the new one, never a half-built one.
             self._models = models

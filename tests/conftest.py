@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,28 @@ def gauge(base_url: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} missing from /metrics")
+
+
+class Interrupted(Exception):
+    """Raised in place of a kill, right after the training loop has saved its state."""
+
+
+@contextmanager
+def interrupted_after_saving(monkeypatch: pytest.MonkeyPatch, when: Callable[[dict[str, Any]], bool]) -> Iterator[None]:
+    """Inside the block, a training run stops right after saving a state for which ``when`` is true."""
+    from training import loop
+
+    save_state = loop.save_state
+
+    def save_then_stop(directory: Path, dist: Any, state: dict[str, Any]) -> None:
+        save_state(directory, dist, state)
+        if when(state):
+            raise Interrupted
+
+    monkeypatch.setattr(loop, "save_state", save_then_stop)
+    with pytest.raises(Interrupted):
+        yield
+    monkeypatch.setattr(loop, "save_state", save_state)
 
 
 def free_port() -> int:
@@ -191,8 +214,9 @@ def empty_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
 @pytest.fixture(scope="session")
 def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The service with tight limits: a 1 s REQUEST_TIMEOUT, one inference at a time and none waiting, CORS
-    for one origin, and up to 8,192 new tokens and 256 prompts a completion, so that one request can ask for far
-    more than a second's work (8 samples of 8,192 tokens take the tiny GPT about 8 s of one idle core).
+    for one origin, and up to 8,192 new tokens, 256 prompts a completion and replies of 8 MB, so that one request
+    can ask for far more than a second's work (8 samples of 8,192 tokens take the tiny GPT about 8 s of one idle
+    core).
 
     It serves the GPT, the LSTM language model, word2vec-sg, and ``gpt-faulty``: the GPT with its position
     embeddings made NaN from position 16 on, so that sampling fails part-way through a text.
@@ -208,6 +232,7 @@ def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory
     copy_checkpoint(checkpoint_dir / "gpt", root, "gpt-faulty", name="faulty", weights=nan_from_16)
     srv = Server(root, tmp_path_factory.mktemp("logs") / "strict-server.log", REQUEST_TIMEOUT="1",
                  MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="0", MAX_NEW_TOKENS="8192", MAX_PROMPTS="256",
+                 MAX_RESPONSE_BYTES="8000000",
                  CORS_ORIGINS='["http://playground.example"]')
     yield srv
     srv.stop()

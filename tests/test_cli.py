@@ -15,6 +15,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from training.cli import main
+from training.loop import STATE_FORMAT
 
 from .conftest import ROOT
 
@@ -38,10 +39,12 @@ def test_all_missing_trains_only_the_absent_or_unreadable_and_only_restricts_to_
 
     assert main(["all", "--profile", "tiny", "--missing", "--only", "lm-lstm", "lm-rnn", "clf-mlp",
                  "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["clf-mlp", "lm-lstm", "lm-rnn"]
+    # the two trained keep their training state beside them
+    assert sorted(p.name for p in out.iterdir()) == [".clf-mlp-train-state", ".lm-rnn-train-state", "clf-mlp",
+                                                     "lm-lstm", "lm-rnn"]
     assert fingerprint(out / "lm-lstm") == before  # present and readable: left alone
     load_checkpoint(out / "lm-rnn")  # unreadable: trained again
-    assert "lm-lstm: already trained, skipped" in caplog.text
+    assert "lm-lstm: trained by today's tiny recipe, skipped" in caplog.text
     assert "lm-rnn: python -m training lm --cell rnn --profile tiny" in caplog.text
 
     caplog.clear()
@@ -69,8 +72,9 @@ def test_resume_without_a_saved_state_exits_2_saying_so_without_a_traceback(tmp_
 @pytest.mark.parametrize(("content", "message"), [
     (b"not a state at all", "is not a training state (UnpicklingError)"),
     (b"", "is not a training state"),
-    ({"format": 99, "step": 3}, "has format 99, expected 1"),
-    (torch.zeros(3), "has format 'Tensor', expected 1"),
+    ({"format": 99, "step": 3}, f"has format 99, expected {STATE_FORMAT}"),
+    ({"format": STATE_FORMAT - 1, "step": 3}, f"has format {STATE_FORMAT - 1}, expected {STATE_FORMAT}"),
+    (torch.zeros(3), f"has format 'Tensor', expected {STATE_FORMAT}"),
 ])
 def test_resume_from_a_state_of_another_format_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                   content: object, message: str):

@@ -217,7 +217,7 @@ def test_bad_checkpoints_are_refused_with_their_reason_and_the_rest_served(odd_s
             assert states[checkpoint_id]["status"] == "refused", checkpoint_id
             assert reason in states[checkpoint_id]["reason"], states[checkpoint_id]
         for loaded in ("word2vec-sg", "lm-lstm", "gpt-lstm", "seq2seq-zh-en-plain"):
-            assert states[loaded] == {"id": loaded, "status": "loaded", "reason": None}
+            assert states[loaded] == {"id": loaded, "status": "loaded", "reason": None, "outdated": None}
         served = {m["id"] for m in c.get("/v1/models").json()["data"]}
         assert served == {"word2vec-sg", "lm-lstm", "gpt-lstm", "seq2seq-zh-en-plain"}
         assert c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).status_code == 200
@@ -246,6 +246,44 @@ def test_a_translation_model_without_attention_translates_but_has_no_heatmap(odd
         assert response.status_code == 422
         assert response.json()["detail"] == ("model 'seq2seq-zh-en-plain' was trained without attention; "
                                              "there is nothing to draw")
+
+
+def test_ready_marks_default_checkpoints_an_earlier_recipe_trained_and_still_serves_them(checkpoint_dir: Path,
+                                                                                        tmp_path: Path, logs: Path):
+    root = tmp_path / "recipes"
+    root.mkdir()
+    shutil.copytree(checkpoint_dir / "word2vec-sg", root / "word2vec-sg")
+    earlier = shutil.copytree(checkpoint_dir / "word2vec-cbow", root / "word2vec-cbow")
+    config = json.loads((earlier / "config.json").read_text())
+    config["recipe"]["fingerprint"] = "0" * 16
+    (earlier / "config.json").write_text(json.dumps(config))
+    # a default id, as written before recipes were recorded
+    before = copy_checkpoint(checkpoint_dir / "lm-rnn", root, "lm-gru")
+    config = json.loads((before / "config.json").read_text())
+    del config["recipe"]
+    config["training"] = {"profile": "tiny"}  # where those recorded their profile
+    (before / "config.json").write_text(json.dumps(config))
+    copy_checkpoint(checkpoint_dir / "lm-rnn", root, "lm-mine")  # not a default checkpoint: no recipe to compare with
+
+    server = Server(root, logs)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            states = {s["id"]: s for s in c.get("/ready").json()["checkpoints"]}
+            assert states["word2vec-sg"]["outdated"] is None and states["lm-mine"]["outdated"] is None
+            assert "0000000000000000" in states["word2vec-cbow"]["outdated"]
+            assert "before checkpoints recorded their recipe" in states["lm-gru"]["outdated"]
+            for earlier_id in ("word2vec-cbow", "lm-gru"):
+                assert states[earlier_id]["status"] == "loaded"
+                assert "python -m training all --missing --profile tiny" in states[earlier_id]["outdated"]
+            cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
+            assert cbow.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_every_checkpoint_the_tiny_profile_trains_is_current(client: httpx.Client):
+    states = client.get("/ready").json()["checkpoints"]
+    assert states and all(s["outdated"] is None for s in states), states
 
 
 def test_reload_adds_new_models_and_keeps_old_ones_whose_update_fails(checkpoint_dir, tmp_path, logs):
@@ -308,8 +346,11 @@ def test_reload_drops_deleted_checkpoints_and_serves_new_weights_through_new_bat
                 copy_checkpoint(checkpoint_dir / other, root, checkpoint_id, name=checkpoint_id.split("-")[1])
             reloaded = c.post("/v1/admin/reload")
             assert reloaded.status_code == 200
-            assert reloaded.json()["checkpoints"] == [{"id": "clf-cnn", "status": "loaded", "reason": None},
-                                                      {"id": "word2vec-sg", "status": "loaded", "reason": None}]
+            states = reloaded.json()["checkpoints"]
+            assert [(s["id"], s["status"], s["reason"]) for s in states] == [("clf-cnn", "loaded", None),
+                                                                             ("word2vec-sg", "loaded", None)]
+            # each now holds what another default checkpoint's recipe trained
+            assert all(s["outdated"].startswith("trained by recipe ") for s in states), states
             assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {"clf-cnn", "word2vec-sg"}
             cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
             assert cbow.status_code == 503

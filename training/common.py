@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -63,3 +63,19 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def length_grouped(lengths: Sequence[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
+    """Batches of example indices with close lengths, so that a batch pads little: sorted by length within
+    pools of 50 batches. With ``rng`` (training) the examples are shuffled first and the batches after, so
+    every epoch mixes them differently."""
+    order = list(range(len(lengths)))
+    if rng is not None:
+        rng.shuffle(order)
+    pool = 50 * batch_size
+    order = [i for start in range(0, len(order), pool)
+             for i in sorted(order[start:start + pool], key=lengths.__getitem__)]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches

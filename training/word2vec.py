@@ -28,6 +28,7 @@ from models.tokenizers import WordVocab, words
 from models.word2vec import VOCAB_FILE, Word2Vec, Word2VecConfig
 from training import data
 from training.common import apply_profile, log, progress, set_seed
+from training.recipe import recipe
 
 PROFILES = {
     "tiny": {"dim": 32, "epochs": 1, "min_count": 2, "workers": 1},
@@ -281,8 +282,12 @@ def fit(
     return {"seconds": round(seconds, 2), "words_per_second": round(words_total / seconds)}
 
 
+def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    return apply_profile(args, PROFILES)
+
+
 def train(args: argparse.Namespace) -> list[Path]:
-    apply_profile(args, PROFILES)
+    resolve_arguments(args)
     workers = args.workers or os.cpu_count() or 1
     alpha = args.alpha if args.alpha is not None else DEFAULT_ALPHA[args.mode]
     set_seed(args.seed)
@@ -318,6 +323,7 @@ def train(args: argparse.Namespace) -> list[Path]:
         "split_seed": data.SPLIT_SEED,
         "training": {"profile": args.profile, "epochs": args.epochs, "seed": args.seed, "alpha": alpha,
                      "min_alpha": args.min_alpha, "workers": workers, "words": int(corpus.shape[0])},
+        "recipe": recipe(args),
     }
     path = save_checkpoint(args.out, config_json, model.state_dict(), metrics, {VOCAB_FILE: vocab.to_json()})
     log.info("%s: %s", ckpt_id, {k: v for k, v in metrics.items() if k != "training"})

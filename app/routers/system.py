@@ -25,6 +25,8 @@ class CheckpointState(BaseModel):
     id: str
     status: Literal["loaded", "refused"]
     reason: str | None = None
+    outdated: str | None = Field(None, description="Set when a default checkpoint was trained by an earlier recipe "
+                                 "than today's: why, and the command that trains it again. It still serves.")
 
 
 class Readiness(BaseModel):
@@ -66,7 +68,8 @@ def ready(registry: Registry = Depends(get_registry)) -> JSONResponse:
 def readiness(registry: Registry) -> Readiness:
     return Readiness(
         ready=bool(registry.models),
-        checkpoints=[CheckpointState(id=s.id, status=s.status, reason=s.reason) for s in registry.statuses.values()],
+        checkpoints=[CheckpointState(id=s.id, status=s.status, reason=s.reason, outdated=s.outdated)
+                     for s in registry.statuses.values()],
     )
 
 

@@ -76,7 +76,7 @@ class TextGenerator:
     """
 
     def __init__(self, model: LanguageModel, tokenizer: TextTokenizer):
-        self.model = model
+        self._model = model
         self.tokenizer = tokenizer
         # The most characters one token decodes to: with max_new_tokens, it bounds a reply's length.
         self.longest_token = max(len(tokenizer.decode([i])) for i in range(tokenizer.vocab_size))
@@ -91,7 +91,7 @@ class TextGenerator:
     def stream(self, prompt: str | list[int], params: SamplingParams) -> Iterator[Piece]:
         prompt_ids = self.encode_prompt(prompt) if isinstance(prompt, str) else prompt
         generator = make_generator(params.seed)
-        session, logits = self.model.start(prompt_ids, params.n)
+        session, logits = self._model.start(prompt_ids, params.n)
         seen = None
         if params.repetition_penalty != 1.0:
             seen = torch.zeros(params.n, logits.size(-1), dtype=torch.bool)
