@@ -339,7 +339,7 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, mo
         trainer.train(build_parser().parse_args([
             "seq2seq", "--profile", "tiny", "--pairs", str(pairs), "--out", str(tmp_path / out), "--device", "cpu",
             "--epochs", "4", "--patience", "4", "--batch-size", "8", "--teacher-forcing", "0.8", "--precision", "fp32",
-            *extra]))
+            "--force", *extra]))
         return json.loads((state_dir(tmp_path / out, "seq2seq-zh-en") / "history.json").read_text())
 
     straight = run("a")

@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from models.checkpoint import checkpoint_id, load_checkpoint, update_metrics
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint, update_metrics
 from models.pipelines.attention_image import attention_png
 from models.pipelines.translation import LENGTH_PENALTY, TranslationOptions, Translator, load
 from models.seq2seq import (
@@ -52,7 +53,7 @@ from models.seq2seq import (
 )
 from models.tokenizers import WordVocab
 from training import loop
-from training.common import length_grouped, pick_device
+from training.common import add_name_arguments, checkpoint_name, length_grouped, pick_device
 from training.data import HSK_SOURCE, SPLIT_SEED, load_hsk_pairs, read_tsv, user_provenance
 
 FAMILY = "seq2seq"
@@ -113,8 +114,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser)
     _add_model_arguments(parser)
-    parser.add_argument("--name", default=None,
-                        help="checkpoint name (id seq2seq-NAME); default: the direction, e.g. zh-en")
+    add_name_arguments(parser, "the direction, e.g. zh-en")
     loop.add_arguments(parser)
 
 
@@ -375,12 +375,12 @@ def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
     if args.corpus is not None:
         raise ValueError("seq2seq trains on sentence pairs: pass --pairs FILE.tsv, not --corpus")
-    name = args.name or args.direction
+    name = checkpoint_name(args, FAMILY, args.direction, args.pairs)
     pairs, provenance = load_pairs(args.pairs)
     split = split_pairs(pairs, args.direction, args.split_seed, args.val_fraction, provenance)
     log.info("seq2seq-%s: %d train / %d validation / %d test pairs", name, len(split.train),
              len(split.validation), len(split.test))
-    with loop.Run(args, checkpoint_id(FAMILY, name)) as run:
+    with loop.Run(args, checkpoint_id_of(FAMILY, name)) as run:
         run.restore(args, MODEL_FIELDS)
         fitted = fit(run, split, args.direction, args)
         if not run.is_main:
@@ -390,7 +390,7 @@ def train(args: argparse.Namespace) -> list[Path]:
                    "epochs": round(fitted.trained.steps / epoch, 2), "test": score(translator, split.test)}
         log.info("seq2seq-%s: test BLEU %.2f, chrF %.2f", name, metrics["test"]["bleu"], metrics["test"]["chrf"])
         return [run.save(loop.Record({
-            "id": checkpoint_id(FAMILY, name), "family": FAMILY, "name": name,
+            "id": checkpoint_id_of(FAMILY, name), "family": FAMILY, "name": name,
             "architecture": f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()} encoder-decoder, "
                             f"{args.attention} attention",
             "model": model_config_dict(translator.model.config, args.direction),
@@ -410,7 +410,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.grid:
         return grid(args)
     name = args.name or args.direction
-    path = Path(args.out) / checkpoint_id(FAMILY, name)
+    path = Path(args.out) / checkpoint_id_of(FAMILY, name)
     if not path.is_dir():
         command = f"python -m training seq2seq --direction {args.direction}" + (f" --name {name}" if args.name else "")
         raise FileNotFoundError(f"no checkpoint {path}; train it with `{command}`")
