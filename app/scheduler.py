@@ -65,11 +65,12 @@ class Sequence:
 
     async def next(self) -> list[Piece]:
         """The pieces decoded since the last call: after each step of the batch it runs in (perhaps none,
-        while text is held back), or the error that ended it. No timer per call: ``expire`` is set once."""
+        while text is held back), or, once those are taken, the error that ended it: the text decoded before
+        a fault goes out first. No timer per call: ``expire`` is set once."""
         if not self._pieces and not self.done:
             self._ready.clear()
             await self._ready.wait()
-        if self.error is not None:
+        if not self._pieces and self.error is not None:
             raise self.error
         pieces, self._pieces = self._pieces, []
         return pieces
@@ -99,6 +100,11 @@ class Sequence:
         self.error = error
         self.done = True
         self._ready.set()
+
+    @property
+    def over(self) -> bool:
+        """Nothing more to hand out: done, every piece taken, and no error for ``next`` to raise."""
+        return self.done and not self._pieces and self.error is None
 
 
 class DecodeLoop:

@@ -4,7 +4,8 @@ A generation joins its model's running batch (``app.scheduler``) and its pieces 
 step ends. Between them the route looks again: past ``REQUEST_TIMEOUT`` the generation ends (504, or an
 error event in a stream), and a client that has gone away ends it; either way its rows leave the batch
 before the next step. A stream is admitted before its 200 is sent (429 otherwise), holds its place until
-its last event, and always ends with ``data: [DONE]``, after an error event if something failed on the way.
+its last event, and always ends with ``data: [DONE]``, after an error event if something failed on the way
+(the text decoded before a fault is sent first).
 
 ``pieces`` is what a route calls to generate: one request's ``Piece``s, from any language model.
 """
@@ -63,7 +64,7 @@ async def pieces(request: Request, scheduler: Scheduler, served: Served[TextGene
         while True:
             for piece in await sequence.next():
                 yield piece
-            if sequence.done:
+            if sequence.over:
                 return
             if time.monotonic() - checked >= CHECK_SECONDS:
                 checked = time.monotonic()

@@ -118,6 +118,8 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     of a batched decode step after the model's). A token of probability 0 is never drawn: the cumulative
     sum does not pass the number there, and the number stays below the row's total."""
     cumulative = probs.cumsum(dim=-1)
+    if not torch.isfinite(cumulative[:, -1]).all():  # a broken model's NaN would otherwise draw the last token
+        raise ValueError("the next-token probabilities are not finite numbers")
     threshold = torch.rand(probs.size(0), 1, generator=generator) * cumulative[:, -1:]
     return torch.searchsorted(cumulative, threshold, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 

@@ -247,7 +247,7 @@ def decode_loop(model: Counted, max_rows: int = 32) -> tuple[DecodeLoop, Inferen
 
 async def collect_sequence(sequence: Sequence, n: int) -> list[tuple[str, str, int]]:
     collector = Collector(n)
-    while not sequence.done:
+    while not sequence.over:
         for piece in await sequence.next():
             collector.add(piece)
     return texts(collector)
