@@ -9,9 +9,9 @@ request joins a running batch within a step, leaves it at the next one, and a ba
 generating at the moment. A request draws from its own random stream with its own options, so a seeded
 request gives the same text alone or in company.
 
-``Scheduler.submit`` is the whole interface: it returns a ``Sequence``, whose ``next`` waits for new pieces
-and whose ``cancel`` gives up its rows. ``app.streaming.pieces`` drives one for a route, within the
-request's deadline and for a client still there.
+``Scheduler.submit`` is the whole interface: it returns a ``Sequence`` per prompt of a request, whose pieces
+``each_piece`` hands out as they come and whose ``cancel`` gives up its rows. ``app.streaming.pieces``
+drives a request's sequences for a route, within the request's deadline and for a client still there.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -50,28 +50,24 @@ class Step:
 
 
 class Sequence:
-    """One request's generation as the event loop sees it: pieces as they come, and a way to give up."""
+    """One generation as the event loop sees it: pieces as they come, and a way to give up.
 
-    def __init__(self, generation: Generation):
+    The generations of one request (one per prompt) share the event ``ready``, set whenever any of them has
+    news: pieces, its end or its failure."""
+
+    def __init__(self, generation: Generation, ready: asyncio.Event):
         self.generation = generation
+        self.ready = ready
         self.submitted = time.monotonic()
         self.last_token: float | None = None
         self.cancelled = False
         self.timer: asyncio.TimerHandle | None = None  # its deadline
         self.done = False
-        self.error: Exception | None = None
+        self.error: Exception | None = None  # what ended it, when it failed
         self._pieces: list[Piece] = []
-        self._ready = asyncio.Event()
 
-    async def next(self) -> list[Piece]:
-        """The pieces decoded since the last call: after each step of the batch it runs in (perhaps none,
-        while text is held back), or, once those are taken, the error that ended it: the text decoded before
-        a fault goes out first. No timer per call: ``expire`` is set once."""
-        if not self._pieces and not self.done:
-            self._ready.clear()
-            await self._ready.wait()
-        if not self._pieces and self.error is not None:
-            raise self.error
+    def take(self) -> list[Piece]:
+        """The pieces decoded since the last call (perhaps none, while text is held back)."""
         pieces, self._pieces = self._pieces, []
         return pieces
 
@@ -94,17 +90,30 @@ class Sequence:
         if self.generation.finished:
             self.done = True
             self.error = self.generation.error
-        self._ready.set()
+        self.ready.set()
 
     def fail(self, error: Exception) -> None:
         self.error = error
         self.done = True
-        self._ready.set()
+        self.ready.set()
 
-    @property
-    def over(self) -> bool:
-        """Nothing more to hand out: done, every piece taken, and no error for ``next`` to raise."""
-        return self.done and not self._pieces and self.error is None
+
+async def each_piece(sequences: list[Sequence]) -> AsyncIterator[tuple[int, Piece]]:
+    """The pieces of one request's sequences as they come, each with its sequence's index, until all are done;
+    a sequence's failure is raised once the pieces it decoded before it are out. No timer per wait: each
+    sequence's deadline is set once (``expire``)."""
+    ready = sequences[0].ready
+    while True:
+        ready.clear()
+        finished = all(s.done for s in sequences)  # looked at before taking, so no piece that comes later is missed
+        for index, sequence in enumerate(sequences):
+            for piece in sequence.take():
+                yield index, piece
+            if sequence.error is not None:
+                raise sequence.error
+        if finished:
+            return
+        await ready.wait()
 
 
 class DecodeLoop:
@@ -121,12 +130,14 @@ class DecodeLoop:
         self._task: asyncio.Task[None] | None = None
         self._riding = 0  # this loop's share of pool.riding: its requests beyond the one slot it holds
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
-        sequence = Sequence(self.generator.generation(prompt_ids, params))
-        self.waiting.append(sequence)
+    def submit(self, prompts: list[list[int]], params: SamplingParams) -> list[Sequence]:
+        """A generation for each prompt, waiting to join in this order."""
+        ready = asyncio.Event()
+        sequences = [Sequence(self.generator.generation(prompt_ids, params), ready) for prompt_ids in prompts]
+        self.waiting.extend(sequences)
         if self._task is None:  # it ends whenever nothing runs or waits
             self._task = asyncio.create_task(self._run())
-        return sequence
+        return sequences
 
     async def _run(self) -> None:
         worker = object()  # the loop's claim on one worker slot, held while it has work
@@ -173,7 +184,8 @@ class DecodeLoop:
 
     def _trip(self, joining: list[Sequence], leaving: list[Sequence]) -> list[Step]:
         """In a worker thread: the leavers leave, the joiners' prompts are read, then steps for all, until
-        ``TRIP_SECONDS`` have passed or something changes: a request waits to join, a running one is cancelled.
+        ``TRIP_SECONDS`` have passed or something changes: a request waits that would fit, a running one is
+        cancelled.
         A trip that admitted someone ends after one step, so that their first token goes out at once."""
         for sequence in leaving:
             self.batch.leave(sequence.generation)
@@ -187,9 +199,15 @@ class DecodeLoop:
         while True:
             rows = self.batch.rows
             steps.append(Step(rows, self.batch.step(), time.monotonic()))
-            if (joining or not self.batch.generations or time.monotonic() >= until or self.waiting
+            if (joining or not self.batch.generations or time.monotonic() >= until or self._room_for_next()
                     or any(s.cancelled for s in self.running.values())):
                 return steps
+
+    def _room_for_next(self) -> bool:
+        """Whether the oldest waiting request would fit in the batch now (those that would not wait for rows
+        to leave, which ending a trip does not hasten)."""
+        waiting = self.waiting
+        return bool(waiting) and self.batch.rows + waiting[0].generation.rows <= self.max_rows
 
     def _deliver(self, steps: list[Step]) -> None:
         """Each request's pieces of a trip, joined into one piece per sample, and its token timings."""
@@ -231,16 +249,18 @@ class Scheduler:
         self.metrics = metrics  # a model id's observers
         self._loops: dict[str, DecodeLoop] = {}
 
-    def submit(self, model_id: str, generator: TextGenerator, prompt_ids: list[int], params: SamplingParams,
-               seconds: float) -> Sequence:
-        """Start generating; the returned ``Sequence`` yields the pieces, and fails with 504 after ``seconds``.
-        A reloaded model gets a new loop, and the old one finishes the generations it has."""
+    def submit(self, model_id: str, generator: TextGenerator, prompts: list[list[int]], params: SamplingParams,
+               seconds: float) -> list[Sequence]:
+        """Start generating from each prompt; each returned ``Sequence`` yields its pieces (``each_piece``), and
+        fails with 504 after ``seconds``. A reloaded model gets a new loop, and the old one finishes the
+        generations it has."""
         loop = self._loops.get(model_id)
         if loop is None or loop.generator is not generator:
             loop = self._loops[model_id] = DecodeLoop(generator, self.pool, self.max_rows, self.metrics(model_id))
-        sequence = loop.submit(prompt_ids, params)
-        sequence.timer = asyncio.get_running_loop().call_later(seconds, sequence.expire, self.pool.timeout)
-        return sequence
+        sequences = loop.submit(prompts, params)
+        for sequence in sequences:
+            sequence.timer = asyncio.get_running_loop().call_later(seconds, sequence.expire, self.pool.timeout)
+        return sequences
 
 
 async def get_scheduler(request: Request) -> Scheduler:  # async: see app.inference.get_pool

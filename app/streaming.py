@@ -7,7 +7,8 @@ before the next step. A stream is admitted before its 200 is sent (429 otherwise
 its last event, and always ends with ``data: [DONE]``, after an error event if something failed on the way
 (the text decoded before a fault is sent first).
 
-``pieces`` is what a route calls to generate: one request's ``Piece``s, from any language model.
+``pieces`` is what a route calls to generate: one request's ``Piece``s, from any language model, for one
+prompt or several.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -25,15 +27,15 @@ from starlette.types import Receive, Scope, Send
 
 from app.inference import Admission, InferenceTimeout
 from app.registry import Served
-from app.scheduler import Scheduler
+from app.scheduler import Scheduler, each_piece
 from models.pipelines.text_generation import Piece, TextGenerator
 from models.sampling import SamplingParams
 
 log = logging.getLogger("app.generate")
 
-# How often, at most, a generation asks whether its client is still there, when a step's pieces arrive (a
-# look costs the event loop some microseconds; steps come every few milliseconds). A stream's disconnect
-# also cancels it at once (Starlette listens for it).
+# How often, at most, a plain generation asks whether its client is still there, when a step's pieces arrive
+# (a look costs the event loop some microseconds; steps come every few milliseconds). A stream's disconnect
+# cancels it at once instead (Starlette listens for it).
 CHECK_SECONDS = 0.05
 
 # An error event's data, from its message and OpenAI's error type.
@@ -54,25 +56,28 @@ class Deadline:
         return left
 
 
-async def pieces(request: Request, scheduler: Scheduler, served: Served[TextGenerator], prompt_ids: list[int],
-                 params: SamplingParams, deadline: Deadline) -> AsyncIterator[Piece]:
-    """The pieces of one generation as its model's batch decodes them, until it is done, past the deadline
-    (504) or the client leaves. The caller holds the request's admission."""
-    sequence = scheduler.submit(served.id, served.pipeline, prompt_ids, params, deadline.remaining())
+async def pieces(request: Request | None, scheduler: Scheduler, served: Served[TextGenerator],
+                 prompts: list[list[int]], params: SamplingParams,
+                 deadline: Deadline) -> AsyncIterator[tuple[int, Piece]]:
+    """The pieces of one request's generations, one per prompt, decoded together in its model's batch: each
+    with its prompt's index, as they come, until all are done, past the deadline (504) or the client leaves.
+    The caller holds the request's admission. A plain reply passes its ``request``, whose client is looked for
+    now and then; a stream passes None: Starlette listens for its client leaving and cancels it (a look here
+    could take that news from Starlette's listener)."""
+    sequences = scheduler.submit(served.id, served.pipeline, prompts, params, deadline.remaining())
     checked = time.monotonic()
     try:
-        while True:
-            for piece in await sequence.next():
-                yield piece
-            if sequence.over:
-                return
-            if time.monotonic() - checked >= CHECK_SECONDS:
-                checked = time.monotonic()
-                if await request.is_disconnected():
-                    log.info("client disconnected; generation stopped")
-                    return
+        async with aclosing(each_piece(sequences)) as decoded:
+            async for index, piece in decoded:
+                yield index, piece
+                if request is not None and time.monotonic() - checked >= CHECK_SECONDS:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        log.info("client disconnected; generation stopped")
+                        return
     finally:
-        sequence.cancel()
+        for sequence in sequences:
+            sequence.cancel()
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

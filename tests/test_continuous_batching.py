@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.inference import InferencePool, InferenceTimeout
 from app.observability import GenerationMetrics
-from app.scheduler import DecodeLoop, Sequence
+from app.scheduler import DecodeLoop, Sequence, each_piece
 from models.gpt import GPT, GPTConfig
 from models.pipelines.text_generation import Collector, DecodeBatch, TextGenerator
 from models.rnn import RNNLanguageModel, RNNLanguageModelConfig
@@ -247,9 +247,8 @@ def decode_loop(model: Counted, max_rows: int = 32) -> tuple[DecodeLoop, Inferen
 
 async def collect_sequence(sequence: Sequence, n: int) -> list[tuple[str, str, int]]:
     collector = Collector(n)
-    while not sequence.over:
-        for piece in await sequence.next():
-            collector.add(piece)
+    async for _, piece in each_piece([sequence]):
+        collector.add(piece)
     return texts(collector)
 
 
@@ -274,7 +273,7 @@ def test_concurrent_requests_share_decode_steps_and_get_their_own_text(name: str
     async def scenario() -> None:
         counted = Counted(model)
         loop, pool, recorded = decode_loop(counted)
-        sequences = [loop.submit(ids, params) for ids, params in requests()]
+        sequences = [loop.submit([ids], params)[0] for ids, params in requests()]
         together = await asyncio.gather(*(collect_sequence(s, p.n) for s, (_, p) in zip(sequences, requests(),
                                                                                            strict=True)))
         assert together == alone
@@ -294,7 +293,7 @@ def test_requests_past_the_row_limit_wait_to_join() -> None:
         counted = Counted(gpt())
         loop, pool, _ = decode_loop(counted, max_rows=3)
         params = SamplingParams(max_new_tokens=10, seed=1, n=2)
-        sequences = [loop.submit(PROMPTS[i % 4], params) for i in range(4)]
+        sequences = [loop.submit([PROMPTS[i % 4]], params)[0] for i in range(4)]
         results = await asyncio.gather(*(collect_sequence(s, 2) for s in sequences))
         assert all(len(r) == 2 for r in results)
         assert max(counted.steps) <= 3  # one request of two rows at a time (two would be four)
@@ -307,8 +306,8 @@ def test_a_cancelled_request_leaves_the_batch_and_frees_its_place() -> None:
     async def scenario() -> None:
         counted = Counted(gpt(block_size=256))
         loop, pool, _ = decode_loop(counted)
-        long = loop.submit(PROMPTS[0], SamplingParams(max_new_tokens=200, seed=1, n=4))
-        short = loop.submit(PROMPTS[1], SamplingParams(max_new_tokens=40, seed=2))
+        [long] = loop.submit([PROMPTS[0]], SamplingParams(max_new_tokens=200, seed=1, n=4))
+        [short] = loop.submit([PROMPTS[1]], SamplingParams(max_new_tokens=40, seed=2))
         await eventually(lambda: len(counted.steps) >= 3)
         assert pool.riding == 1  # two requests ride on the loop's one worker slot
         long.cancel()
@@ -324,7 +323,7 @@ def test_a_request_past_its_deadline_fails_with_504_and_leaves() -> None:
     async def scenario() -> None:
         counted = Counted(gpt(block_size=512))
         loop, pool, _ = decode_loop(counted)
-        sequence = loop.submit(PROMPTS[0], SamplingParams(max_new_tokens=500, seed=1, n=8))
+        [sequence] = loop.submit([PROMPTS[0]], SamplingParams(max_new_tokens=500, seed=1, n=8))
         sequence.timer = asyncio.get_running_loop().call_later(0.2, sequence.expire, 0.2)
         with pytest.raises(InferenceTimeout):
             await collect_sequence(sequence, 8)
@@ -334,12 +333,31 @@ def test_a_request_past_its_deadline_fails_with_504_and_leaves() -> None:
     asyncio.run(scenario())
 
 
+def test_a_generation_that_fails_part_way_hands_out_its_text_before_its_error() -> None:
+    model = gpt()
+    with torch.no_grad():
+        model.wpe.weight[12:] = float("nan")  # the logits turn NaN once a row reaches position 12
+
+    async def scenario() -> None:
+        loop, pool, _ = decode_loop(Counted(model))
+        [sequence] = loop.submit([PROMPTS[0]], SamplingParams(max_new_tokens=30, seed=1))  # 7 prompt tokens
+        received: list[str] = []
+        with pytest.raises(ValueError, match="not finite"):
+            async for _, piece in each_piece([sequence]):
+                received.append(piece.text)
+        # One character a token, for the tokens that take positions 7 to 12: those after them read NaN.
+        assert len("".join(received)) == 12 - len(PROMPTS[0]) + 1
+        await eventually(lambda: released(loop, pool))
+
+    asyncio.run(scenario())
+
+
 def test_a_prompt_the_model_refuses_fails_only_its_own_request() -> None:
     async def scenario() -> None:
         counted = Counted(gpt(), refuse=PROMPTS[2])
         loop, pool, _ = decode_loop(counted)
         params = SamplingParams(max_new_tokens=10, seed=3)
-        good, bad = loop.submit(PROMPTS[0], params), loop.submit(PROMPTS[2], params)
+        [good], [bad] = loop.submit([PROMPTS[0]], params), loop.submit([PROMPTS[2]], params)
         results = await asyncio.gather(collect_sequence(good, 1), collect_sequence(bad, 1), return_exceptions=True)
         assert isinstance(results[1], ValueError) and len(results[0]) == 1
         await eventually(lambda: released(loop, pool))

@@ -216,7 +216,7 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Annota
                                                                               "param": None, "code": None}})
     check_samples_fit(generator, params.n, params.max_new_tokens)
     async with pool.slot():
-        results = await complete(request, scheduler, served, prompt_ids, params, Deadline(pool.timeout))
+        [results] = await complete(request, scheduler, served, [prompt_ids], params, Deadline(pool.timeout))
     completion_tokens = sum(r.tokens for r in results)
     count_tokens(request, served.id, completion_tokens)
     choices = [ChatChoice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
@@ -235,7 +235,7 @@ async def _chunks(request: Request, scheduler: Scheduler, served: Served[TextGen
     for i in range(params.n):
         yield chunk(i, {"role": "assistant", "content": ""})
     completion_tokens = 0
-    async for piece in pieces(request, scheduler, served, prompt_ids, params, deadline):
+    async for _, piece in pieces(None, scheduler, served, [prompt_ids], params, deadline):
         if piece.text:
             yield chunk(piece.index, {"content": piece.text})
         if piece.finish_reason is not None:

@@ -15,7 +15,6 @@ loglikelihood requests ask.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -187,8 +186,7 @@ async def completions(body: CompletionRequest, request: Request, registry: Annot
         if params is None:
             results = [[Completion("", "length", 0)] * n for _ in prompt_ids]
         else:  # every prompt joins the model's batch at once: they decode together, not one after another
-            results = await asyncio.gather(*(complete(request, scheduler, served, ids, params, deadline)
-                                             for ids in prompt_ids))
+            results = await complete(request, scheduler, served, prompt_ids, params, deadline)
         for p, (text, ids, completed) in enumerate(zip(texts, prompt_ids, results, strict=True)):
             for i, result in enumerate(completed):
                 logprobs = None
@@ -219,13 +217,12 @@ async def _chunks(request: Request, scheduler: Scheduler, served: Served[TextGen
 
     n = body.samples
     completion_tokens = 0
-    for p, (text, ids) in enumerate(zip(texts, prompt_ids, strict=True)):
-        if body.echo:
+    if body.echo:
+        for p, text in enumerate(texts):
             for i in range(n):
                 yield chunk(p * n + i, text, None if params else "length")
-        if params is None:
-            continue
-        async for piece in pieces(request, scheduler, served, ids, params, deadline):
+    if params is not None:  # the prompts decode together: their choices' chunks interleave
+        async for p, piece in pieces(None, scheduler, served, prompt_ids, params, deadline):
             if piece.text or piece.finish_reason:
                 yield chunk(p * n + piece.index, piece.text, piece.finish_reason)
             if piece.finish_reason is not None:

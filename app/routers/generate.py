@@ -108,13 +108,13 @@ def count_tokens(request: Request, model_id: str, tokens: int) -> None:
     request.app.state.metrics.generated_tokens.labels(model=model_id).inc(tokens)
 
 
-async def complete(request: Request, scheduler: Scheduler, served: Served[TextGenerator], prompt_ids: list[int],
-                   params: SamplingParams, deadline: Deadline) -> list[Completion]:
-    """Every sample in full (not streamed), collected as the pipeline collects them."""
-    collector = Collector(params.n)
-    async for piece in pieces(request, scheduler, served, prompt_ids, params, deadline):
-        collector.add(piece)
-    return collector.completions()
+async def complete(request: Request, scheduler: Scheduler, served: Served[TextGenerator], prompts: list[list[int]],
+                   params: SamplingParams, deadline: Deadline) -> list[list[Completion]]:
+    """Every sample of every prompt in full (not streamed), collected as the pipeline collects them."""
+    collectors = [Collector(params.n) for _ in prompts]
+    async for index, piece in pieces(request, scheduler, served, prompts, params, deadline):
+        collectors[index].add(piece)
+    return [collector.completions() for collector in collectors]
 
 
 # ---- POST /v1/generate -----------------------------------------------------------------------------------
@@ -177,14 +177,14 @@ async def generate(body: GenerateRequest, request: Request, registry: Annotated[
         return EventStream(events, admission, lambda message, kind: {"error": message})
     check_samples_fit(served.pipeline, params.n, params.max_new_tokens)
     async with pool.slot():
-        completions = await complete(request, scheduler, served, prompt_ids, params, Deadline(pool.timeout))
+        [completions] = await complete(request, scheduler, served, [prompt_ids], params, Deadline(pool.timeout))
     count_tokens(request, served.id, sum(c.tokens for c in completions))
     return JSONResponse(generated(served.id, completions, len(prompt_ids)).model_dump())
 
 
 async def _events(request: Request, scheduler: Scheduler, served: Served[TextGenerator], prompt_ids: list[int],
                   params: SamplingParams, deadline: Deadline) -> AsyncIterator[dict[str, Any]]:
-    async for piece in pieces(request, scheduler, served, prompt_ids, params, deadline):
+    async for _, piece in pieces(None, scheduler, served, [prompt_ids], params, deadline):
         if piece.text:
             yield {"text": piece.text}
         if piece.finish_reason is not None:
