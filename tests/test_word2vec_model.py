@@ -12,12 +12,15 @@ from models.tokenizers import WordVocab
 from models.word2vec import Word2Vec, Word2VecConfig, WordVectors, load
 from training.word2vec import (
     MAX_EXP,
+    FitOptions,
     Sampling,
     _draw_noise,
     _next_random,
     _sigmoid,
+    fit,
     flatten,
     keep_probabilities,
+    merge_private_rows,
     noise_alias_tables,
     sigmoid_table,
     train_job,
@@ -72,9 +75,10 @@ def test_subsampling_drops_frequent_words_and_keeps_rare_ones():
     assert np.all(keep_probabilities(counts, sample=0) == 1.0)
 
 
-def _one_update(mode: str) -> tuple[Word2Vec, Word2Vec]:
-    """The compiled loop on the sentence [0, 1, 2] (window 1, one negative always word 3) and the same
-    updates done as SGD steps on Word2Vec.forward's loss through autograd."""
+def _one_update(mode: str, private_rows: int) -> tuple[Word2Vec, Word2Vec]:
+    """The compiled loop on the sentence [0, 1, 2] (window 1, one negative always word 3), with the
+    output vectors of words below ``private_rows`` in a thread's private copy merged afterwards, and
+    the same updates done as SGD steps on Word2Vec.forward's loss through autograd."""
     torch.manual_seed(0)
     config = Word2VecConfig(vocab_size=4, dim=8, mode=mode, window=1, negative=1, sample=0)
     compiled = Word2Vec(config)
@@ -88,8 +92,12 @@ def _one_update(mode: str) -> tuple[Word2Vec, Word2Vec]:
     starts = np.array([0, 3], dtype=np.int64)
     # Every word kept, noise word 3 alone, and a table fine enough that σ is exact to 1e-6.
     sampling = Sampling.build(np.array([0, 0, 0, 1]), sample=0)._replace(sigmoid=sigmoid_table(1_000_001))
-    train_job(compiled.input_embeddings.weight.data.numpy(), compiled.output_embeddings.weight.data.numpy(),
-              corpus, starts, sampling, mode == "cbow", 1, 1, alpha, alpha, np.uint64(1))
+    w_out = compiled.output_embeddings.weight.data.numpy()
+    private_out = w_out[:private_rows].copy()
+    start = private_out.copy()
+    train_job(compiled.input_embeddings.weight.data.numpy(), w_out, private_out, corpus, starts, sampling,
+              mode == "cbow", 1, 1, alpha, alpha, np.uint64(1))
+    merge_private_rows(w_out[:private_rows], private_out, start)
 
     def sgd_step(inputs: torch.Tensor, centre: int, input_scale: float = 1.0) -> None:
         reference.zero_grad()
@@ -107,11 +115,34 @@ def _one_update(mode: str) -> tuple[Word2Vec, Word2Vec]:
     return compiled, reference
 
 
+@pytest.mark.parametrize("private_rows", [0, 2])
 @pytest.mark.parametrize("mode", ["sg", "cbow"])
-def test_compiled_update_is_the_gradient_step_of_the_objective(mode):
-    compiled, reference = _one_update(mode)
+def test_compiled_update_is_the_gradient_step_of_the_objective(mode, private_rows):
+    compiled, reference = _one_update(mode, private_rows)
     for (name, a), (_, b) in zip(compiled.state_dict().items(), reference.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_merge_adds_a_jobs_changes_to_the_shared_rows_and_refreshes_the_threads_copy():
+    shared = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32)  # another thread moved row 0
+    start = np.array([[0.5, 2.0], [3.0, 4.0]], dtype=np.float32)
+    private = np.array([[1.0, 2.0], [3.0, 3.0]], dtype=np.float32)  # this job moved rows 0 and 1
+    merge_private_rows(shared[:2], private, start)
+    np.testing.assert_array_equal(shared, [[1.5, 2.0], [3.0, 3.0], [5.0, 6.0]])
+    np.testing.assert_array_equal(private, shared[:2])
+    np.testing.assert_array_equal(start, shared[:2])
+
+
+def test_two_workers_merge_every_threads_private_output_rows_into_the_model():
+    vocab = WordVocab.build([["the", "cat", "sat", "on", "the", "mat"]] * 400, min_count=1)
+    sentences = [["the", "cat", "sat", "on", "the", "mat"], ["the", "mat", "sat", "on", "the", "cat"]] * 3000
+    corpus, starts = flatten(vocab, sentences)
+    model = Word2Vec(Word2VecConfig(vocab_size=len(vocab), dim=16, window=2, negative=2, sample=0))
+    with torch.no_grad():
+        figures = fit(model, corpus, starts, np.array(vocab.counts), FitOptions(epochs=2, alpha=0.025, workers=2))
+    # Output vectors start at zero, and every word's is in the threads' private copies (5 rows < 4 MB).
+    assert torch.all(model.output_embeddings.weight.abs().sum(dim=1) > 0)
+    assert figures["effective_words"] == 2 * len(corpus)
 
 
 def test_flatten_drops_unknown_words_and_marks_sentence_starts():

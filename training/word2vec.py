@@ -4,9 +4,10 @@ The update is the per-pair stochastic gradient step of ``models.word2vec.Word2Ve
 run as a compiled loop (numba) over the parameters' memory: one word pair at a time is what the
 method is, and per-pair gathers and scatters in torch spend most of their time in dispatch. The
 corpus is cut into jobs of about 10,000 words; worker threads take jobs one at a time and run them
-without the GIL, sharing the two matrices without locks (Hogwild), as the reference implementations
-do. A job's random stream depends only on the seed and the job, so ``--workers 1`` with a seed
-reproduces a run exactly.
+without the GIL, updating shared vectors without locks (Hogwild), as the reference implementations
+do, except the frequent words' output vectors, of which each thread updates its own copy and merges
+its changes after each job (see ``fit``). A job's random stream depends only on the seed and the
+job, so ``--workers 1`` with a seed reproduces a run exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import logging
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -41,6 +43,7 @@ JOB_WORDS = 10_000  # corpus words per job, a thread's unit of work (gensim's ba
 SIGMOID_TABLE_SIZE = 1000  # the reference implementation's table: σ over [-MAX_EXP, MAX_EXP]
 MAX_EXP = 6.0
 LOSS_SAMPLE_EVERY = 8  # sentences: the progress bar's loss is estimated on one in this many
+PRIVATE_ROWS_BYTES = 4 << 20  # per thread: its own copy of the most frequent words' output vectors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,12 +168,20 @@ class Sampling(NamedTuple):
 #   loses its core to another process holds nobody back, and no barrier waits in between (this loop's
 #   previous version cut each epoch into 50 blocks of 16 pieces, each block waiting for its slowest
 #   piece). Dispatching a job costs about 11 µs in numba's dispatcher and 110 µs through the thread
-#   pool under load, against about 12 ms of work: under 1%. Hogwild: two threads sharing the matrices
-#   use the same CPU time per word as two threads on private copies (1.32-1.49 s against 1.41-1.48 s
-#   for two epochs), so the cache lines of frequent noise words' rows bouncing between cores do not
-#   show. Per-thread state is job-local: the buffers come from each thread's own heap arena, and the
-#   counters are locals returned at the end (the previous version summed the loss into adjacent
-#   slots of one shared array, one cache line written by every thread).
+#   pool under load, against about 12 ms of work: under 1%.
+# - Sharing vectors between threads (two epochs of skip-gram at a load average of 1, so that both
+#   threads had a core: one thread 1.16-1.27 s). Two threads on private copies of both matrices, the
+#   bound: 0.62-0.64 s. Two threads sharing both (Hogwild, as the reference implementations do):
+#   1.37-1.41 s and 2.7 CPU-seconds, slower than one thread: every update of a frequent word's output
+#   row finds its 7 cache lines in the other core's cache. Sharing the input vectors alone costs
+#   nothing measurable (context words are subsampled, so their rows are spread thin). So each thread
+#   keeps a private copy of the most frequent words' output rows and merges its changes after each
+#   job (``fit``): 1,024 rows 0.81 s, 2,621 (1 MB) 0.71 s, 4,096 0.67 s, all 6,868 (2.7 MB) 0.64 s.
+#   The merge is one fused pass that also refreshes the thread's copy (fresh numpy copies and a
+#   `+=`, with their page faults and temporaries, took one thread from 1.18 s to 1.28 s). Per-thread
+#   scratch is job-local: the buffers come from each thread's own heap arena, and the counters are
+#   locals returned at the end (the previous version summed the loss into adjacent slots of one
+#   shared array, one cache line written by every thread).
 # - Compilation. About 9 s the first time; `cache=True` loads it in 0.5-0.7 s afterwards.
 
 
@@ -210,7 +221,7 @@ def _sigmoid(f: np.float32, table: np.ndarray, scale: np.float32) -> np.float32:
 
 
 @njit(inline="always", fastmath=True)
-def _negative_sampling_step(h, target, w_out, grad_h, sampling, scale, negative, alpha, rng, track_loss):
+def _negative_sampling_step(h, target, w_out, private_out, grad_h, sampling, scale, negative, alpha, rng, track_loss):
     """One positive and ``negative`` noise targets for input ``h``: update ``w_out`` rows in place,
     accumulate the input's gradient step into ``grad_h``; returns (loss, rng).
 
@@ -228,7 +239,7 @@ def _negative_sampling_step(h, target, w_out, grad_h, sampling, scale, negative,
             if word == target:
                 continue
             label = np.float32(0.0)
-        row = w_out[word]
+        row = private_out[word] if word < private_out.shape[0] else w_out[word]
         f = np.float32(0.0)
         for d in range(dim):
             f += h[d] * row[d]
@@ -243,7 +254,7 @@ def _negative_sampling_step(h, target, w_out, grad_h, sampling, scale, negative,
 
 
 @njit(inline="always", fastmath=True)
-def _skip_gram_position(w_in, w_out, kept, pos, lo, hi, grad_h, sampling, scale, negative, alpha, rng,
+def _skip_gram_position(w_in, w_out, private_out, kept, pos, lo, hi, grad_h, sampling, scale, negative, alpha, rng,
                         track_loss):
     """Each context word's input vector predicts the centre word, as in the reference code."""
     loss = np.float32(0.0)
@@ -252,8 +263,8 @@ def _skip_gram_position(w_in, w_out, kept, pos, lo, hi, grad_h, sampling, scale,
             continue
         h = w_in[kept[j]]
         grad_h[:] = 0.0
-        pair_loss, rng = _negative_sampling_step(h, kept[pos], w_out, grad_h, sampling, scale, negative, alpha,
-                                                 rng, track_loss)
+        pair_loss, rng = _negative_sampling_step(h, kept[pos], w_out, private_out, grad_h, sampling, scale, negative,
+                                                 alpha, rng, track_loss)
         loss += pair_loss
         for d in range(h.shape[0]):
             h[d] += grad_h[d]
@@ -261,7 +272,8 @@ def _skip_gram_position(w_in, w_out, kept, pos, lo, hi, grad_h, sampling, scale,
 
 
 @njit(inline="always", fastmath=True)
-def _cbow_position(w_in, w_out, kept, pos, lo, hi, h, grad_h, sampling, scale, negative, alpha, rng, track_loss):
+def _cbow_position(w_in, w_out, private_out, kept, pos, lo, hi, h, grad_h, sampling, scale, negative, alpha, rng,
+                   track_loss):
     """The mean of the context words' input vectors predicts the centre word; each context vector then
     takes the whole step of ``h``, as in the reference code."""
     count = hi - lo - 1
@@ -275,8 +287,8 @@ def _cbow_position(w_in, w_out, kept, pos, lo, hi, h, grad_h, sampling, scale, n
             for d in range(h.shape[0]):
                 h[d] += context[d]
     h *= np.float32(1.0 / count)
-    loss, rng = _negative_sampling_step(h, kept[pos], w_out, grad_h, sampling, scale, negative, alpha, rng,
-                                        track_loss)
+    loss, rng = _negative_sampling_step(h, kept[pos], w_out, private_out, grad_h, sampling, scale, negative, alpha,
+                                        rng, track_loss)
     for j in range(lo, hi):
         if j != pos:
             context = w_in[kept[j]]
@@ -286,9 +298,11 @@ def _cbow_position(w_in, w_out, kept, pos, lo, hi, h, grad_h, sampling, scale, n
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def train_job(w_in, w_out, corpus, starts, sampling, cbow, window, negative, alpha_first, alpha_last, seed):
+def train_job(w_in, w_out, private_out, corpus, starts, sampling, cbow, window, negative, alpha_first, alpha_last,
+              seed):
     """Train on the sentences ``corpus[starts[s]:starts[s + 1]]``, one job, the learning rate going
-    linearly from ``alpha_first`` to ``alpha_last`` across it.
+    linearly from ``alpha_first`` to ``alpha_last`` across it. Output vectors of the words below
+    ``len(private_out)`` are read and written in ``private_out``, this thread's copy (see ``fit``).
 
     Returns (effective words: those kept by subsampling, summed loss, number of predictions in that
     sum). The loss is tracked on every ``LOSS_SAMPLE_EVERY``-th sentence only: it is for the progress
@@ -322,15 +336,28 @@ def train_job(w_in, w_out, corpus, starts, sampling, cbow, window, negative, alp
             reach = window - np.int64(_below(rng, window))  # dynamic window: 1..window
             lo, hi = max(0, pos - reach), min(n, pos + reach + 1)
             if cbow:
-                position_loss, count, rng = _cbow_position(w_in, w_out, kept[:n], pos, lo, hi, h, grad_h, sampling,
-                                                           scale, negative, alpha, rng, track_loss)
+                position_loss, count, rng = _cbow_position(w_in, w_out, private_out, kept[:n], pos, lo, hi, h, grad_h,
+                                                           sampling, scale, negative, alpha, rng, track_loss)
             else:
-                position_loss, count, rng = _skip_gram_position(w_in, w_out, kept[:n], pos, lo, hi, grad_h,
-                                                                sampling, scale, negative, alpha, rng, track_loss)
+                position_loss, count, rng = _skip_gram_position(w_in, w_out, private_out, kept[:n], pos, lo, hi,
+                                                                grad_h, sampling, scale, negative, alpha, rng,
+                                                                track_loss)
             if track_loss:
                 loss += position_loss
                 predictions += count
     return effective, loss, predictions
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def merge_private_rows(shared, private, start):
+    """Add a job's changes to its private rows (``private - start``) to the shared rows, and start the
+    thread's next job from the merged rows."""
+    for r in range(private.shape[0]):
+        for d in range(private.shape[1]):
+            merged = shared[r, d] + (private[r, d] - start[r, d])
+            shared[r, d] = merged
+            private[r, d] = merged
+            start[r, d] = merged
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -359,16 +386,29 @@ def fit(model: Word2Vec, corpus: np.ndarray, starts: np.ndarray, counts: np.ndar
     with its last, so a thread slowed by other work on the machine holds nobody back. A job's
     random stream depends only on the seed and the job, and with one worker the order is fixed, so
     such runs reproduce exactly.
+
+    With several workers, each thread keeps its own copy of the output vectors of the most frequent
+    words (ids below ``private_rows``: up to 4 MB of them, every word of the plays' 6,868) and adds
+    its changes to the shared ones after each job, under a lock, so a thread sees the others' updates
+    to those rows one job late. Those rows take most updates (the 2,621 most frequent words draw 78%
+    of the noise words and 88% of the centre words), and two cores writing the same rows pass their
+    cache lines back and forth: with every row shared (plain Hogwild), two threads took 2.2 times the
+    CPU time per word of one and ran at 0.87x its speed (see "Where the time goes").
     """
+    if np.any(np.diff(counts) > 0):
+        raise ValueError("word ids must be in descending order of count, as WordVocab.build gives them")
     config = model.config
     w_in = model.input_embeddings.weight.data.numpy()  # shares memory with the module
     w_out = model.output_embeddings.weight.data.numpy()
     sampling = Sampling.build(counts, config.sample)
+    private_rows = 0 if options.workers == 1 else min(len(counts), PRIVATE_ROWS_BYTES // w_out[0].nbytes)
     bounds = job_bounds(starts)
     epoch_words = int(starts[-1] - starts[0])
     words_total = options.epochs * epoch_words
     jobs = [(epoch, lo, hi) for epoch in range(options.epochs) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
     seeds = np.random.SeedSequence(options.seed).generate_state(len(jobs), dtype=np.uint64)
+    thread = threading.local()
+    merge_lock = threading.Lock()
 
     def alpha_at(words_done: int) -> float:
         return options.alpha - (options.alpha - options.min_alpha) * words_done / words_total
@@ -377,14 +417,21 @@ def fit(model: Word2Vec, corpus: np.ndarray, starts: np.ndarray, counts: np.ndar
         epoch, lo, hi = jobs[index]
         done = epoch * epoch_words + int(starts[lo] - starts[0])
         job_words = int(starts[hi] - starts[lo])
+        if not hasattr(thread, "private_out"):
+            with merge_lock:
+                thread.private_out = w_out[:private_rows].copy()
+            thread.start = thread.private_out.copy()
         effective, loss, predictions = train_job(
-            w_in, w_out, corpus, starts[lo:hi + 1], sampling, config.mode == "cbow", config.window, config.negative,
-            alpha_at(done), alpha_at(done + job_words), seeds[index])
+            w_in, w_out, thread.private_out, corpus, starts[lo:hi + 1], sampling, config.mode == "cbow", config.window,
+            config.negative, alpha_at(done), alpha_at(done + job_words), seeds[index])
+        with merge_lock:
+            merge_private_rows(w_out[:private_rows], thread.private_out, thread.start)
         return epoch, job_words, effective, loss, predictions
 
     # An empty job compiles the loop (or loads it from numba's cache) before the clock starts.
-    train_job(w_in, w_out, corpus, starts[:1], sampling, config.mode == "cbow", config.window, config.negative,
-              options.alpha, options.alpha, np.uint64(0))
+    train_job(w_in, w_out, w_out[:0].copy(), corpus, starts[:1], sampling, config.mode == "cbow", config.window,
+              config.negative, options.alpha, options.alpha, np.uint64(0))
+    merge_private_rows(w_out[:0], w_out[:0].copy(), w_out[:0].copy())
     effective_total = 0
     epoch_loss = np.zeros(options.epochs)
     epoch_predictions = np.zeros(options.epochs, dtype=np.int64)
