@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
-#   make serve   venv, install, train missing default checkpoints (quick profile), serve on HOST:PORT
-#   make test    install what the tests need, then run them
+#   make serve   venv, install (with the train extra), train missing default checkpoints (quick profile), serve on HOST:PORT
+#   make test    install what the tests need (the dev extra), then run them
+#   make docker-test   build the image with the tiny profile, run it, check it (needs a Docker engine)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,14 +10,24 @@ PROFILE ?= quick
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install checkpoints serve browser test lint bench clean
+.PHONY: install install-dev checkpoints serve browser test lint bench docker-test clean
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
+
+# Serving and training, no test tools.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[train]"
+	touch $@
+
+# The dev extra includes the train extra.
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 checkpoints: install
 	$(PY) -m training all --profile $(PROFILE) --missing --out $(CHECKPOINT_DIR)
@@ -31,11 +42,14 @@ browser:
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei) \
 		|| echo "chromium unavailable: the browser test will skip"
 
-test: install browser
+test: install-dev browser
 	$(PY) -m pytest
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check app models training tests bench
+
+docker-test:
+	bash docker/test.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

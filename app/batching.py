@@ -4,9 +4,9 @@ A request's inputs wait at most ``batch_wait_ms`` for company, and a batch close
 requests. While every worker of the pool is busy the next batch keeps filling, so batches grow with the
 load and a lone request waits only the window. A batch runs as one inference in the pool, holding one
 worker slot; each request is still admitted on its own (429 past capacity) and answered 504 past its own
-timeout, and a request that gives up is dropped from a batch not yet started. Each input is prepared
-(tokenized, checked) on its own, so input a model refuses fails its own request only; should the batched
-pass itself fail, each request of the batch is run alone.
+timeout, and a request that gives up is dropped from a batch not yet started. Each input arrives as a
+function that prepares it (tokenizes and checks it) and is prepared on its own, so input a model refuses
+fails its own request only; should the batched pass itself fail, each request of the batch is run alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -26,11 +26,13 @@ from app.inference import InferencePool, InferenceTimeout
 
 P = TypeVar("P")  # an input prepared for the model (e.g. token ids)
 R = TypeVar("R")  # the answer to one input
+# One input of a request: a function that prepares it, run in the worker thread with the batch.
+Input = Callable[[], P]
 
 
 @dataclass
-class _Waiting(Generic[R]):
-    inputs: list[tuple[Any, ...]]  # the arguments of ``prepare``, one tuple per input
+class _Waiting(Generic[P, R]):
+    inputs: list[Input[P]]
     future: asyncio.Future[list[R]]
     since: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
@@ -44,25 +46,24 @@ def _attempt(fn: Callable[[], R]) -> R | Exception:
 
 
 class Batcher(Generic[P, R]):
-    """Answers one model operation: ``prepare`` each input, then ``predict`` a whole batch of them."""
+    """Answers one model operation: prepare each input, then ``predict`` a whole batch of them."""
 
-    def __init__(self, prepare: Callable[..., P], predict: Callable[[list[P]], list[R]], pool: InferencePool,
-                 max_size: int, wait: float, observe: Callable[[int], None]):
-        self.prepare = prepare
+    def __init__(self, predict: Callable[[list[P]], list[R]], pool: InferencePool, max_size: int, wait: float,
+                 observe: Callable[[int], None]):
         self.predict = predict
         self.pool = pool
         self.max_size = max_size
         self.wait = wait  # seconds
         self.observe = observe  # records each batch's size
-        self._waiting: deque[_Waiting[R]] = deque()
+        self._waiting: deque[_Waiting[P, R]] = deque()
         self._full = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
-    async def submit(self, inputs: list[tuple[Any, ...]]) -> list[R]:
-        """The answers to one request's ``inputs`` (argument tuples of ``prepare``), in order."""
+    async def submit(self, inputs: list[Input[P]]) -> list[R]:
+        """The answers to one request's ``inputs``, in order."""
         async with self.pool.slot():
-            waiting: _Waiting[R] = _Waiting(inputs, asyncio.get_running_loop().create_future())
+            waiting: _Waiting[P, R] = _Waiting(inputs, asyncio.get_running_loop().create_future())
             self._waiting.append(waiting)
             if len(self._waiting) >= self.max_size:
                 self._full.set()
@@ -97,9 +98,9 @@ class Batcher(Generic[P, R]):
         finally:
             self._collector = None
 
-    def _take(self) -> list[_Waiting[R]]:
+    def _take(self) -> list[_Waiting[P, R]]:
         """Up to ``max_size`` waiting requests, oldest first, skipping those that gave up."""
-        batch: list[_Waiting[R]] = []
+        batch: list[_Waiting[P, R]] = []
         while self._waiting and len(batch) < self.max_size:
             waiting = self._waiting.popleft()
             if not waiting.future.done():
@@ -108,7 +109,7 @@ class Batcher(Generic[P, R]):
             self._full.clear()
         return batch
 
-    async def _run(self, batch: list[_Waiting[R]], worker: object) -> None:
+    async def _run(self, batch: list[_Waiting[P, R]], worker: object) -> None:
         self.observe(len(batch))
         self.pool.riding += len(batch) - 1
         try:
@@ -126,9 +127,9 @@ class Batcher(Generic[P, R]):
             else:
                 waiting.future.set_result(answer)
 
-    def _answer(self, requests: list[list[tuple[Any, ...]]]) -> list[list[R] | Exception]:
+    def _answer(self, requests: list[list[Input[P]]]) -> list[list[R] | Exception]:
         """In a worker thread: each request's answers, or the error that is its own."""
-        prepared = [_attempt(lambda inputs=inputs: [self.prepare(*args) for args in inputs]) for inputs in requests]
+        prepared = [_attempt(lambda inputs=inputs: [prepare() for prepare in inputs]) for inputs in requests]
         ready = [p for p in prepared if not isinstance(p, Exception)]
         if len(ready) > 1:
             outputs = _attempt(lambda: self.predict([item for p in ready for item in p]))
@@ -147,20 +148,18 @@ class Batching:
         self.max_size = max_size
         self.wait = wait_ms / 1000
         self.sizes = sizes  # batch sizes, labelled by model
-        self._batchers: dict[tuple[str, str], Batcher[Any, Any]] = {}
+        self._batchers: dict[tuple[str, str], Batcher] = {}
 
-    async def submit(self, model_id: str, prepare: Callable[..., P], predict: Callable[[list[P]], list[R]],
-                     inputs: list[tuple[Any, ...]]) -> list[R]:
+    async def submit(self, model_id: str, predict: Callable[[list[P]], list[R]], inputs: list[Input[P]]) -> list[R]:
         """``predict`` of every prepared input, batched with concurrent requests for the same operation.
 
-        ``prepare`` and ``predict`` are bound methods of the loaded model: a reloaded model brings new
-        ones, and with them a new batcher.
+        ``predict`` is a bound method of the loaded pipeline: a reloaded model brings a new one, and with it
+        a new batcher.
         """
         key = (model_id, predict.__name__)
         batcher = self._batchers.get(key)
         if batcher is None or batcher.predict != predict:
-            batcher = Batcher(prepare, predict, self.pool, self.max_size, self.wait,
-                              self.sizes.labels(model_id).observe)
+            batcher = Batcher(predict, self.pool, self.max_size, self.wait, self.sizes.labels(model_id).observe)
             self._batchers[key] = batcher
         return await batcher.submit(inputs)
 

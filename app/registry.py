@@ -1,32 +1,47 @@
-"""Every checkpoint under ``CHECKPOINT_DIR``, loaded once, looked up by family and short name."""
+"""Every checkpoint under ``CHECKPOINT_DIR``, loaded once, looked up by the pipeline a route needs.
+
+``Registry.get(kind, name)`` answers with a pipeline of exactly that type, found by checkpoint id or
+short name, or with the error that says why not:
+
+- a name the project knows (its catalog) or a checkpoint in ``CHECKPOINT_DIR``, not loaded: 503 naming
+  the command that trains it;
+- a loaded model that answers another kind of question: 422 naming the models that fit;
+- anything else: 404.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from fastapi import HTTPException, Request
 
 from app.observability import note_model
-from models import bert, classifier, gpt, rnn, seq2seq, word2vec
-from models.catalog import CATALOG, entry
-from models.checkpoint import Checkpoint, CheckpointError, find_checkpoints, load_checkpoint
+from models import pipelines
+from models.catalog import CATALOG, ID_PREFIXES, family_of, train_command
+from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
+from models.pipelines import (
+    FillMask,
+    NextSentence,
+    Pipeline,
+    TextClassifier,
+    TextGenerator,
+    Translator,
+    WordVectors,
+)
 
 log = logging.getLogger("app.registry")
 
-# family -> the model file's loader, which builds the ready-to-use inference object
-LOADERS: dict[str, Callable[[Checkpoint, torch.device], Any]] = {
-    "word2vec": word2vec.load,
-    "gpt": gpt.load,
-    "bert": bert.load,
-    "seq2seq": seq2seq.load,
-    "classifier": classifier.load,
-    "lm": rnn.load,
+P = TypeVar("P", WordVectors, Translator, FillMask, NextSentence, TextGenerator, TextClassifier)
+
+# What a route calls the models it takes, in its error messages.
+NOUNS: dict[type[Pipeline], str] = {
+    WordVectors: "word2vec model", Translator: "translation model", FillMask: "fill-mask model",
+    NextSentence: "next-sentence model", TextGenerator: "language model", TextClassifier: "classifier",
 }
 
 
@@ -39,7 +54,18 @@ class LoadedModel:
     config: dict[str, Any]
     metrics: dict[str, Any]
     parameters: int
-    model: Any = field(repr=False)
+    pipelines: tuple[Pipeline, ...]
+
+    def names(self, name: str) -> bool:
+        return name in (self.id, self.name)
+
+
+@dataclass(frozen=True)
+class Served(Generic[P]):
+    """A pipeline found for a request, with the id of the checkpoint behind it (the reply names it)."""
+
+    id: str
+    pipeline: P
 
 
 @dataclass
@@ -49,23 +75,33 @@ class CheckpointStatus:
     reason: str | None = None
 
 
-class ModelNotLoaded(HTTPException):
+class ModelError(HTTPException):
+    """An answer about the ``model`` field (OpenAI's error names it as its ``param``)."""
+
+    param = "model"
+
+
+class ModelNotLoaded(ModelError):
     """503: a model the project knows is not loaded; the message names the command that trains it."""
 
-    def __init__(self, checkpoint_id: str, command: str):
-        super().__init__(
-            status_code=503,
-            detail=f"model '{checkpoint_id}' is not loaded; train it with `{command}` "
-                   "and restart or reload the service",
-        )
+    def __init__(self, checkpoint_id: str, command: str, reason: str | None = None):
+        why = f" (refused: {reason})" if reason else ""
+        super().__init__(status_code=503, detail=f"model '{checkpoint_id}' is not loaded{why}; train it with "
+                                                 f"`{command}` and restart or reload the service")
 
 
-class UnknownModel(HTTPException):
-    """404: no checkpoint of that name exists in the family, loaded or not."""
+class UnknownModel(ModelError):
+    """404: no checkpoint of that name, loaded or not."""
 
-    def __init__(self, family: str, name: str, known: list[str]):
-        super().__init__(status_code=404,
-                         detail=f"unknown {family} model {name!r}; known models: {', '.join(known) or 'none'}")
+    def __init__(self, noun: str, name: str, known: list[str]):
+        super().__init__(status_code=404, detail=f"unknown {noun} '{name}'; known: {', '.join(known) or 'none'}")
+
+
+class WrongModel(ModelError):
+    """422: a loaded model that answers another kind of question, or a name that fits several."""
+
+    def __init__(self, message: str, fitting: list[str]):
+        super().__init__(status_code=422, detail=f"{message}; models that fit: {', '.join(fitting) or 'none loaded'}")
 
 
 class Registry:
@@ -109,9 +145,6 @@ class Registry:
         checkpoint = load_checkpoint(path)
         if checkpoint.id != path.name:
             raise CheckpointError(f"directory {path.name} holds checkpoint id {checkpoint.id!r}")
-        loader = LOADERS.get(checkpoint.family)
-        if loader is None:
-            raise CheckpointError(f"unknown family {checkpoint.family!r}")
         config = checkpoint.config
         return LoadedModel(
             id=checkpoint.id,
@@ -121,25 +154,47 @@ class Registry:
             config=config,
             metrics=checkpoint.metrics,
             parameters=sum(t.numel() for t in checkpoint.state_dict.values()),
-            model=loader(checkpoint, self.device),
+            pipelines=pipelines.load(checkpoint, self.device),
         )
 
     @property
     def models(self) -> list[LoadedModel]:
         return sorted(self._models.values(), key=lambda m: m.id)
 
-    def get(self, family: str, name: str) -> LoadedModel:
-        for model in self._models.values():
-            if model.family == family and model.name == name:
-                note_model(model.id)
-                return model
-        known = entry(family, name)
-        if known is None:
-            raise UnknownModel(family, name, [e.name for e in CATALOG if e.family == family])
-        raise ModelNotLoaded(known.id, known.train_command)
+    def get(self, kind: type[P], name: str) -> Served[P]:
+        """The ``kind`` pipeline of the loaded model called ``name`` (its id, or its short name)."""
+        models = self.models
+        fitting = [(m, p) for m in models for p in m.pipelines if isinstance(p, kind)]
+        found = [(m, p) for m, p in fitting if m.id == name] or [(m, p) for m, p in fitting if m.name == name]
+        if len(found) > 1:
+            raise WrongModel(f"'{name}' names several {NOUNS[kind]}s", [m.id for m, _ in found])
+        if found:
+            model, pipeline = found[0]
+            note_model(model.id)
+            return Served(model.id, pipeline)
+        families = pipelines.families_serving(kind)
+        self._raise_if_known(name, families)
+        other = next((m for m in models if m.names(name)), None)
+        if other is not None:
+            raise WrongModel(f"model '{name}' is not a {NOUNS[kind]}: {other.id} is a {other.family} model",
+                             [m.id for m, _ in fitting])
+        known = {e.id for e in CATALOG if e.family in families} | {m.id for m, _ in fitting}
+        raise UnknownModel(NOUNS[kind], name, sorted(known))
 
-    def names(self, family: str) -> list[str]:
-        return sorted(m.name for m in self._models.values() if m.family == family)
+    def _raise_if_known(self, name: str, families: tuple[str, ...]) -> None:
+        """503 for a name of these families that the catalog lists or ``CHECKPOINT_DIR`` holds, not loaded."""
+        for entry in CATALOG:
+            if entry.family in families and name in (entry.id, entry.name):
+                raise ModelNotLoaded(entry.id, entry.train_command, self._refusal(entry.id))
+        for checkpoint_id in (name, *(f"{ID_PREFIXES[family]}-{name}" for family in families)):
+            family = family_of(checkpoint_id)
+            present = checkpoint_id in self.statuses or (self.root / checkpoint_id / "config.json").is_file()
+            if family in families and present:
+                raise ModelNotLoaded(checkpoint_id, train_command(checkpoint_id), self._refusal(checkpoint_id))
+
+    def _refusal(self, checkpoint_id: str) -> str | None:
+        status = self.statuses.get(checkpoint_id)
+        return status.reason if status is not None and status.status == "refused" else None
 
 
 async def get_registry(request: Request) -> Registry:  # async: see app.inference.get_pool

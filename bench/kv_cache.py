@@ -20,7 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from models.checkpoint import load_checkpoint  # noqa: E402
-from models.gpt import GPT, load  # noqa: E402
+from models.gpt import GPT  # noqa: E402
+from models.pipelines.text_generation import load  # noqa: E402
 from models.sampling import SamplingParams  # noqa: E402
 from training.data import plays_in  # noqa: E402
 

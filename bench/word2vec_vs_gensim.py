@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.pipelines.word_vectors import WordVectors
 from models.tokenizers import WordVocab
-from models.word2vec import Word2Vec, Word2VecConfig, WordVectors
+from models.word2vec import Word2Vec, Word2VecConfig
 from training.word2vec import (
     DEFAULT_ALPHA,
     FitOptions,

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The container's entrypoint (the tests run it too): serve the checkpoints in CHECKPOINT_DIR.
-# Inside the image HOST defaults to 0.0.0.0 so a published port reaches it.
+# Inside the image HOST defaults to 0.0.0.0 so a published port reaches it. Arguments (`docker run IMAGE
+# --max-connections 200`) are python -m app's flags: one per setting; an unknown one stops it with a message.
 set -eu
 : "${CHECKPOINT_DIR:=/app/checkpoints}"
 : "${HOST:=0.0.0.0}"

@@ -3,9 +3,9 @@ modelling (MLM) and next-sentence prediction (NSP).
 
 Read top to bottom like the paper: the config, the input embeddings (token + position + segment), one
 encoder layer (multi-head self-attention, GELU feed-forward, residuals with post-layer-norm), the encoder
-stack with its ``[CLS]`` pooler, the two pretraining heads, the pretraining model, the classification
-model that reuses the pretrained encoder, and finally ``FillMask``, the inference helper the service
-loads (fill-mask in the Hugging Face pipeline's shape, and next-sentence probability).
+stack with its ``[CLS]`` pooler, the two pretraining heads, the pretraining model, and the classification
+model that reuses the pretrained encoder. The fill-mask and next-sentence pipelines that answer with the
+two heads are ``models.pipelines.fill_mask`` and ``models.pipelines.next_sentence``.
 """
 
 from __future__ import annotations
@@ -302,153 +302,8 @@ def load_tokenizer(checkpoint: Checkpoint) -> Tokenizer:
     return Tokenizer.from_file(str(checkpoint.file(checkpoint.config["tokenizer"]["file"])))
 
 
-# ---- inference -----------------------------------------------------------------------------------
-
-
-class BertInputError(ValueError):
-    """Input the model cannot answer (no ``[MASK]``, too long, a target outside the vocabulary)."""
-
-
-# The answer to one fill-mask input: one list per [MASK], in order, best first.
-Predictions = list[list[dict[str, Any]]]
-
-
-@dataclass
-class MaskQuery:
-    """One fill-mask input, tokenized and checked: what ``FillMask.fill_mask_encoded`` batches."""
-
-    ids: list[int]
-    masks: list[int]  # the [MASK] positions in ids
-    top_k: int
-    candidates: list[int] | None  # the targets' token ids; None ranks the whole vocabulary
-
-
-class FillMask:
-    """A pretrained BERT and its tokenizer, answering fill-mask and next-sentence questions.
-
-    Fill-mask results use the Hugging Face pipeline's item shape, ``{score, token, token_str,
-    sequence}``, one list per ``[MASK]`` in order. Each mask is predicted independently from one forward
-    pass (as the pipeline does); ``sequence`` shows the sentence with that mask filled and any other
-    masks left as ``[MASK]``. Many inputs share one forward pass through ``encode`` and
-    ``fill_mask_encoded``; ``fill_mask`` is that with a batch of one.
-    """
-
-    def __init__(self, model: BertForPreTraining, tokenizer: Tokenizer, device: torch.device):
-        self.model = model.to(device).eval()
-        self.tokenizer = tokenizer
-        self.device = device
-        self.config = model.config
-        self.mask_id = self._special_id(MASK)
-        self.cls_id = self._special_id(CLS)
-        self.sep_id = self._special_id(SEP)
-
-    def _special_id(self, token: str) -> int:
-        token_id = self.tokenizer.token_to_id(token)
-        if token_id is None:
-            raise ValueError(f"tokenizer has no {token} token")
-        return token_id
-
-    def _check_length(self, n_tokens: int) -> None:
-        if n_tokens > self.config.max_position:
-            raise BertInputError(
-                f"input is {n_tokens} tokens long ([CLS] and [SEP] included); this model accepts at most "
-                f"{self.config.max_position} tokens")
-
-    def _target_ids(self, targets: list[str]) -> list[int]:
-        """Each target must be one vocabulary token (after the tokenizer's lower-casing)."""
-        ids: list[int] = []
-        bad: list[str] = []
-        for target in targets:
-            pieces = self.tokenizer.encode(target, add_special_tokens=False).tokens
-            if len(pieces) == 1 and pieces[0] != UNK:
-                token_id = self.tokenizer.token_to_id(pieces[0])
-                if token_id not in ids:
-                    ids.append(token_id)
-            else:
-                bad.append(f"{target!r} -> {pieces}")
-        if bad:
-            raise BertInputError("targets must each be a single vocabulary token; these are not: "
-                                 + "; ".join(bad))
-        return ids
-
-    def fill_mask(self, text: str, top_k: int = 5, targets: list[str] | None = None) -> Predictions:
-        """For each ``[MASK]`` in ``text``, in order, the ``top_k`` most probable tokens (among
-        ``targets`` when given) with their probabilities and the filled-in sentence."""
-        return self.fill_mask_encoded([self.encode(text, top_k, targets)])[0]
-
-    def encode(self, text: str, top_k: int = 5, targets: list[str] | None = None) -> MaskQuery:
-        """Tokenize and check one input; ``BertInputError`` says what the model cannot answer."""
-        ids = self.tokenizer.encode(text).ids
-        masks = [i for i, token_id in enumerate(ids) if token_id == self.mask_id]
-        if not masks:
-            raise BertInputError(f"text must contain at least one {MASK} token")
-        self._check_length(len(ids))
-        return MaskQuery(ids, masks, top_k, self._target_ids(targets) if targets else None)
-
-    @torch.inference_mode()
-    def fill_mask_encoded(self, queries: list[MaskQuery]) -> list[Predictions]:
-        """Every query's predictions from one forward pass. Inputs are right-padded to the longest and
-        the padding is masked out of attention, so each answer is the one its input gets alone."""
-        lengths = torch.tensor([len(q.ids) for q in queries])
-        input_ids = torch.full((len(queries), int(lengths.max())), self.config.pad_id, dtype=torch.long)
-        for row, query in enumerate(queries):
-            input_ids[row, : len(query.ids)] = torch.tensor(query.ids)
-        attention_mask = torch.arange(input_ids.size(1))[None] < lengths[:, None]
-        hidden, _ = self.model.bert(input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
-        rows = [row for row, query in enumerate(queries) for _ in query.masks]
-        columns = [position for query in queries for position in query.masks]
-        # The MLM head only where a mask is: the vocabulary projection is the widest matmul of the pass.
-        logits = self.model.mlm(hidden[rows, columns], self.model.bert.embeddings.token.weight)
-        probs = logits.float().softmax(dim=-1).cpu()  # (all masks, vocab)
-        answers, start = [], 0
-        for query in queries:
-            answers.append(self._predictions(query, probs[start:start + len(query.masks)]))
-            start += len(query.masks)
-        return answers
-
-    def _predictions(self, query: MaskQuery, probs: torch.Tensor) -> Predictions:
-        """The top-k items of each of ``query``'s masks from their probabilities (n_masks, vocab)."""
-        if query.candidates is not None:
-            candidates = torch.tensor(query.candidates)
-            scores, order = probs[:, candidates].topk(min(query.top_k, len(candidates)), dim=-1)
-            token_ids = candidates[order]
-        else:
-            scores, token_ids = probs.topk(min(query.top_k, probs.size(-1)), dim=-1)
-
-        predictions: Predictions = []
-        for row, position in enumerate(query.masks):
-            items = []
-            for score, token_id in zip(scores[row].tolist(), token_ids[row].tolist(), strict=True):
-                filled = list(query.ids)
-                filled[position] = token_id
-                items.append({
-                    "score": score,
-                    "token": token_id,
-                    "token_str": self.tokenizer.decode([token_id]),
-                    "sequence": self._decode_text(filled),
-                })
-            predictions.append(items)
-        return predictions
-
-    def _decode_text(self, ids: list[int]) -> str:
-        """The text of a single-sentence input: [CLS]/[SEP] dropped, remaining [MASK]s kept visible."""
-        body = [i for i in ids if i not in (self.cls_id, self.sep_id)]
-        return self.tokenizer.decode(body, skip_special_tokens=False)
-
-    @torch.inference_mode()
-    def next_sentence(self, text_a: str, text_b: str) -> float:
-        """P(``text_b`` follows ``text_a``) from the NSP head."""
-        encoding = self.tokenizer.encode(text_a, text_b)
-        self._check_length(len(encoding.ids))
-        input_ids = torch.tensor([encoding.ids], device=self.device)
-        segment_ids = torch.tensor([encoding.type_ids], device=self.device)
-        _, nsp_logits, _ = self.model(input_ids, segment_ids)
-        return nsp_logits[0].float().softmax(dim=-1)[IS_NEXT].item()
-
-
-def load(checkpoint: Checkpoint, device: torch.device) -> FillMask:
-    """The service's loader: the pretraining model (both heads) and its tokenizer."""
+def load(checkpoint: Checkpoint, device: torch.device) -> BertForPreTraining:
+    """The pretraining model of a ``bert`` checkpoint (encoder and both heads), ready for inference."""
     model = BertForPreTraining(BertConfig.from_dict(checkpoint.config["model"]))
     model.load_state_dict(checkpoint.state_dict)
-    return FillMask(model, load_tokenizer(checkpoint), device)
-
+    return model.to(device).eval()

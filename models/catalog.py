@@ -37,5 +37,26 @@ CATALOG: tuple[CatalogEntry, ...] = (
 )
 
 
-def entry(family: str, name: str) -> CatalogEntry | None:
-    return next((e for e in CATALOG if e.family == family and e.name == name), None)
+# family -> how its checkpoint ids begin: ``<prefix>`` for a family's own default, ``<prefix>-<name>`` else
+ID_PREFIXES: dict[str, str] = {"word2vec": "word2vec", "gpt": "gpt", "bert": "bert", "seq2seq": "seq2seq",
+                               "classifier": "clf", "lm": "lm"}
+# The trainers whose --name picks a checkpoint id of one's own (gpt-<name>, seq2seq-<name>).
+NAMED_TRAINERS = ("gpt", "seq2seq")
+
+
+def family_of(checkpoint_id: str) -> str | None:
+    """The family a checkpoint id belongs to, read from its prefix."""
+    return next((family for family, prefix in ID_PREFIXES.items()
+                 if checkpoint_id == prefix or checkpoint_id.startswith(prefix + "-")), None)
+
+
+def train_command(checkpoint_id: str) -> str:
+    """The command that trains ``checkpoint_id``: the catalog's, or its trainer's for one named otherwise."""
+    known = next((e for e in CATALOG if e.id == checkpoint_id), None)
+    if known is not None:
+        return known.train_command
+    family = family_of(checkpoint_id)
+    if family is None:
+        raise ValueError(f"no family's checkpoint ids look like {checkpoint_id!r}")
+    name = checkpoint_id.removeprefix(ID_PREFIXES[family] + "-")
+    return f"python -m training {family}" + (f" --name {name}" if family in NAMED_TRAINERS else "")

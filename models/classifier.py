@@ -1,9 +1,9 @@
-"""The text classifier the service runs, whichever network is inside: MLP, TextCNN, RNN/LSTM/GRU or BERT.
+"""The text classifiers, whichever network is inside: MLP, TextCNN, RNN/LSTM/GRU or BERT.
 
 The networks live in their own files and share one contract: padded token ids (B, T) in, ``(logits,
 loss)`` out. This file holds what sits around them: the word vocabulary with its padding and
-unknown-word ids (or BERT's WordPiece tokenizer), batching, softmax, and the loader that rebuilds a
-``clf-<arch>`` checkpoint.
+unknown-word ids (or BERT's WordPiece tokenizer), padding a batch, and the loader that rebuilds a
+``clf-<arch>`` checkpoint's network. ``models.pipelines.classification`` answers with it.
 """
 
 from __future__ import annotations
@@ -96,62 +96,19 @@ def pad_batch(encoded: list[list[int]], pad_id: int) -> torch.Tensor:
     return ids
 
 
-class TextClassifier:
-    """A trained classifier: ``probabilities(texts)`` and the API's ``classify(texts)``.
-
-    Both encode each text, then pad and run the encoded texts together (``classify_encoded``), so
-    texts from many requests can share one forward pass.
-    """
-
-    def __init__(self, model: nn.Module, encoder: WordEncoder | SubwordEncoder, labels: list[str],
-                 device: torch.device, batch_size: int = 64):
-        self.model = model.to(device).eval()
-        self.encoder = encoder
-        self.labels = labels
-        self.device = device
-        self.batch_size = batch_size
-
-    def encode(self, text: str) -> list[int]:
-        return self.encoder.encode(text)
-
-    @torch.no_grad()
-    def _probabilities(self, encoded: list[list[int]]) -> torch.Tensor:
-        out = [torch.empty(0, len(self.labels))]
-        for start in range(0, len(encoded), self.batch_size):
-            ids = pad_batch(encoded[start:start + self.batch_size], self.encoder.pad_id)
-            logits, _ = self.model(ids.to(self.device))
-            out.append(torch.softmax(logits.float(), dim=-1).cpu())
-        return torch.cat(out)
-
-    def probabilities(self, texts: list[str]) -> torch.Tensor:
-        """Class probabilities (N, classes), in ``labels`` order."""
-        return self._probabilities([self.encode(t) for t in texts])
-
-    def classify_encoded(self, encoded: list[list[int]]) -> list[dict[str, Any]]:
-        """One ``{label, probabilities: {label: p}}`` per encoded text; padding changes no answer (each
-        network masks it out)."""
-        results = []
-        for row in self._probabilities(encoded).tolist():
-            best = max(range(len(row)), key=row.__getitem__)
-            results.append({"label": self.labels[best], "probabilities": dict(zip(self.labels, row, strict=True))})
-        return results
-
-    def classify(self, texts: list[str]) -> list[dict[str, Any]]:
-        """One ``{label, probabilities: {label: p}}`` per text."""
-        return self.classify_encoded([self.encode(t) for t in texts])
-
-
-def load(checkpoint: Checkpoint, device: torch.device) -> TextClassifier:
-    """The service's loader for ``clf-<arch>`` checkpoints."""
-    config = checkpoint.config
-    model = build_model(config["architecture"], config["model"])
-    model.load_state_dict(checkpoint.state_dict)
-    spec = config["tokenizer"]
+def load_encoder(checkpoint: Checkpoint) -> WordEncoder | SubwordEncoder:
+    """The text-to-ids encoder a ``clf-<arch>`` checkpoint names in ``config["tokenizer"]``."""
+    spec = checkpoint.config["tokenizer"]
     if spec["type"] == "wordpiece":
-        encoder: WordEncoder | SubwordEncoder = SubwordEncoder(Tokenizer.from_file(str(checkpoint.file(spec["file"]))),
-                                                               spec["max_len"])
-    else:
-        encoder = WordEncoder(WordVocab.from_file(checkpoint.file(spec["file"])), spec["max_len"])
+        return SubwordEncoder(Tokenizer.from_file(str(checkpoint.file(spec["file"]))), spec["max_len"])
+    return WordEncoder(WordVocab.from_file(checkpoint.file(spec["file"])), spec["max_len"])
+
+
+def load(checkpoint: Checkpoint, device: torch.device) -> nn.Module:
+    """The network of a ``clf-<arch>`` checkpoint, its weights loaded, ready for inference on ``device``."""
+    config = checkpoint.config
     if len(config["labels"]) != config["model"]["num_classes"]:
         raise ValueError(f"{len(config['labels'])} labels for {config['model']['num_classes']} classes")
-    return TextClassifier(model, encoder, list(config["labels"]), device)
+    model = build_model(config["architecture"], config["model"])
+    model.load_state_dict(checkpoint.state_dict)
+    return model.to(device).eval()

@@ -18,8 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.checkpoint import Checkpoint
-from models.sampling import SamplingParams, TextGenerator, make_generator, sample_next
-from models.tokenizers import load_text_tokenizer
+from models.sampling import SamplingParams, make_generator, sample_next
 
 
 @dataclass
@@ -332,11 +331,8 @@ class GPTSession:
         self.cache.repeat(n)
 
 
-def load(checkpoint: Checkpoint, device: torch.device) -> TextGenerator:
-    """The service's loader: model, weights and tokenizer from a ``gpt`` checkpoint."""
-    config = GPTConfig(**checkpoint.config["model"])
-    model = GPT(config)
+def load(checkpoint: Checkpoint, device: torch.device) -> GPT:
+    """The model of a ``gpt`` checkpoint, its weights loaded, ready for inference on ``device``."""
+    model = GPT(GPTConfig(**checkpoint.config["model"]))
     model.load_weights(checkpoint.state_dict)
-    model.to(device).eval()
-    tokenizer = load_text_tokenizer(checkpoint, config.vocab_size)
-    return TextGenerator(model.start, tokenizer, context_length=config.block_size, model=model)
+    return model.to(device).eval()

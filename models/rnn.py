@@ -43,8 +43,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import Checkpoint
-from models.sampling import TextGenerator
-from models.tokenizers import load_text_tokenizer
 
 CELLS = ("rnn", "lstm", "gru")
 PAD_ID = 0
@@ -271,7 +269,7 @@ class RNNLanguageModel(nn.Module):
     def start(self, prompt: list[int], rows: int = 1) -> tuple[RNNSession, torch.Tensor]:
         """Read ``prompt`` once; return a session continuing it in ``rows`` samples, and first logits.
 
-        The interface of ``models.sampling``: the same sampling controls as every language model here.
+        A ``models.sampling.LanguageModel``: the same sampling controls as every language model here.
         """
         logits, state = self.step(torch.tensor([prompt], dtype=torch.long, device=self.V.weight.device))
         session = RNNSession(self, state)
@@ -300,11 +298,8 @@ class RNNSession:
             self.state = self.state[:, rows]
 
 
-def load(checkpoint: Checkpoint, device: torch.device) -> TextGenerator:
-    """The service's loader for ``lm-<cell>`` checkpoints: the model with its tokenizer, ready to sample."""
-    config = RNNLanguageModelConfig(**checkpoint.config["model"])
-    model = RNNLanguageModel(config)
+def load(checkpoint: Checkpoint, device: torch.device) -> RNNLanguageModel:
+    """The model of an ``lm-<cell>`` checkpoint, its weights loaded, ready for inference on ``device``."""
+    model = RNNLanguageModel(RNNLanguageModelConfig(**checkpoint.config["model"]))
     model.load_state_dict(checkpoint.state_dict)
-    model.to(device).eval()
-    tokenizer = load_text_tokenizer(checkpoint, config.vocab_size)
-    return TextGenerator(model.start, tokenizer, context_length=None, model=model)
+    return model.to(device).eval()

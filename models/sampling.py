@@ -1,16 +1,15 @@
-"""From next-token logits to text: sampling controls, stop sequences and streamed decoding.
+"""From next-token logits to text: sampling controls, stop sequences, and the protocol a model offers.
 
-Every autoregressive language model here shares this file. A model only has to offer a
-``DecodingSession`` (feed one token per row, get next-token logits back, drop finished rows) and a
-``start`` function (prompt ids in, session and first logits out); ``TextGenerator`` then provides
+Every autoregressive language model here shares this file. A model only has to be a ``LanguageModel``:
+``start`` reads a prompt and returns a ``DecodingSession`` (feed one token per row, get next-token
+logits back, drop finished rows). ``models.pipelines.text_generation.TextGenerator`` then provides
 temperature / top-k / top-p / repetition-penalty sampling, seeds, ``n`` samples decoded as one batch,
 stop sequences and a stream of text pieces that a caller can abandon at any point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -18,6 +17,11 @@ import torch
 from models.tokenizers import TextTokenizer
 
 MIN_TEMPERATURE = 1e-4
+# The range of each control, here once: SamplingParams checks it and the service's request schema states it.
+MAX_TEMPERATURE = 2.0
+MAX_TOP_K = 1_000_000  # larger than any vocabulary here; any k at or past the vocabulary size filters nothing
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,13 @@ class SamplingParams:
     def __post_init__(self) -> None:
         checks = {
             "max_new_tokens must be at least 1": self.max_new_tokens >= 1,
-            "temperature must be in [0, 2]": 0.0 <= self.temperature <= 2.0,
-            "top_k must be 0 (off) or positive": self.top_k >= 0,
+            f"temperature must be in [0, {MAX_TEMPERATURE:g}]": 0.0 <= self.temperature <= MAX_TEMPERATURE,
+            f"top_k must be 0 (off) up to {MAX_TOP_K}": 0 <= self.top_k <= MAX_TOP_K,
             "top_p must be in (0, 1]": 0.0 < self.top_p <= 1.0,
-            "repetition_penalty must be in [0.01, 10]": 0.01 <= self.repetition_penalty <= 10.0,
+            f"repetition_penalty must be in [{MIN_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}]":
+                MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY,
             "stop sequences must be non-empty strings": all(isinstance(s, str) and s for s in self.stop),
+            f"seed must be in [0, {MAX_SEED}]": self.seed is None or 0 <= self.seed <= MAX_SEED,
             "n must be at least 1": self.n >= 1,
         }
         for message, ok in checks.items():
@@ -118,6 +124,52 @@ def make_generator(seed: int | None) -> torch.Generator:
 # ---- from token ids to text ---------------------------------------------------------------------
 
 
+class StopMatcher:
+    """Finds where the first stop sequence ends in text fed piece by piece (Knuth–Morris–Pratt).
+
+    For each stop sequence it keeps how long a prefix of it the text read so far ends with, so every
+    character costs amortised constant work per stop sequence, however long the text and the stops:
+    a generation's stop checking is linear in its length, never quadratic.
+    """
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self.fallback = [_fallback(s) for s in stops]
+        self.matched = [0] * len(stops)
+
+    def feed(self, piece: str) -> int | None:
+        """Read ``piece``; the number of its characters up to the end of the first stop sequence that
+        completes in it, or None."""
+        for end, char in enumerate(piece, start=1):
+            for i, stop in enumerate(self.stops):
+                k = self.matched[i]
+                while k and stop[k] != char:
+                    k = self.fallback[i][k - 1]
+                k = k + 1 if stop[k] == char else 0
+                if k == len(stop):
+                    return end
+                self.matched[i] = k
+        return None
+
+    @property
+    def partial(self) -> int:
+        """Characters at the end of the text so far that could begin a stop sequence."""
+        return max(self.matched, default=0)
+
+
+def _fallback(pattern: str) -> list[int]:
+    """KMP's failure function: for each prefix of ``pattern``, its longest proper prefix that is also a suffix."""
+    table = [0] * len(pattern)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = table[k - 1]
+        if pattern[i] == pattern[k]:
+            k += 1
+        table[i] = k
+    return table
+
+
 class TextAssembler:
     """Turns one sample's token ids into text that is safe to show, cutting at the first stop sequence.
 
@@ -128,7 +180,7 @@ class TextAssembler:
 
     def __init__(self, tokenizer: TextTokenizer, stop: tuple[str, ...] = ()):
         self.tokenizer = tokenizer
-        self.stop = stop
+        self.stops = StopMatcher(stop)
         self.ids: list[int] = []
         self.text = ""  # decoded so far, complete characters only
         self.shown = 0  # characters of self.text already handed out
@@ -159,23 +211,26 @@ class TextAssembler:
         return out
 
     def _add_text(self, piece: str) -> str:
-        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0) + 1)
-        self.text += piece
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        if hits:
-            self.text = self.text[:min(hits)]
+        end = self.stops.feed(piece)
+        if end is None:
+            self.text += piece
+            held = self.stops.partial
+        else:
+            self.text += piece[:end]
+            self.text = self.text[:len(self.text) - self._stop_length()]
             self.stopped = True
             held = 0
-        else:
-            held = max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])),
-                       default=0)
         visible = len(self.text) - held
         out = self.text[self.shown:visible] if visible > self.shown else ""
         self.shown = max(self.shown, visible)
         return out
 
+    def _stop_length(self) -> int:
+        """The longest stop sequence the text now ends with (the one that just completed)."""
+        return max(len(s) for s in self.stops.stops if self.text.endswith(s))
 
-# ---- the generation loop ------------------------------------------------------------------------
+
+# ---- what a language model offers ---------------------------------------------------------------
 
 
 class DecodingSession(Protocol):
@@ -190,109 +245,9 @@ class DecodingSession(Protocol):
         ...
 
 
-# prompt ids, number of rows -> (session, next-token logits (rows, vocab))
-StartFn = Callable[[list[int], int], tuple[DecodingSession, torch.Tensor]]
+class LanguageModel(Protocol):
+    """What a model offers to be sampled from: read a prompt once, continue it in ``rows`` samples."""
 
-
-@dataclass(frozen=True)
-class Piece:
-    """A stretch of new text for sample ``index``; its last piece carries ``finish_reason``.
-
-    ``finish_reason`` is ``"stop"`` (a stop sequence or the end-of-text token) or ``"length"``
-    (``max_new_tokens`` reached); ``tokens`` then counts the tokens that sample generated.
-    """
-
-    index: int
-    text: str
-    finish_reason: str | None = None
-    tokens: int = 0
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str
-    tokens: int
-
-
-@dataclass
-class Completions:
-    results: list[Completion]
-    prompt_tokens: int
-    completion_tokens: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.completion_tokens = sum(r.tokens for r in self.results)
-
-
-class TextGenerator:
-    """A language model with its tokenizer: prompt text in, sampled continuations out.
-
-    ``stream`` yields ``Piece``s as they are decoded, so a caller that stops iterating (a client
-    that disconnected) stops the computation after the current token. ``generate`` collects them.
-    """
-
-    def __init__(self, start: StartFn, tokenizer: TextTokenizer, context_length: int | None = None,
-                 model: torch.nn.Module | None = None):
-        self.start = start
-        self.tokenizer = tokenizer
-        self.context_length = context_length  # None: no limit (a recurrent model)
-        self.model = model
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt)
-        if not ids:
-            raise ValueError("the prompt encodes to no tokens")
-        return ids
-
-    @torch.no_grad()
-    def stream(self, prompt: str | list[int], params: SamplingParams) -> Iterator[Piece]:
-        prompt_ids = self.encode_prompt(prompt) if isinstance(prompt, str) else prompt
-        generator = make_generator(params.seed)
-        session, logits = self.start(prompt_ids, params.n)
-        seen = None
-        if params.repetition_penalty != 1.0:
-            seen = torch.zeros(params.n, logits.size(-1), dtype=torch.bool)
-            seen[:, torch.tensor(prompt_ids)] = True
-        assemblers = [TextAssembler(self.tokenizer, params.stop) for _ in range(params.n)]
-        active = list(range(params.n))  # sample index of each session row
-        eos = self.tokenizer.eos_id
-        for step in range(1, params.max_new_tokens + 1):
-            tokens = sample_next(logits, params, generator, seen)
-            still: list[int] = []
-            for row, index in enumerate(active):
-                token = int(tokens[row])
-                assembler = assemblers[index]
-                if token == eos:
-                    yield Piece(index, assembler.finish(), "stop", len(assembler.ids) + 1)
-                    continue
-                text = assembler.push(token)
-                if assembler.stopped:
-                    yield Piece(index, text, "stop", len(assembler.ids))
-                elif step == params.max_new_tokens:
-                    yield Piece(index, text + assembler.finish(), "length", len(assembler.ids))
-                else:
-                    if text:
-                        yield Piece(index, text)
-                    still.append(row)
-            if not still:
-                return
-            if len(still) < len(active):
-                rows = torch.tensor(still)
-                session.keep(rows)
-                tokens = tokens[rows]
-                seen = seen[rows] if seen is not None else None
-                active = [active[r] for r in still]
-            if seen is not None:
-                seen[torch.arange(len(active)), tokens] = True
-            logits = session.step(tokens)
-
-    def generate(self, prompt: str, params: SamplingParams) -> Completions:
-        prompt_ids = self.encode_prompt(prompt)
-        texts = [""] * params.n
-        results: list[Completion | None] = [None] * params.n
-        for piece in self.stream(prompt_ids, params):
-            texts[piece.index] += piece.text
-            if piece.finish_reason is not None:
-                results[piece.index] = Completion(texts[piece.index], piece.finish_reason, piece.tokens)
-        return Completions([r for r in results if r is not None], prompt_tokens=len(prompt_ids))
+    def start(self, prompt: list[int], rows: int) -> tuple[DecodingSession, torch.Tensor]:
+        """A session continuing ``prompt`` in ``rows`` rows, and the first next-token logits (rows, vocab)."""
+        ...

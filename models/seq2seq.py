@@ -22,11 +22,9 @@ Each side has a frequency-ordered ``WordVocab`` whose first four entries are the
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -393,128 +391,24 @@ class Seq2Seq(nn.Module):
         return ids, alpha_map[: len(ids)].cpu()
 
 
-# ---- inference helper -------------------------------------------------------------------------------
+# ---- loading ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Translation:
-    translation: str  # the target tokens as text, special tokens (an output <unk>) left out
-    source_tokens: list[str]
-    target_tokens: list[str]  # as produced, <unk> included, <eos> not
-    attention: list[list[float]] | None  # len(target_tokens) x len(source_tokens), rows sum to 1
-    unknown_tokens: list[str]  # source tokens outside the vocabulary (read as <unk>)
-
-
-class Translator:
-    """A trained model with its vocabularies: text in, text plus alignment out."""
-
-    def __init__(self, model: Seq2Seq, source_vocab: WordVocab, target_vocab: WordVocab, direction: str,
-                 device: torch.device):
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        self.model = model.eval()
-        self.source_vocab = source_vocab
-        self.target_vocab = target_vocab
-        self.direction = direction
-        self.source_language, self.target_language = direction.split("-")
-        self.device = device
-
-    @property
-    def has_attention(self) -> bool:
-        return self.model.config.attention != "none"
-
-    def translate(self, texts: Sequence[str], beam_size: int = 1, max_length: int | None = None,
-                  length_penalty: float = 0.6) -> list[Translation]:
-        """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence.
-
-        ``max_length`` (target tokens) defaults to twice the longest source plus 10: an English word
-        becomes about two Chinese characters, and a model that never says ``<eos>`` still stops.
-        """
-        if beam_size < 1:
-            raise ValueError("beam_size must be at least 1")
-        sources = [tokenize(text, self.source_language) for text in texts]
-        if empty := [i for i, s in enumerate(sources) if not s]:
-            raise ValueError(f"text {empty[0]} has no tokens")
-        max_length = max_length or 2 * max(map(len, sources)) + 10
-        ids = [encode(tokens, self.source_vocab) for tokens in sources]
-        if beam_size == 1:
-            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length)
-        else:
-            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam_size, max_length,
-                                              length_penalty) for s in ids]
-            outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
-        results = []
-        for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True):
-            words = [self.target_vocab.itos[i] for i in out]
-            results.append(Translation(
-                translation=detokenize([w for w in words if w not in SPECIALS], self.target_language),
-                source_tokens=tokens,
-                target_tokens=words,
-                attention=alpha.tolist() if alpha is not None else None,
-                unknown_tokens=[t for t, i in zip(tokens, token_ids, strict=True) if i == UNK_ID],
-            ))
-        return results
-
-
-def load(checkpoint: Checkpoint, device: torch.device) -> Translator:
-    """The service's loader: model from ``config["model"]``, vocabularies from the checkpoint's files."""
+def load(checkpoint: Checkpoint, device: torch.device) -> Seq2Seq:
+    """The model of a ``seq2seq`` checkpoint from ``config["model"]``, ready for inference on ``device``."""
     model_config = dict(checkpoint.config["model"])
-    direction = model_config.pop("direction")
+    model_config.pop("direction")
     model = Seq2Seq(Seq2SeqConfig(**model_config))
     model.load_state_dict(checkpoint.state_dict)
+    return model.to(device).eval()
+
+
+def load_vocabularies(checkpoint: Checkpoint) -> tuple[WordVocab, WordVocab]:
+    """The source and target vocabularies a ``seq2seq`` checkpoint names in ``config["tokenizer"]``."""
     files = checkpoint.config["tokenizer"]["files"]
-    return Translator(model.to(device), WordVocab.from_file(checkpoint.file(files["source"])),
-                      WordVocab.from_file(checkpoint.file(files["target"])), direction, device)
+    return WordVocab.from_file(checkpoint.file(files["source"])), WordVocab.from_file(checkpoint.file(files["target"]))
 
 
 def model_config_dict(config: Seq2SeqConfig, direction: str) -> dict:
     """What ``load`` reads back: the config's fields plus the direction."""
     return {**asdict(config), "direction": direction}
-
-
-# ---- pictures of the alignment ----------------------------------------------------------------------
-
-
-@cache
-def _cjk_font_family() -> str | None:
-    """Register the Noto Sans CJK font shipped on PyPI so Chinese tick labels render as glyphs."""
-    try:
-        from noto_cjk_sans_otc import FONT_PATH
-    except ImportError:
-        return None
-    from matplotlib import font_manager
-
-    font_manager.fontManager.addfont(str(FONT_PATH))
-    return font_manager.FontProperties(fname=str(FONT_PATH)).get_name()
-
-
-def attention_png(result: Translation, title: str | None = None) -> bytes:
-    """A heatmap of ``result.attention``: source tokens across, target tokens down, as PNG bytes."""
-    if result.attention is None:
-        raise ValueError("this model has no attention to draw")
-    if not result.target_tokens:
-        raise ValueError("the translation is empty, so there is no alignment to draw")
-    from matplotlib.figure import Figure
-
-    family = _cjk_font_family()
-    rows, cols = len(result.target_tokens), len(result.source_tokens)
-    # About half an inch per token, within limits that keep a long input's image a sane size.
-    figure = Figure(figsize=(min(max(3.0, 0.45 * cols + 1.8), 24.0), min(max(2.5, 0.4 * rows + 1.4), 24.0)),
-                    dpi=120)
-    axes = figure.add_subplot()
-    image = axes.imshow(result.attention, cmap="viridis", vmin=0.0, vmax=1.0,
-                        aspect="auto")
-    font = {"family": [family, "sans-serif"]} if family else {}
-    words_across = any(len(token) > 1 for token in result.source_tokens)  # side by side, words would overlap
-    axes.set_xticks(range(cols), result.source_tokens, rotation=90 if words_across else 0, fontdict=font)
-    axes.set_yticks(range(rows), result.target_tokens, fontdict=font)
-    axes.set_xlabel("source")
-    axes.set_ylabel("target")
-    if title:
-        axes.set_title(title, fontdict=font)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-

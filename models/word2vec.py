@@ -11,21 +11,18 @@ where ``h = W_in[c]`` for skip-gram (predict each context word from the centre w
 the context words' input vectors for CBOW (predict the centre word from its context).
 
 ``Word2Vec.forward`` states that objective for batches (tests check the trainer's compiled update
-against its gradient); ``WordVectors`` is the inference side with gensim's verbs.
+against its gradient); ``models.pipelines.word_vectors`` is the inference side with gensim's verbs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import Checkpoint
-from models.tokenizers import WordVocab
 
 VOCAB_FILE = "vocab.json"
 
@@ -81,82 +78,12 @@ class Word2Vec(nn.Module):
         return -(F.logsigmoid(positive) + F.logsigmoid(-negative).sum(-1)).sum()
 
 
-class WordVectors:
-    """Trained input vectors with the verbs gensim's ``KeyedVectors`` users know."""
-
-    def __init__(self, vocab: WordVocab, vectors: np.ndarray):
-        if vectors.shape[0] != len(vocab):
-            raise ValueError(f"{vectors.shape[0]} vectors for {len(vocab)} words")
-        self.vocab = vocab
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
-        self.unit_vectors = self.vectors / np.maximum(norms, 1e-12)
-
-    @property
-    def vector_size(self) -> int:
-        return self.vectors.shape[1]
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def __contains__(self, word: str) -> bool:
-        return word in self.vocab
-
-    def missing(self, words: list[str]) -> list[str]:
-        """The words of ``words`` that have no vector, in order, without repeats."""
-        return list(dict.fromkeys(w for w in words if w not in self.vocab))
-
-    def __getitem__(self, word: str) -> np.ndarray:
-        return self.vectors[self.vocab.stoi[word]]
-
-    def similarity(self, word_a: str, word_b: str) -> float:
-        """Cosine similarity of two words' vectors."""
-        a = self.unit_vectors[self.vocab.stoi[word_a]]
-        b = self.unit_vectors[self.vocab.stoi[word_b]]
-        return float(a @ b)
-
-    def most_similar(
-        self, positive: list[str], negative: list[str] | None = None, topn: int = 10
-    ) -> list[tuple[str, float]]:
-        """Words nearest the mean of the positive unit vectors minus the negative ones (3CosAdd).
-
-        The query words themselves are excluded; analogies read ``positive=[king, woman],
-        negative=[man]``.
-        """
-        negative = negative or []
-        if not positive and not negative:
-            raise ValueError("give at least one word")
-        ids = [self.vocab.stoi[w] for w in positive + negative]
-        weights = np.array([1.0] * len(positive) + [-1.0] * len(negative), dtype=np.float32)
-        query = weights @ self.unit_vectors[ids]
-        query /= max(float(np.linalg.norm(query)), 1e-12)
-        scores = self.unit_vectors @ query
-        scores[ids] = -np.inf
-        topn = min(topn, len(self.vocab) - len(set(ids)))
-        best = np.argpartition(-scores, topn - 1)[:topn] if topn > 0 else np.array([], dtype=np.int64)
-        best = best[np.argsort(-scores[best])]
-        return [(self.vocab.itos[i], float(scores[i])) for i in best]
-
-    def save_word2vec_format(self, path: Path) -> None:
-        """The word2vec text format: a ``count dim`` header, then ``word v1 v2 ...`` per line."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(f"{len(self.vocab)} {self.vector_size}\n")
-            for word, vector in zip(self.vocab.itos, self.vectors, strict=True):
-                f.write(word + " " + " ".join(f"{x:.6f}" for x in vector) + "\n")
-
-
 def config_from_checkpoint(checkpoint: Checkpoint) -> Word2VecConfig:
     return Word2VecConfig(**checkpoint.config["model"])
 
 
-def load(checkpoint: Checkpoint, device: torch.device | None = None) -> WordVectors:
-    """The service's loader: input vectors and vocabulary of a word2vec checkpoint."""
-    config = config_from_checkpoint(checkpoint)
-    vocab = WordVocab.from_file(checkpoint.file(VOCAB_FILE))
-    vectors = checkpoint.state_dict["input_embeddings.weight"].float().numpy()
-    if vectors.shape != (config.vocab_size, config.dim) or len(vocab) != config.vocab_size:
-        raise ValueError(
-            f"weights {tuple(vectors.shape)} and vocabulary {len(vocab)} do not match the config "
-            f"({config.vocab_size} x {config.dim})"
-        )
-    return WordVectors(vocab, vectors)
+def load(checkpoint: Checkpoint, device: torch.device | None = None) -> Word2Vec:
+    """Both embedding matrices of a word2vec checkpoint, in a model built from its config."""
+    model = Word2Vec(config_from_checkpoint(checkpoint))
+    model.load_state_dict(checkpoint.state_dict)
+    return model.to(device or "cpu").eval()

@@ -112,3 +112,22 @@ def empty_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         yield c
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def short_timeout_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service with REQUEST_TIMEOUT of half a second: long generations reach it."""
+    srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "short-timeout-server.log", REQUEST_TIMEOUT="0.5")
+    yield srv.url
+    srv.stop()
+
+
+API_KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service with API_KEY set (to ``API_KEY``)."""
+    srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "keyed-server.log", API_KEY=API_KEY)
+    yield srv.url
+    srv.stop()

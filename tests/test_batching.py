@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.batching import Batcher
 from app.inference import InferencePool, InferenceTimeout, OverCapacity
-from models.bert import BertConfig, BertForPreTraining, FillMask
-from models.classifier import ARCHITECTURES, SubwordEncoder, TextClassifier, WordEncoder, build_model, build_vocab
+from models.bert import BertConfig, BertForPreTraining
+from models.classifier import ARCHITECTURES, SubwordEncoder, WordEncoder, build_model, build_vocab
+from models.pipelines import FillMask, TextClassifier
 from training.bert import train_tokenizer
 
 from .conftest import Server
@@ -107,6 +108,11 @@ def upper(items: list[str]) -> list[str]:
     return [item.upper() for item in items]
 
 
+def inputs(*texts: str, prepare: Callable[[str], str] = str) -> list[Callable[[], str]]:
+    """A request's inputs as the batcher takes them: each a function that prepares it."""
+    return [lambda text=text: prepare(text) for text in texts]
+
+
 def check_released(pool: InferencePool) -> None:
     assert pool.admitted == 0 and pool.riding == 0 and pool.limiter.borrowed_tokens == 0
 
@@ -122,8 +128,8 @@ def test_concurrent_requests_share_passes_of_at_most_max_size(max_size: int, siz
             calls.append(items)
             return upper(items)
 
-        batcher = Batcher(str, predict, pool, max_size=max_size, wait=0.05, observe=observed.append)
-        answers = await asyncio.gather(*(batcher.submit([(f"a{i}",), (f"b{i}",)]) for i in range(20)))
+        batcher = Batcher(predict, pool, max_size=max_size, wait=0.05, observe=observed.append)
+        answers = await asyncio.gather(*(batcher.submit(inputs(f"a{i}", f"b{i}")) for i in range(20)))
         assert answers == [[f"A{i}", f"B{i}"] for i in range(20)]
         assert observed == sizes and [len(c) for c in calls] == [2 * s for s in sizes]
         check_released(pool)
@@ -144,9 +150,11 @@ def test_a_failing_input_fails_only_its_own_request():
 
     async def scenario() -> None:
         pool = InferencePool(max_concurrent=1, max_queued=8, timeout=5)
-        batcher = Batcher(prepare, predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
-        answers = await asyncio.gather(batcher.submit([("a",)]), batcher.submit([("b",), ("refused",)]),
-                                       batcher.submit([("poison",)]), batcher.submit([("c",), ("d",)]),
+        batcher = Batcher(predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
+        answers = await asyncio.gather(batcher.submit(inputs("a", prepare=prepare)),
+                                       batcher.submit(inputs("b", "refused", prepare=prepare)),
+                                       batcher.submit(inputs("poison", prepare=prepare)),
+                                       batcher.submit(inputs("c", "d", prepare=prepare)),
                                        return_exceptions=True)
         assert answers[0] == ["A"] and answers[3] == ["C", "D"]
         assert isinstance(answers[1], ValueError) and isinstance(answers[2], RuntimeError)
@@ -173,17 +181,17 @@ def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
 
     async def scenario() -> None:
         pool = InferencePool(max_concurrent=1, max_queued=8, timeout=5)
-        batcher = Batcher(str, predict, pool, max_size=8, wait=0, observe=lambda n: None)
+        batcher = Batcher(predict, pool, max_size=8, wait=0, observe=lambda n: None)
         # Cancelled while waiting for the busy worker: it is left out of the next batch.
-        slow = asyncio.create_task(batcher.submit([("slow",)]))
+        slow = asyncio.create_task(batcher.submit(inputs("slow")))
         await eventually(lambda: len(calls) == 1)
-        gives_up, stays = (asyncio.create_task(batcher.submit([(text,)])) for text in ("gives up", "stays"))
+        gives_up, stays = (asyncio.create_task(batcher.submit(inputs(text))) for text in ("gives up", "stays"))
         await asyncio.sleep(0.01)
         gives_up.cancel()
         assert await slow == ["SLOW"] and await stays == ["STAYS"]
         assert calls == [["slow"], ["stays"]]
         # Cancelled while its batch runs: the others of the batch still get their answers.
-        leaves, gets = (asyncio.create_task(batcher.submit([(text,)])) for text in ("slow", "gets"))
+        leaves, gets = (asyncio.create_task(batcher.submit(inputs(text))) for text in ("slow", "gets"))
         await eventually(lambda: len(calls) == 3)
         leaves.cancel()
         assert await gets == ["GETS"] and leaves.cancelled()
@@ -192,7 +200,7 @@ def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
         # Past the timeout: 504, and the worker slot is back once the pass ends.
         pool.timeout = 0.1
         with pytest.raises(InferenceTimeout):
-            await batcher.submit([("slow",)])
+            await batcher.submit(inputs("slow"))
         await eventually(lambda: pool.limiter.borrowed_tokens == 0)
         check_released(pool)
 
@@ -206,8 +214,8 @@ def test_requests_past_capacity_are_429_while_a_batch_runs():
 
     async def scenario() -> None:
         pool = InferencePool(max_concurrent=1, max_queued=1, timeout=5)
-        batcher = Batcher(str, predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
-        answers = await asyncio.gather(*(batcher.submit([(t,)]) for t in "abc"), return_exceptions=True)
+        batcher = Batcher(predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
+        answers = await asyncio.gather(*(batcher.submit(inputs(t)) for t in "abc"), return_exceptions=True)
         assert answers[:2] == [["A"], ["B"]] and isinstance(answers[2], OverCapacity)
         check_released(pool)
 

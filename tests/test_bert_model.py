@@ -20,12 +20,13 @@ from models.bert import (
     BertConfig,
     BertForPreTraining,
     BertForSequenceClassification,
-    BertInputError,
-    FillMask,
     SelfAttention,
     load,
+    load_tokenizer,
 )
 from models.checkpoint import load_checkpoint
+from models.pipelines import FillMask, NextSentence
+from models.pipelines.errors import InvalidInput
 from training import bert as trainer
 from training.bert import (
     Pair,
@@ -302,7 +303,8 @@ def test_classifier_starts_from_the_pretrained_encoder(tmp_path, tokenizer):
 
 @pytest.fixture
 def fill(tmp_path, tokenizer) -> FillMask:
-    return load(load_checkpoint(_checkpoint_dir(tmp_path, tokenizer)), torch.device("cpu"))
+    checkpoint = load_checkpoint(_checkpoint_dir(tmp_path, tokenizer))
+    return FillMask(load(checkpoint, torch.device("cpu")), load_tokenizer(checkpoint), torch.device("cpu"))
 
 
 def test_fill_mask_answers_each_mask_in_the_pipeline_shape(fill):
@@ -333,21 +335,21 @@ def test_targets_restrict_and_rank_the_candidates(fill):
     [items] = fill.fill_mask("love and [MASK]", top_k=5, targets=["King", "queen", "king"])
     assert sorted(i["token_str"] for i in items) == ["king", "queen"]  # lower-cased, deduplicated
     assert items[0]["score"] >= items[1]["score"]
-    with pytest.raises(BertInputError, match="single vocabulary token"):
+    with pytest.raises(InvalidInput, match="single vocabulary token"):
         fill.fill_mask("love and [MASK]", targets=["king", "zyxwvut"])
 
 
 def test_fill_mask_refuses_text_without_a_mask_or_too_long(fill):
-    with pytest.raises(BertInputError, match=r"\[MASK\]"):
+    with pytest.raises(InvalidInput, match=r"\[MASK\]"):
         fill.fill_mask("love and death")
-    with pytest.raises(BertInputError, match="at most 16 tokens"):
+    with pytest.raises(InvalidInput, match="at most 16 tokens"):
         fill.fill_mask("love " * 20 + "[MASK]")
-    with pytest.raises(BertInputError, match="at most 16 tokens"):
-        fill.next_sentence("love " * 10, "death " * 10)
+    with pytest.raises(InvalidInput, match="at most 16 tokens"):
+        NextSentence(fill.model, fill.tokenizer, fill.device).probability("love " * 10, "death " * 10)
 
 
 def test_next_sentence_is_a_probability(fill):
-    p = fill.next_sentence("love and death", "the king")
+    p = NextSentence(fill.model, fill.tokenizer, fill.device).probability("love and death", "the king")
     assert 0.0 <= p <= 1.0
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_vocab, load
+from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_vocab
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
+from models.pipelines.classification import load
 from models.tokenizers import words
 from training.classifier import (
     MIN_PASSAGE_WORDS,

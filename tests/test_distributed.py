@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from models.bert import load as load_bert
+from models.bert import load_tokenizer
 from models.checkpoint import load_checkpoint
 from models.gpt import load as load_gpt
-from models.seq2seq import load as load_seq2seq
+from models.pipelines import FillMask
+from models.pipelines.translation import load as load_translator
 from training.data import load_plays
 from training.state import state_dir
 
@@ -114,7 +116,7 @@ def test_bert_on_two_processes_matches_one_with_the_same_global_batch(tmp_path: 
 
     assert double.config["training"]["world_size"] == 2 and double.metrics["tokens_per_second"] > 0
     assert sorted(p.name for p in bert_two.iterdir()) == [".bert-train-state", "bert"]
-    load_bert(double, CPU).fill_mask("to be or not to [MASK]")
+    FillMask(load_bert(double, CPU), load_tokenizer(double), CPU).fill_mask("to be or not to [MASK]")
 
 
 def test_bert_on_two_processes_stopped_and_resumed_repeats_the_uninterrupted_run(tmp_path: Path, plays: Path,
@@ -141,4 +143,4 @@ def test_seq2seq_on_two_processes_matches_one_with_the_same_global_batch(tmp_pat
 
     assert double.config["training"]["world_size"] == 2 and double.metrics["tokens_per_second"] > 0
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".seq2seq-zh-en-train-state", "seq2seq-zh-en"]
-    assert load_seq2seq(double, CPU).translate(["我爱你。"])[0].translation
+    assert load_translator(double, CPU).translate(["我爱你。"])[0].translation

@@ -115,11 +115,7 @@ def test_invalid_requests_are_422(client: httpx.Client, change: dict) -> None:
     assert "detail" in response.json()
 
 
-def test_a_gpt_not_loaded_is_503_naming_the_training_command(client: httpx.Client,
-                                                             empty_client: httpx.Client) -> None:
-    response = client.post("/v1/generate", json={"prompt": PROMPT, "model": "gpt-large"})
-    assert response.status_code == 503
-    assert "python -m training gpt --name large" in response.json()["detail"]
+def test_a_gpt_not_loaded_is_503_naming_the_training_command(empty_client: httpx.Client) -> None:
     response = empty_client.post("/v1/generate", json={"prompt": PROMPT})
     assert response.status_code == 503
     assert "`python -m training gpt`" in response.json()["detail"]
@@ -204,15 +200,12 @@ def test_openai_client_extra_fields_and_echo(openai_client) -> None:  # noqa: AN
 def test_openai_client_raises_its_own_errors(openai_client) -> None:  # noqa: ANN001
     import openai
 
-    with pytest.raises(openai.UnprocessableEntityError) as bad:
+    with pytest.raises(openai.BadRequestError) as bad:
         openai_client.completions.create(model="gpt", prompt=PROMPT, max_tokens=10_000)
-    assert "512" in bad.value.body["message"]
+    assert "512" in bad.value.body["message"] and bad.value.body["param"] == "max_tokens"
     with pytest.raises(openai.NotFoundError) as unknown:
         openai_client.completions.create(model="nope", prompt=PROMPT)
     assert unknown.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.InternalServerError) as missing:
-        openai_client.completions.create(model="gpt-large", prompt=PROMPT)
-    assert missing.value.status_code == 503 and missing.value.body["code"] == "model_not_loaded"
 
 
 @pytest.mark.parametrize("change", [
@@ -221,7 +214,7 @@ def test_openai_client_raises_its_own_errors(openai_client) -> None:  # noqa: AN
 ])
 def test_completions_errors_have_the_openai_shape(client: httpx.Client, change: dict) -> None:
     response = client.post("/v1/completions", json={"model": "gpt", "prompt": PROMPT, **change})
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
     assert set(error) == {"message", "type", "param", "code"}

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from models.checkpoint import find_checkpoints, load_checkpoint
-from models.gpt import GPT, GPTConfig, KVCache, load, sinusoidal_positions
+from models.gpt import GPT, GPTConfig, KVCache, sinusoidal_positions
+from models.pipelines.text_generation import TextGenerator, load
 from models.sampling import (
     SamplingParams,
     TextAssembler,
-    TextGenerator,
     apply_repetition_penalty,
     filter_top_k,
     filter_top_p,
@@ -254,15 +254,19 @@ class ScriptedSession:
         self.position = [self.position[r] for r in rows.tolist()]
 
 
+class ScriptedModel:
+    def __init__(self, script: list[int], vocab: int):
+        self.script, self.vocab = script, vocab
+
+    def start(self, prompt: list[int], rows: int) -> tuple[ScriptedSession, torch.Tensor]:
+        session = ScriptedSession(self.script, self.vocab, rows)
+        return session, session.logits()
+
+
 def scripted(text: str, eos: bool = False) -> TextGenerator:
     tokenizer = ByteBPETokenizer.train([text], vocab_size=300)
     script = tokenizer.encode(text) + ([tokenizer.eos_id] if eos else [])
-
-    def start(prompt: list[int], rows: int) -> tuple[ScriptedSession, torch.Tensor]:
-        session = ScriptedSession(script, tokenizer.vocab_size, rows)
-        return session, session.logits()
-
-    return TextGenerator(start, tokenizer)
+    return TextGenerator(ScriptedModel(script, tokenizer.vocab_size), tokenizer)
 
 
 def test_generator_finish_reasons_and_usage() -> None:
@@ -279,7 +283,7 @@ def test_generator_finish_reasons_and_usage() -> None:
 
 def test_stream_pieces_add_up_to_the_generated_text() -> None:
     model = small(vocab_size=CharTokenizer.train([TEXT]).vocab_size)
-    generator = TextGenerator(model.start, CharTokenizer.train([TEXT]), context_length=32)
+    generator = TextGenerator(model, CharTokenizer.train([TEXT]))
     params = SamplingParams(max_new_tokens=40, seed=3, stop=("\n\n",))
     pieces = list(generator.stream("ROMEO:", params))
     whole = generator.generate("ROMEO:", params).results[0]

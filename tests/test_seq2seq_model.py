@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.pipelines.attention_image import attention_png
+from models.pipelines.translation import Translator, load
 from models.seq2seq import (
     ATTENTIONS,
     BOS_ID,
@@ -22,12 +24,9 @@ from models.seq2seq import (
     Attention,
     Seq2Seq,
     Seq2SeqConfig,
-    Translator,
-    attention_png,
     build_vocab,
     detokenize,
     encode,
-    load,
     model_config_dict,
     pad_batch,
     tokenize,
@@ -222,7 +221,8 @@ def test_blank_text_is_refused():
 def test_heatmap_is_a_png_with_chinese_glyphs_available():
     from matplotlib import image
 
-    from models.seq2seq import Translation, _cjk_font_family
+    from models.pipelines.attention_image import _cjk_font_family
+    from models.pipelines.translation import Translation
 
     assert _cjk_font_family() is not None
     result = Translation("I love you.", ["我", "爱", "你", "。"], ["i", "love", "you", "."],

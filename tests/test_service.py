@@ -195,7 +195,7 @@ def test_pool_answers_429_past_capacity_and_504_past_the_timeout():
             assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "1"
         assert await pool.run(lambda: 41 + 1) == 42
         with pytest.raises(InferenceTimeout) as late:
-            await pool.run(time.sleep, 1.0)
+            await pool.run(lambda: time.sleep(1.0))
         assert late.value.status_code == 504
         assert pool.admitted == 0
 

@@ -67,7 +67,6 @@ def test_unknown_words_are_404_naming_them(client: httpx.Client):
     {"word_a": "two words", "word_b": "king"},
     {"word_a": "k" * 65, "word_b": "king"},
     {"word_a": 5, "word_b": "king"},
-    {"word_a": "king", "word_b": "queen", "model": "glove"},
 ])
 def test_malformed_similarity_requests_are_422(client: httpx.Client, body: dict):
     response = client.post("/v1/word2vec/similarity", json=body)

@@ -8,8 +8,9 @@ import torch
 from numba import njit
 
 from models.checkpoint import load_checkpoint
+from models.pipelines.word_vectors import WordVectors, load
 from models.tokenizers import WordVocab
-from models.word2vec import Word2Vec, Word2VecConfig, WordVectors, load
+from models.word2vec import Word2Vec, Word2VecConfig
 from training.word2vec import (
     MAX_EXP,
     FitOptions,

@@ -438,7 +438,7 @@ def train(args: argparse.Namespace) -> list[Path]:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Score ``clf-<arch>`` on its test passages again and refresh the test figures in metrics.json."""
-    from models.classifier import load
+    from models.pipelines.classification import load
 
     checkpoint = load_checkpoint(Path(args.out) / checkpoint_id("clf", args.arch))
     device = pick_device(args.device)

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint, update_metrics
-from models.gpt import GPT, PRESETS, GPTConfig, load
+from models.gpt import GPT, PRESETS, GPTConfig
+from models.pipelines.text_generation import load
 from models.tokenizers import ByteBPETokenizer, CharTokenizer, TextTokenizer
 from training.common import apply_profile, progress, set_seed, weight_decay_groups
 from training.data import SPLIT_SEED, plays_in, read_text_file, shakespeare_provenance, split_text, user_provenance

@@ -192,7 +192,7 @@ def lm_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
 def windowed_bpc(path: Path, window: int, device_name: str) -> float:
     """A recurrent model scored as the GPT is: consecutive windows of ``window`` tokens, each from a zero
     state, so the two columns compare like with like (the recurrent models' own figure carries the state)."""
-    from models.rnn import load
+    from models.pipelines.text_generation import load
     from training import gpt
     from training.common import pick_device
 

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, update_metrics
-from models.rnn import CELLS, RNNLanguageModel, RNNLanguageModelConfig, load
+from models.pipelines.text_generation import load
+from models.rnn import CELLS, RNNLanguageModel, RNNLanguageModelConfig
 from training import gpt
 from training.common import apply_profile, pick_device, progress, set_seed, weight_decay_groups
 from training.data import SPLIT_SEED

@@ -42,6 +42,8 @@ from typing import Any, TypeVar
 import torch
 
 from models.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, update_metrics
+from models.pipelines.attention_image import attention_png
+from models.pipelines.translation import Translator, load
 from models.seq2seq import (
     ATTENTIONS,
     BOS_ID,
@@ -51,11 +53,8 @@ from models.seq2seq import (
     SPECIALS,
     Seq2Seq,
     Seq2SeqConfig,
-    Translator,
-    attention_png,
     build_vocab,
     encode,
-    load,
     model_config_dict,
     pad_batch,
     tokenize,

@@ -28,8 +28,9 @@ import torch
 from numba import njit
 
 from models.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, update_metrics
+from models.pipelines.word_vectors import WordVectors, load
 from models.tokenizers import WordVocab, words
-from models.word2vec import VOCAB_FILE, Word2Vec, Word2VecConfig, WordVectors, load
+from models.word2vec import VOCAB_FILE, Word2Vec, Word2VecConfig
 from training import data
 from training.common import apply_profile, log, progress, set_seed
 

@@ -9,38 +9,37 @@ probability of exactly the word asked about.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
-from pydantic import AfterValidator, BaseModel, Field
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
 
 from app.batching import Batching, get_batching
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
-from models.bert import BertInputError, FillMask
+from app.routing import JSONRoute
+from app.schemas import LIMITS, ModelName, Omittable, RequestModel, Text, check_reply_size, documented_errors
+from models.bert import MASK
+from models.pipelines import FillMask, NextSentence
+from models.pipelines.fill_mask import Predictions
 
-router = APIRouter(prefix="/v1", tags=["bert"])
+router = APIRouter(prefix="/v1", tags=["bert"], route_class=JSONRoute)
+
+InputText = Text(LIMITS.max_text_length)
+Model = Annotated[ModelName, Field(description="The BERT checkpoint (`bert`), or another by id.")]
+# A reply's worst case per prediction besides its sequence: score, token id, token string, keys.
+BYTES_PER_PREDICTION = 160
+BYTES_PER_CHARACTER = 6  # a control character is written \u00XX
+Target = Annotated[str, Field(min_length=1, max_length=LIMITS.max_word_length)]
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("text must not be blank")
-    return value
-
-
-Text = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_not_blank)]
-ModelName = Annotated[Literal["bert"], Field(description="the BERT checkpoint (`bert`)")]
-
-
-class FillMaskRequest(BaseModel):
-    text: Text = Field(description="Text with one or more `[MASK]` tokens.")
-    top_k: int = Field(5, ge=1, le=50, description="Predictions to return per mask.")
-    targets: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
-        None, min_length=1, max_length=50,
-        description="Only score these candidates; each must be one vocabulary token (422 otherwise).")
-    model: ModelName = "bert"
+class FillMaskRequest(RequestModel):
+    text: InputText = Field(description=f"Text with one or more `{MASK}` tokens.",
+                            json_schema_extra={"pattern": r"\[MASK\]"})
+    top_k: int = Field(5, ge=1, le=LIMITS.max_top_k, description="Predictions to return per mask.")
+    targets: Omittable(Annotated[list[Target], Field(min_length=1, max_length=LIMITS.max_targets)]) = Field(
+        None, description="Only score these candidates; each must be one vocabulary token (422 otherwise).")
+    model: Model = "bert"
 
     model_config = {"json_schema_extra": {"examples": [
         {"text": "To be, or not to be, that is the [MASK].", "top_k": 5},
@@ -61,10 +60,15 @@ class FillMaskResponse(BaseModel):
     model: str
 
 
-class NextSentenceRequest(BaseModel):
-    text_a: Text = Field(description="The first sentence.")
-    text_b: Text = Field(description="The sentence that may or may not follow it.")
-    model: ModelName = "bert"
+def predictions(answer: Predictions) -> list[list[Prediction]]:
+    return [[Prediction(score=p["score"], token=p["token"], token_str=p["token_str"], sequence=p["sequence"])
+             for p in mask] for mask in answer]
+
+
+class NextSentenceRequest(RequestModel):
+    text_a: InputText = Field(description="The first sentence.")
+    text_b: InputText = Field(description="The sentence that may or may not follow it.")
+    model: Model = "bert"
 
     model_config = {"json_schema_extra": {"examples": [
         {"text_a": "But, soft! what light through yonder window breaks?",
@@ -77,41 +81,32 @@ class NextSentenceResponse(BaseModel):
     model: str
 
 
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-PoolDep = Annotated[InferencePool, Depends(get_pool)]
-BatchingDep = Annotated[Batching, Depends(get_batching)]
-ERRORS = {422: {"description": "No [MASK], input longer than the model's positions, or a bad target"},
-          429: {"description": "At capacity"},
-          503: {"description": "The model is not loaded; the message names the training command"}}
+ERRORS = documented_errors({422: "No [MASK], input longer than the model's positions, a bad target, or a reply "
+                                 "larger than MAX_RESPONSE_BYTES"})
 
 
-@contextmanager
-def _unanswerable_is_422() -> Iterator[None]:
-    """Input the model cannot answer becomes a 422 with its message."""
-    try:
-        yield
-    except BertInputError as e:
-        raise HTTPException(status_code=422, detail=str(e)) from e
+def worst_reply(body: FillMaskRequest) -> int:
+    """The bytes of the reply if every mask got top_k predictions, each repeating the whole text."""
+    return body.text.count(MASK) * body.top_k * (BYTES_PER_PREDICTION + BYTES_PER_CHARACTER * len(body.text))
 
 
 @router.post("/fill-mask", response_model=FillMaskResponse, responses=ERRORS,
              summary="Most probable tokens for each [MASK]")
-async def fill_mask(body: FillMaskRequest, registry: RegistryDep, batching: BatchingDep) -> FillMaskResponse:
-    loaded = registry.get("bert", body.model)
-    bert: FillMask = loaded.model
-    with _unanswerable_is_422():
-        [predictions] = await batching.submit(loaded.id, bert.encode, bert.fill_mask_encoded,
-                                              [(body.text, body.top_k, body.targets)])
-    return FillMaskResponse(predictions=predictions, model=loaded.id)
+async def fill_mask(body: FillMaskRequest, registry: Annotated[Registry, Depends(get_registry)],
+                    batching: Annotated[Batching, Depends(get_batching)]) -> FillMaskResponse:
+    served = registry.get(FillMask, body.model)
+    check_reply_size(worst_reply(body), "ask for fewer masks, a smaller top_k or a shorter text")
+    pipeline = served.pipeline
+    [answer] = await batching.submit(served.id, pipeline.fill_mask_encoded,
+                                     [lambda: pipeline.encode(body.text, body.top_k, body.targets)])
+    return FillMaskResponse(predictions=predictions(answer), model=served.id)
 
 
 @router.post("/next-sentence", response_model=NextSentenceResponse, responses=ERRORS,
              summary="Probability that text_b follows text_a")
-async def next_sentence(
-    body: NextSentenceRequest, registry: RegistryDep, pool: PoolDep
-) -> NextSentenceResponse:
-    loaded = registry.get("bert", body.model)
-    bert: FillMask = loaded.model
-    with _unanswerable_is_422():
-        probability = await pool.run(bert.next_sentence, body.text_a, body.text_b)
-    return NextSentenceResponse(is_next_probability=probability, model=loaded.id)
+async def next_sentence(body: NextSentenceRequest, registry: Annotated[Registry, Depends(get_registry)],
+                        pool: Annotated[InferencePool, Depends(get_pool)]) -> NextSentenceResponse:
+    served = registry.get(NextSentence, body.model)
+    pipeline = served.pipeline
+    probability = await pool.run(lambda: pipeline.probability(body.text_a, body.text_b))
+    return NextSentenceResponse(is_next_probability=probability, model=served.id)

@@ -10,9 +10,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app.registry import LoadedModel, Registry, get_registry
+from app.schemas import ERROR_DESCRIPTIONS, Error
 
 router = APIRouter(tags=["system"])
-v1_router = APIRouter(prefix="/v1", tags=["system"])
+v1_router = APIRouter(prefix="/v1", tags=["system"],
+                      responses={401: {"model": Error, "description": ERROR_DESCRIPTIONS[401]}})
 
 
 class Health(BaseModel):

@@ -3,71 +3,77 @@
 ``direction`` picks the checkpoint (``seq2seq-zh-en`` or ``seq2seq-en-zh``); ``model`` optionally picks
 another one trained for that direction (``python -m training seq2seq --name NAME ...``). Each result
 carries the source and target tokens and the attention matrix: one row per target token, one column per
-source token, each row a probability distribution (``null`` for a model trained without attention).
+source token, each row a probability distribution (``null`` for a model trained without attention),
+rounded to ``ATTENTION_DECIMALS`` places, which is all a heatmap shows and a quarter of the bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from app.inference import InferencePool, get_pool
-from app.registry import LoadedModel, Registry, get_registry
-from models.seq2seq import Translation, Translator, attention_png
+from app.registry import Registry, Served, get_registry
+from app.routing import JSONRoute
+from app.schemas import (
+    LIMITS,
+    ModelName,
+    Omittable,
+    OneOrMany,
+    RequestModel,
+    Text,
+    check_reply_size,
+    documented_errors,
+)
+from models.pipelines import Translator
+from models.pipelines.attention_image import attention_png
+from models.pipelines.translation import LENGTH_PENALTY, Translation, default_max_length
 
-router = APIRouter(prefix="/v1/translate", tags=["translate"])
-T = TypeVar("T")
+router = APIRouter(prefix="/v1/translate", tags=["translate"], route_class=JSONRoute)
 
-# The models learnt from sentences of at most ~18 characters; far longer input only yields noise and
-# attention matrices of a size no one can read.
-MAX_TEXT_CHARS = 200
-MAX_TEXTS = 32
+ATTENTION_DECIMALS = 4
+# A reply's worst case per attention weight ("0.1234, ") and per token string with its quotes and comma.
+BYTES_PER_WEIGHT = ATTENTION_DECIMALS + 4
+BYTES_PER_TOKEN = 48
 
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("text must not be empty or only spaces")
-    return value
+SourceText = Text(LIMITS.max_translate_text_length)
+SourceTexts = Annotated[list[SourceText], Field(min_length=1, max_length=LIMITS.max_translate_texts)]
 
 
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)]
-
-
-class Options(BaseModel):
+class Options(RequestModel):
     direction: Literal["zh-en", "en-zh"] = Field("zh-en", description="Chinese→English or English→Chinese.")
-    beam_size: int = Field(1, ge=1, le=10, description="1 = greedy decoding; more = beam search.")
-    max_length: int | None = Field(None, ge=1, le=100,
-                                   description="Most target tokens to produce (default: 2 × source + 10).")
-    length_penalty: float = Field(0.6, ge=0.0, le=2.0,
+    beam_size: int = Field(1, ge=1, le=LIMITS.max_beam_size, description="1 = greedy decoding; more = beam search.")
+    max_length: Omittable(Annotated[int, Field(ge=1, le=LIMITS.max_translation_length)]) = Field(
+        None, description=f"Most target tokens to produce (default: 2 × source + 10, at most "
+                    f"{LIMITS.max_translation_length}).")
+    length_penalty: float = Field(LENGTH_PENALTY, ge=0.0, le=2.0,
                                   description="Beam search ranks by log p / ((5 + |y|) / 6)^length_penalty.")
-    model: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
-                              description="A checkpoint trained for this direction, by name (`zh-en-lstm`) "
-                                          "or id (`seq2seq-zh-en-lstm`); default: the direction's own.")
+    model: Omittable(ModelName) = Field(
+        None, description="A checkpoint trained for this direction, by name (`zh-en-lstm`) or id "
+                          "(`seq2seq-zh-en-lstm`); default: the direction's own.")
+
+    def target_length(self, source_tokens: int) -> int:
+        """The most tokens the translation of a text of ``source_tokens`` tokens may have."""
+        return self.max_length or min(default_max_length(source_tokens), LIMITS.max_translation_length)
 
 
-class TranslateRequest(Options):
-    text: Text | None = Field(None, description="One text to translate.")
-    texts: list[Text] | None = Field(None, min_length=1, max_length=MAX_TEXTS, description="Several texts.")
+class TranslateRequest(Options, OneOrMany):
+    text: Omittable(SourceText) = Field(None, description="One text to translate.")
+    texts: Omittable(SourceTexts) = Field(None, description="Several texts.")
 
-    model_config = {"json_schema_extra": {"examples": [
-        {"text": "我们明天见。", "direction": "zh-en"},
-        {"texts": ["今天很冷。", "他是我的老师。"], "direction": "zh-en", "beam_size": 4},
-        {"text": "I like drinking tea.", "direction": "en-zh"},
-    ]}}
-
-    @model_validator(mode="after")
-    def one_of_text_or_texts(self) -> TranslateRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of `text` (a string) or `texts` (a list of strings)")
-        return self
+    model_config = {"json_schema_extra": {
+        "examples": [{"text": "我们明天见。", "direction": "zh-en"},
+                     {"texts": ["今天很冷。", "他是我的老师。"], "direction": "zh-en", "beam_size": 4},
+                     {"text": "I like drinking tea.", "direction": "en-zh"}],
+        "oneOf": [{"required": ["text"]}, {"required": ["texts"]}],
+    }}
 
 
 class AttentionImageRequest(Options):
-    text: Text = Field(description="The one text whose attention is drawn.")
+    text: SourceText = Field(description="The one text whose attention is drawn.")
 
     model_config = {"json_schema_extra": {"examples": [{"text": "我们明天见。", "direction": "zh-en"}]}}
 
@@ -84,7 +90,8 @@ class TranslationResult(BaseModel):
     source_tokens: list[str] = Field(description="The input as the model reads it (characters or words).")
     target_tokens: list[str] = Field(description="The output tokens, `<eos>` excluded.")
     attention: list[list[float]] | None = Field(
-        description="len(target_tokens) × len(source_tokens); each row sums to 1. Null without attention.")
+        description=f"len(target_tokens) × len(source_tokens); each row sums to 1 (to {ATTENTION_DECIMALS} "
+                    "decimal places). Null without attention.")
     unknown_tokens: list[str] = Field(description="Source tokens outside the vocabulary, read as `<unk>`.")
 
 
@@ -94,53 +101,67 @@ class TranslateResponse(BaseModel):
     direction: str
 
 
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-PoolDep = Annotated[InferencePool, Depends(get_pool)]
-ERRORS = {422: {"description": "Empty or too long text, unsupported direction, or a model of another "
-                               "direction"},
-          503: {"description": "The model is not loaded; the message names the training command"}}
+def result(translation: Translation) -> TranslationResult:
+    attention = translation.attention
+    return TranslationResult(
+        translation=translation.translation,
+        source_tokens=translation.source_tokens,
+        target_tokens=translation.target_tokens,
+        attention=None if attention is None else [[round(w, ATTENTION_DECIMALS) for w in row] for row in attention],
+        unknown_tokens=translation.unknown_tokens,
+    )
 
 
-def _translator(registry: Registry, options: Options) -> LoadedModel:
-    name = options.model.removeprefix("seq2seq-") if options.model else options.direction
-    loaded = registry.get("seq2seq", name)
-    translator: Translator = loaded.model
-    if translator.direction != options.direction:
-        detail = f"model '{loaded.name}' translates {translator.direction}, not {options.direction}"
-        raise HTTPException(status_code=422, detail=detail)
-    return loaded
+ERRORS = documented_errors({422: "Empty or too long text, unsupported direction, a model of another direction, "
+                                 "or a reply larger than MAX_RESPONSE_BYTES"})
 
 
-async def _answer(pool: InferencePool, fn: Callable[..., T], *args: object) -> T:
-    """Run model code in the pool; input the model cannot take becomes a 422 with its message."""
-    try:
-        return await pool.run(fn, *args)
-    except ValueError as e:
-        raise HTTPException(status_code=422, detail=str(e)) from e
+def _translator(registry: Registry, options: Options) -> Served[Translator]:
+    served = registry.get(Translator, options.model or options.direction)
+    if served.pipeline.direction != options.direction:
+        raise HTTPException(status_code=422, detail=f"model '{served.id}' translates {served.pipeline.direction}, "
+                                                    f"not {options.direction}")
+    return served
+
+
+def worst_reply(translator: Translator, texts: list[str], options: Options) -> int:
+    """The bytes of the reply if every text got its longest translation, with a full attention matrix."""
+    worst = 0
+    for text in texts:
+        source = len(translator.source_tokens(text))
+        target = options.target_length(source)
+        worst += target * (source * BYTES_PER_WEIGHT + BYTES_PER_TOKEN) + source * BYTES_PER_TOKEN
+    return worst
 
 
 @router.post("", response_model=TranslateResponse, responses=ERRORS,
              summary="Translate, with the attention of every output token over the input")
-async def translate(body: TranslateRequest, registry: RegistryDep, pool: PoolDep) -> TranslateResponse:
-    loaded = _translator(registry, body)
-    texts = body.texts if body.texts is not None else [body.text]
-    results: list[Translation] = await _answer(pool, loaded.model.translate, texts, body.beam_size,
-                                               body.max_length, body.length_penalty)
-    return TranslateResponse(results=[TranslationResult(**vars(r)) for r in results], model=loaded.id,
-                             direction=body.direction)
-
-
-def _draw(translator: Translator, model_id: str, body: AttentionImageRequest) -> bytes:
-    if not translator.has_attention:
-        raise ValueError(f"model '{model_id}' was trained without attention; there is nothing to draw")
-    result = translator.translate([body.text], body.beam_size, body.max_length, body.length_penalty)[0]
-    return attention_png(result, title=f"{model_id}: {result.translation}")
+async def translate(body: TranslateRequest, registry: Annotated[Registry, Depends(get_registry)],
+                    pool: Annotated[InferencePool, Depends(get_pool)]) -> TranslateResponse:
+    served = _translator(registry, body)
+    translator, texts = served.pipeline, body.inputs
+    check_reply_size(worst_reply(translator, texts, body), "send fewer or shorter texts, or a smaller max_length")
+    longest = max(len(translator.source_tokens(t)) for t in texts)
+    translations = await pool.run(lambda: translator.translate(
+        texts, beam_size=body.beam_size, max_length=body.target_length(longest), length_penalty=body.length_penalty))
+    return TranslateResponse(results=[result(t) for t in translations], model=served.id, direction=body.direction)
 
 
 @router.post("/attention.png", response_class=Response, responses={
     200: {"content": {"image/png": {}}, "description": "Heatmap: source tokens across, target tokens down."},
     **ERRORS}, summary="The attention of one translation as a PNG heatmap")
-async def attention_image(body: AttentionImageRequest, registry: RegistryDep, pool: PoolDep) -> Response:
-    loaded = _translator(registry, body)
-    png = await _answer(pool, _draw, loaded.model, loaded.id, body)
-    return Response(content=png, media_type="image/png")
+async def attention_image(body: AttentionImageRequest, registry: Annotated[Registry, Depends(get_registry)],
+                          pool: Annotated[InferencePool, Depends(get_pool)]) -> Response:
+    served = _translator(registry, body)
+    translator = served.pipeline
+    if not translator.has_attention:
+        raise HTTPException(status_code=422, detail=f"model '{served.id}' was trained without attention; there "
+                                                    "is nothing to draw")
+    max_length = body.target_length(len(translator.source_tokens(body.text)))
+
+    def draw() -> bytes:
+        [translation] = translator.translate([body.text], beam_size=body.beam_size, max_length=max_length,
+                                             length_penalty=body.length_penalty)
+        return attention_png(translation, title=f"{served.id}: {translation.translation}")
+
+    return Response(content=await pool.run(draw), media_type="image/png")

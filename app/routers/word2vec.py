@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
-from models.word2vec import WordVectors
+from app.routing import JSONRoute
+from app.schemas import LIMITS, ModelName, RequestModel, Word, documented_errors
+from models.pipelines import WordVectors
 
-router = APIRouter(prefix="/v1/word2vec", tags=["word2vec"])
-
-
-def _one_word(value: str) -> str:
-    word = value.strip().lower()
-    if not word:
-        raise ValueError("a word must not be empty")
-    if any(c.isspace() for c in word):
-        raise ValueError(f"{value!r} is not a single word")
-    return word
+router = APIRouter(prefix="/v1/word2vec", tags=["word2vec"], route_class=JSONRoute)
 
 
-Word = Annotated[str, Field(min_length=1, max_length=64, examples=["king"]), AfterValidator(_one_word)]
-ModelName = Annotated[Literal["sg", "cbow"], Field(description="skip-gram (`sg`) or CBOW (`cbow`) vectors")]
+VocabularyWord = Word(LIMITS.max_word_length)
+Model = Annotated[ModelName, Field(description="word2vec vectors: skip-gram (`sg`), CBOW (`cbow`), or a "
+                                               "checkpoint id")]
 
 
-class SimilarityRequest(BaseModel):
-    word_a: Word
-    word_b: Word
-    model: ModelName = "sg"
+class SimilarityRequest(RequestModel):
+    word_a: VocabularyWord
+    word_b: VocabularyWord
+    model: Model = "sg"
 
     model_config = {"json_schema_extra": {"examples": [{"word_a": "king", "word_b": "queen", "model": "sg"}]}}
 
@@ -40,16 +34,19 @@ class SimilarityResponse(BaseModel):
     model: str
 
 
-class MostSimilarRequest(BaseModel):
-    positive: list[Word] = Field(default_factory=list, max_length=20, description="Words to move towards.")
-    negative: list[Word] = Field(default_factory=list, max_length=20, description="Words to move away from.")
-    topn: int = Field(10, ge=1, le=100, description="How many neighbours to return.")
-    model: ModelName = "sg"
+class MostSimilarRequest(RequestModel):
+    positive: list[VocabularyWord] = Field(default_factory=list, max_length=LIMITS.max_query_words,
+                                 description="Words to move towards.")
+    negative: list[VocabularyWord] = Field(default_factory=list, max_length=LIMITS.max_query_words,
+                                 description="Words to move away from.")
+    topn: int = Field(10, ge=1, le=LIMITS.max_topn, description="How many neighbours to return.")
+    model: Model = "sg"
 
-    model_config = {"json_schema_extra": {"examples": [
-        {"positive": ["king", "woman"], "negative": ["man"], "topn": 5},
-        {"positive": ["love"], "topn": 10},
-    ]}}
+    model_config = {"json_schema_extra": {
+        "examples": [{"positive": ["king", "woman"], "negative": ["man"], "topn": 5}, {"positive": ["love"]}],
+        "anyOf": [{"required": ["positive"], "properties": {"positive": {"minItems": 1}}},
+                  {"required": ["negative"], "properties": {"negative": {"minItems": 1}}}],
+    }}
 
     @model_validator(mode="after")
     def some_words(self) -> MostSimilarRequest:
@@ -68,36 +65,32 @@ class MostSimilarResponse(BaseModel):
     model: str
 
 
-def _vectors(registry: Registry, name: str) -> tuple[str, WordVectors]:
-    loaded = registry.get("word2vec", name)
-    return loaded.id, loaded.model
-
-
 def _require_known(vectors: WordVectors, model_id: str, words: list[str]) -> None:
     missing = vectors.missing(words)
     if missing:
         raise HTTPException(status_code=404, detail=f"not in the vocabulary of {model_id}: {', '.join(missing)}")
 
 
-UNKNOWN_WORD = {404: {"description": "A word is not in the model's vocabulary"},
-                503: {"description": "The model is not loaded; the message names the training command"}}
+ERRORS = documented_errors({404: "A word outside the model's vocabulary, or no model of that name"})
 
 
-@router.post("/similarity", response_model=SimilarityResponse, responses=UNKNOWN_WORD,
+@router.post("/similarity", response_model=SimilarityResponse, responses=ERRORS,
              summary="Cosine similarity of two words")
-async def similarity(body: SimilarityRequest, registry: Registry = Depends(get_registry),
-                     pool: InferencePool = Depends(get_pool)) -> SimilarityResponse:
-    model_id, vectors = _vectors(registry, body.model)
-    _require_known(vectors, model_id, [body.word_a, body.word_b])
-    score = await pool.run(vectors.similarity, body.word_a, body.word_b)
-    return SimilarityResponse(similarity=score, model=model_id)
+async def similarity(body: SimilarityRequest, registry: Annotated[Registry, Depends(get_registry)],
+                     pool: Annotated[InferencePool, Depends(get_pool)]) -> SimilarityResponse:
+    served = registry.get(WordVectors, body.model)
+    vectors = served.pipeline
+    _require_known(vectors, served.id, [body.word_a, body.word_b])
+    score = await pool.run(lambda: vectors.similarity(body.word_a, body.word_b))
+    return SimilarityResponse(similarity=score, model=served.id)
 
 
-@router.post("/most-similar", response_model=MostSimilarResponse, responses=UNKNOWN_WORD,
+@router.post("/most-similar", response_model=MostSimilarResponse, responses=ERRORS,
              summary="Nearest words; analogies through positive and negative")
-async def most_similar(body: MostSimilarRequest, registry: Registry = Depends(get_registry),
-                       pool: InferencePool = Depends(get_pool)) -> MostSimilarResponse:
-    model_id, vectors = _vectors(registry, body.model)
-    _require_known(vectors, model_id, body.positive + body.negative)
-    neighbours = await pool.run(vectors.most_similar, body.positive, body.negative, body.topn)
-    return MostSimilarResponse(results=[Neighbour(word=w, score=s) for w, s in neighbours], model=model_id)
+async def most_similar(body: MostSimilarRequest, registry: Annotated[Registry, Depends(get_registry)],
+                       pool: Annotated[InferencePool, Depends(get_pool)]) -> MostSimilarResponse:
+    served = registry.get(WordVectors, body.model)
+    vectors = served.pipeline
+    _require_known(vectors, served.id, body.positive + body.negative)
+    neighbours = await pool.run(lambda: vectors.most_similar(body.positive, body.negative, body.topn))
+    return MostSimilarResponse(results=[Neighbour(word=w, score=s) for w, s in neighbours], model=served.id)
