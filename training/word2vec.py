@@ -147,7 +147,7 @@ class Sampling(NamedTuple):
 # Where the time goes. Measured on the 2-core development machine (a KVM guest of a Xeon with AVX-512,
 # 2 MB of L2 per core) under a load average of 6-10 from other jobs, so as the sum over six 10k-word
 # skip-gram jobs of each job's least thread CPU time in 7 runs (dim 100, window 5, negative 5, a
-# vocabulary of 6,868 words: each matrix 2.7 MB). This loop: 75 ms. Each line is one change to it:
+# vocabulary of 6,868 words: each matrix 2.7 MB). This loop: 72-75 ms. Each line is one change to it:
 # - Noise words. A 10M-entry unigram table indexed by `% size` (the reference code's, and this loop's
 #   before): 220 ms. A 2^24-entry table indexed by a shift, no division: 209 ms, so the cost is the
 #   cache miss of a 40-64 MB table on nearly every draw, not the division. gensim's binary search of
@@ -155,8 +155,8 @@ class Sampling(NamedTuple):
 #   L1/L2 and take one multiply, one compare: 75 ms.
 # - Sigmoid. The exact 1/(1 + exp(-f)) once per target: 107 ms. The reference code's 1000-entry table
 #   over [-6, 6]: 75 ms. gensim's variant, which skips targets with |f| >= 6, and a linearly
-#   interpolated table: both 76 ms, and the same wordsim353 ρ to three decimals over 5 seeds, so the
-#   table's resolution does not show in quality.
+#   interpolated table: both 76 ms. The exact sigmoid, the table and gensim's variant give the same
+#   wordsim353 ρ to three decimals over 5 seeds: the table's resolution does not show in quality.
 # - fastmath. Without it: 150 ms: the dot product's sum cannot be reordered, so it is not vectorised.
 #   Reassociation and contraction alone recover it (78 ms); the loop uses numba's full set.
 # - Memory layout. Rows are contiguous float32 (the module's own tensors, 400 bytes each). Padding
@@ -199,7 +199,7 @@ def _uniform32(state: np.uint64) -> np.uint64:
 
 @njit(inline="always")
 def _below(state: np.uint64, n: int) -> np.uint64:
-    """A draw in [0, n) by multiply-shift: a 64-bit division would cost as much as the draw's use."""
+    """A draw in [0, n) by multiply-shift, without a 64-bit division's tens of cycles."""
     return (_uniform32(state) * np.uint64(n)) >> np.uint64(32)
 
 
@@ -223,8 +223,9 @@ def _sigmoid(f: np.float32, table: np.ndarray, scale: np.float32) -> np.float32:
 
 @njit(inline="always", fastmath=True)
 def _negative_sampling_step(h, target, w_out, private_out, grad_h, sampling, scale, negative, alpha, rng, track_loss):
-    """One positive and ``negative`` noise targets for input ``h``: update ``w_out`` rows in place,
-    accumulate the input's gradient step into ``grad_h``; returns (loss, rng).
+    """One positive and ``negative`` noise targets for input ``h``: update their output rows in place
+    (in ``private_out``, the thread's copy, for the words it holds; else in ``w_out``), accumulate the
+    input's gradient step into ``grad_h``; returns (loss, rng).
 
     Scalars stay float32 so the vector loops run at single precision width.
     """
