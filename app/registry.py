@@ -22,13 +22,14 @@ from fastapi import HTTPException, Request
 
 from app.observability import note_model
 from models import pipelines
-from models.catalog import CATALOG, ID_PREFIXES, family_of, train_command
+from models.catalog import CATALOG, ID_PREFIXES, family_of, outdated, train_command
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
 from models.pipelines import (
     FillMask,
     NextSentence,
     Pipeline,
     TextClassifier,
+    TextEmbedder,
     TextGenerator,
     Translator,
     WordVectors,
@@ -36,12 +37,13 @@ from models.pipelines import (
 
 log = logging.getLogger("app.registry")
 
-P = TypeVar("P", WordVectors, Translator, FillMask, NextSentence, TextGenerator, TextClassifier)
+P = TypeVar("P", WordVectors, Translator, FillMask, NextSentence, TextGenerator, TextClassifier, TextEmbedder)
 
 # What a route calls the models it takes, in its error messages.
-NOUNS: dict[type[Pipeline], str] = {
+NOUNS: dict[type, str] = {
     WordVectors: "word2vec model", Translator: "translation model", FillMask: "fill-mask model",
     NextSentence: "next-sentence model", TextGenerator: "language model", TextClassifier: "classifier",
+    TextEmbedder: "embedding model",
 }
 
 
@@ -73,6 +75,7 @@ class CheckpointStatus:
     id: str
     status: str  # "loaded" or "refused"
     reason: str | None = None
+    outdated: str | None = None  # why today's default recipe would train it otherwise (models.catalog.outdated)
 
 
 class ModelError(HTTPException):
@@ -130,12 +133,13 @@ class Registry:
                     log.error("refused checkpoint %s: %s", path.name, e)
                     if path.name in previous:
                         models[path.name] = previous[path.name]
-                        statuses[path.name] = CheckpointStatus(path.name, "loaded", f"kept previous version: {e}")
+                        statuses[path.name] = CheckpointStatus(path.name, "loaded", f"kept previous version: {e}",
+                                                               outdated(previous[path.name].config))
                     else:
                         statuses[path.name] = CheckpointStatus(path.name, "refused", str(e))
                     continue
                 models[loaded.id] = loaded
-                statuses[path.name] = CheckpointStatus(path.name, "loaded")
+                statuses[path.name] = CheckpointStatus(path.name, "loaded", outdated=outdated(loaded.config))
                 log.info("loaded %s (%s, %d parameters)", loaded.id, loaded.architecture, loaded.parameters)
             # Readers see the old dict or the new one, never a half-built one.
             self._models = models
@@ -180,6 +184,17 @@ class Registry:
                              [m.id for m, _ in fitting])
         known = {e.id for e in CATALOG if e.family in families} | {m.id for m, _ in fitting}
         raise UnknownModel(NOUNS[kind], name, sorted(known))
+
+    def find(self, name: str) -> LoadedModel:
+        """The loaded model called ``name``, of any kind: its id, or a short name no other model has."""
+        models = self.models
+        found = [m for m in models if m.id == name] or [m for m in models if m.name == name]
+        if len(found) > 1:
+            raise WrongModel(f"'{name}' names several models; ask for one by id", [m.id for m in found])
+        if found:
+            return found[0]
+        self._raise_if_known(name, tuple(ID_PREFIXES))
+        raise UnknownModel("model", name, [m.id for m in models])
 
     def _raise_if_known(self, name: str, families: tuple[str, ...]) -> None:
         """503 for a name of these families that the catalog lists or ``CHECKPOINT_DIR`` holds, not loaded."""

@@ -20,9 +20,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from models.checkpoint import load_checkpoint  # noqa: E402
-from models.gpt import GPT  # noqa: E402
-from models.pipelines.text_generation import load  # noqa: E402
+from models.gpt import GPT, load  # noqa: E402
 from models.sampling import SamplingParams  # noqa: E402
+from models.tokenizers import load_text_tokenizer  # noqa: E402
 from training.data import plays_in  # noqa: E402
 
 
@@ -49,13 +49,14 @@ def main() -> int:
         print(f"no checkpoint at {args.checkpoint}; train it with `python -m training gpt`", file=sys.stderr)
         return 1
 
-    generator = load(load_checkpoint(args.checkpoint), torch.device("cpu"))
-    model: GPT = generator.model
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = load(checkpoint, torch.device("cpu"))
     config = model.config
     if args.prompt_tokens + args.new_tokens > config.block_size:
         print(f"note: {args.prompt_tokens + args.new_tokens} positions exceed the context of {config.block_size}; "
               "both decoders slide the window", file=sys.stderr)
-    ids = generator.tokenizer.encode(plays_in("validation")[0].render())[:args.prompt_tokens]
+    tokenizer = load_text_tokenizer(checkpoint, config.vocab_size)
+    ids = tokenizer.encode(plays_in("validation")[0].render())[:args.prompt_tokens]
     prompt = torch.tensor([ids])
     model.generate(prompt, 8, SamplingParams(temperature=0.0))  # warm up the allocator and kernels
 

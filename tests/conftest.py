@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +29,28 @@ def run_training(*args: str, timeout: float = 900) -> subprocess.CompletedProces
     if result.returncode != 0:
         pytest.fail(f"python -m training {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+class Interrupted(Exception):
+    """Raised in place of a kill, right after the training loop has saved its state."""
+
+
+@contextmanager
+def interrupted_after_saving(monkeypatch: pytest.MonkeyPatch, when: Callable[[dict[str, Any]], bool]) -> Iterator[None]:
+    """Inside the block, a training run stops right after saving a state for which ``when`` is true."""
+    from training import loop
+
+    save_state = loop.save_state
+
+    def save_then_stop(directory: Path, dist: Any, state: dict[str, Any]) -> None:
+        save_state(directory, dist, state)
+        if when(state):
+            raise Interrupted
+
+    monkeypatch.setattr(loop, "save_state", save_then_stop)
+    with pytest.raises(Interrupted):
+        yield
+    monkeypatch.setattr(loop, "save_state", save_state)
 
 
 def free_port() -> int:

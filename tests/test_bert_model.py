@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -33,19 +34,18 @@ from training.bert import (
     SpecialIds,
     collate,
     epoch_batches,
-    lr_schedule,
     make_pairs,
     mask_tokens,
     pair_batches,
+    schedule,
     share_of_loss,
-    train_step,
     train_tokenizer,
 )
 from training.cli import build_parser
 from training.distributed import Distributed
-from training.state import state_dir
+from training.loop import state_dir
 
-from .conftest import run_training
+from .conftest import interrupted_after_saving, run_training
 
 SMALL = BertConfig(vocab_size=50, max_position=16, dim=32, n_layers=2, n_heads=4, ffn_dim=64, dropout=0.0)
 LINES = [f"line {i} of the play, with words such as love and death and {w}" for i, w in
@@ -241,10 +241,11 @@ def test_shares_of_the_loss_add_up_to_the_batch_loss_however_the_rows_are_split(
 
 
 def test_schedule_warms_up_holds_then_decays_to_zero():
-    factor = lr_schedule(total_steps=100, warmup=0.1, decay=0.2)
-    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
-    assert factor(50) == factor(80) == 1.0
-    assert factor(90) == pytest.approx(0.5) and factor(100) == 0.0
+    rate = schedule(argparse.Namespace(lr=1.0, warmup=0.1, decay=0.2), 100).rate
+    assert rate(0, 100) == pytest.approx(0.1) and rate(9, 100) == pytest.approx(1.0)
+    assert rate(50, 100) == rate(80, 100) == 1.0
+    assert rate(90, 100) == pytest.approx(0.5) and rate(100, 100) == 0.0
+    assert rate(50, 100, time_fraction=1.0) == 0.0  # --max-seconds spent: the decay has ended
 
 
 def test_steps_follow_their_packing_lengths():
@@ -265,14 +266,19 @@ def test_a_tiny_model_learns_to_fill_masks(tokenizer):
                         ffn_dim=64, dropout=0.0)
     model = BertForPreTraining(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     rng, generator = random.Random(0), torch.Generator().manual_seed(0)
     losses = []
     for _ in range(12):
         pairs = make_pairs(documents, config.max_position, rng)
         for indices in epoch_batches(len(pairs), 16, rng):
             batch = collate([pairs[i] for i in indices], ids, generator)
-            losses.append(train_step(model, batch, optimizer, scheduler, torch.device("cpu"), "fp32"))
+            mlm, nsp, _ = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"], batch["mlm_labels"])
+            loss = share_of_loss(mlm, nsp, batch, int((batch["mlm_labels"] != IGNORE).sum()), len(indices))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 
 
@@ -361,7 +367,7 @@ def test_training_and_evaluation_on_a_users_corpus(tmp_path):
     corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
     out = tmp_path / "ckpt"
     run_training("bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(out), "--max-steps", "5",
-                 "--vocab-size", "200", "--device", "cpu")
+                 "--vocab-size", "200", "--device", "cpu", "--force")
     checkpoint = load_checkpoint(out / "bert")
     assert checkpoint.config["data"]["name"] == "user corpus" and checkpoint.config["training"]["steps"] == 5
     for key in ("mlm_top1", "mlm_top5", "nsp_accuracy"):
@@ -369,10 +375,6 @@ def test_training_and_evaluation_on_a_users_corpus(tmp_path):
     assert checkpoint.metrics["mlm_top1"] <= checkpoint.metrics["mlm_top5"]
     run_training("evaluate", "bert", "--out", str(out), "--device", "cpu")
     assert load_checkpoint(out / "bert").metrics["pairs"] == checkpoint.metrics["pairs"]
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
@@ -391,20 +393,12 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, mo
             "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / out), "--device", "cpu",
             "--vocab-size", "200", "--short-position", "16", "--long-every", "3", "--dropout", "0.1",
             "--batch-size", "8", "--lr", "1e-3", "--max-steps", "12", "--save-interval", "5",
-            "--precision", "fp32", "--eval-pairs", "16", *extra]))
+            "--precision", "fp32", "--eval-pairs", "16", "--force", *extra]))
         return json.loads((state_dir(tmp_path / out, "bert") / "history.json").read_text())
 
     straight = run("a")
-    save_state = trainer.save_state
-
-    def crash_after_saving(directory, dist, state, history) -> None:
-        save_state(directory, dist, state, history)
-        raise Interrupted
-
-    monkeypatch.setattr(trainer, "save_state", crash_after_saving)
-    with pytest.raises(Interrupted):
+    with interrupted_after_saving(monkeypatch, lambda state: True):
         run("b")  # stops right after the state of step 5 is written
-    monkeypatch.setattr(trainer, "save_state", save_state)
     assert torch.load(state_dir(tmp_path / "b", "bert") / "state.pt", weights_only=True)["step"] == 5
 
     def no_new_tokenizer(*_: object) -> None:
@@ -419,5 +413,5 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, mo
 
     # Resumed with more steps and another schedule, the rate follows today's flags from the saved step on.
     longer = run("b", "--resume", "--max-steps", "16", "--decay", "0.5")
-    factor = lr_schedule(16, 0.06, 0.5)
-    assert longer["lr"][12:] == pytest.approx([1e-3 * factor(step) for step in range(12, 16)], abs=1e-12)
+    rate = schedule(argparse.Namespace(lr=1e-3, warmup=0.06, decay=0.5), 16).rate
+    assert longer["lr"][12:] == pytest.approx([rate(step, 16) for step in range(12, 16)], abs=1e-12)

@@ -19,7 +19,9 @@ from models.gpt import load as load_gpt
 from models.pipelines import FillMask
 from models.pipelines.translation import load as load_translator
 from training.data import load_plays
-from training.state import state_dir
+from training.loop import state_dir
+
+from .test_loop import labeled
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE = [sys.executable]
@@ -30,13 +32,13 @@ CPU = torch.device("cpu")
 # (--min-lr = --lr), so a run stopped at step 6 and resumed follows the schedule of one run to step 12.
 GPT = ("--profile", "tiny", "--device", "cpu", "--tokenizer", "char", "--train-chars", "60000",
        "--val-chars", "6000", "--block-size", "32", "--batch-size", "8", "--max-seconds", "0",
-       "--dtype", "float32", "--lr", "3e-3", "--min-lr", "3e-3")
+       "--precision", "fp32", "--lr", "3e-3", "--min-lr", "3e-3", "--force")
 # No warm-up and no decay: a constant rate, so a run stopped at step 4 and resumed follows one run to step 8.
 BERT = ("--profile", "tiny", "--device", "cpu", "--vocab-size", "300", "--batch-size", "8", "--max-steps", "8",
-        "--precision", "fp32", "--eval-pairs", "32", "--warmup", "0", "--decay", "0")
+        "--precision", "fp32", "--eval-pairs", "32", "--warmup", "0", "--decay", "0", "--force")
 # Dropout off: each process draws its own masks, so only without it can two processes repeat one.
 SEQ2SEQ = ("--profile", "tiny", "--device", "cpu", "--max-train-pairs", "256", "--batch-size", "32",
-           "--epochs", "3", "--patience", "3", "--dropout", "0", "--no-bf16")
+           "--epochs", "3", "--patience", "3", "--dropout", "0", "--precision", "fp32")
 
 
 def train(launcher: list[str], family: str, out: Path, *flags: str) -> None:
@@ -110,8 +112,8 @@ def test_bert_on_two_processes_matches_one_with_the_same_global_batch(tmp_path: 
                                                                       bert_two: Path) -> None:
     train(ONE, "bert", tmp_path, *BERT, "--corpus", str(plays))
     single, double = load_checkpoint(tmp_path / "bert"), load_checkpoint(bert_two / "bert")
-    assert len(double.config["training"]["losses"]) == len(single.config["training"]["losses"]) == 8
-    assert double.config["training"]["losses"] == pytest.approx(single.config["training"]["losses"], abs=1e-4)
+    assert len(history(bert_two, "bert")["loss"]) == len(history(tmp_path, "bert")["loss"]) == 8
+    assert history(bert_two, "bert")["loss"] == pytest.approx(history(tmp_path, "bert")["loss"], abs=1e-4)
     assert double.metrics["mlm_loss"] == pytest.approx(single.metrics["mlm_loss"], abs=1e-4)
 
     assert double.config["training"]["world_size"] == 2 and double.metrics["tokens_per_second"] > 0
@@ -136,11 +138,34 @@ def test_seq2seq_on_two_processes_matches_one_with_the_same_global_batch(tmp_pat
     # 16 pairs a process, in micro-batches of 5, 5, 5 and 1.
     train(TWO, "seq2seq", tmp_path / "two", *SEQ2SEQ, "--micro-batch-size", "5")
     single, double = (load_checkpoint(tmp_path / run / "seq2seq-zh-en") for run in ("one", "two"))
-    for one, two in zip(single.config["training"]["history"], double.config["training"]["history"], strict=True):
+    evaluations = [c.metrics["evaluations"] for c in (single, double)]
+    for one, two in zip(*evaluations, strict=True):
         assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-3)
         assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-3)
-    assert len(double.config["training"]["history"]) == 3
+    assert len(evaluations[1]) == 3
 
     assert double.config["training"]["world_size"] == 2 and double.metrics["tokens_per_second"] > 0
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".seq2seq-zh-en-train-state", "seq2seq-zh-en"]
     assert load_translator(double, CPU).translate(["我爱你。"])[0].translation
+
+
+# Without dropout: each process draws its own dropout masks, so only without it can two processes repeat one.
+ALSO_ON_THE_LOOP = {
+    "lm": (("lm", "--cell", "gru", "--max-steps", "8", "--batch-size", "8", "--max-seconds", "0"), "lm-gru"),
+    "classifier": (("classifier", "--arch", "mlp", "--epochs", "2", "--batch-size", "16", "--dropout", "0"),
+                   "clf-mlp"),
+}
+
+
+@pytest.mark.parametrize("trainer", sorted(ALSO_ON_THE_LOOP))
+def test_the_other_trainers_on_two_processes_match_one(trainer: str, tmp_path: Path) -> None:
+    (family, *flags), checkpoint_id = ALSO_ON_THE_LOOP[trainer]
+    flags = [*flags, "--profile", "tiny", "--device", "cpu", "--precision", "fp32"]
+    if trainer == "classifier":
+        flags += ["--labeled", str(labeled(tmp_path / "toy.tsv")), "--force"]
+    train(ONE, family, tmp_path / "one", *flags)
+    train(TWO, family, tmp_path / "two", *flags, "--micro-batch-size", "3")
+    single, double = history(tmp_path / "one", checkpoint_id), history(tmp_path / "two", checkpoint_id)
+    assert len(double["loss"]) == len(single["loss"]) >= 8
+    assert double["loss"] == pytest.approx(single["loss"], abs=1e-4)
+    assert load_checkpoint(tmp_path / "two" / checkpoint_id).config["training"]["world_size"] == 2

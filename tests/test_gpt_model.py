@@ -27,10 +27,11 @@ from models.sampling import (
 )
 from models.tokenizers import ByteBPETokenizer, CharTokenizer
 from training import gpt as trainer
+from training import loop, text
 from training.cli import build_parser
 from training.common import weight_decay_groups
 
-from .conftest import ROOT
+from .conftest import ROOT, interrupted_after_saving
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
         "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\nDeny thy father and refuse thy name.\n\n") * 40
@@ -160,7 +161,7 @@ def test_loss_drops_when_training_on_a_repeated_text() -> None:
     losses = []
     for _ in range(60):
         offsets = torch.randint(len(data) - 33, (8,), generator=generator)
-        x, y = trainer.batch(data, offsets, 32, torch.device("cpu"))
+        x, y = text.windows(data, offsets, 32, torch.device("cpu"))
         _, loss = model(x, y)
         loss.backward()
         optimizer.step()
@@ -311,25 +312,16 @@ def test_tokenizers_round_trip_and_serialise() -> None:
 # ---- the trainer ---------------------------------------------------------------------------------------
 
 
-def test_learning_rate_warms_up_then_follows_steps_or_time() -> None:
-    args = argparse.Namespace(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
-    assert trainer.learning_rate(args, 0, 0.0) == pytest.approx(0.1)
-    assert trainer.learning_rate(args, 9, 0.0) == pytest.approx(1.0)
-    assert trainer.learning_rate(args, 60, 0.0) == pytest.approx(0.55)
-    assert trainer.learning_rate(args, 110, 0.0) == pytest.approx(0.1)
-    assert trainer.learning_rate(args, 20, 1.0) == pytest.approx(0.1)  # the time budget is spent
-
-
 def test_predicted_chars_counts_every_token_but_the_first() -> None:
     chars = CharTokenizer.train(["ab\n"])
     docs = ["ab\n", "ba\n"]
-    ids = trainer.encode(chars, docs)
+    ids = text.encode(chars, docs)
     assert chars.decode(ids.tolist()) == "ab\n\nba\n"
-    assert trainer.predicted_chars(chars, docs, ids) == len(ids) - 1
+    assert text.predicted_chars(chars, docs, ids) == len(ids) - 1
     bpe = ByteBPETokenizer.train(docs, vocab_size=260)
-    ids = trainer.encode(bpe, docs)
+    ids = text.encode(bpe, docs)
     assert (ids == bpe.eos_id).sum() == 1
-    assert trainer.predicted_chars(bpe, docs, ids) == 6 - len(bpe.decode(ids[:1].tolist()))
+    assert text.predicted_chars(bpe, docs, ids) == 6 - len(bpe.decode(ids[:1].tolist()))
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -340,7 +332,7 @@ def test_training_writes_a_servable_checkpoint_and_resumes(tmp_path: Path) -> No
     corpus = tmp_path / "plays.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     common = ("--profile", "tiny", "--out", str(tmp_path / "ck"), "--corpus", str(corpus), "--tokenizer", "char",
-              "--block-size", "32", "--batch-size", "8", "--max-seconds", "0", "--dtype", "float32")
+              "--block-size", "32", "--batch-size", "8", "--max-seconds", "0", "--precision", "fp32", "--force")
     [path] = trainer.train(parse(*common, "--max-steps", "20"))
     checkpoint = load_checkpoint(path)
     assert checkpoint.config["id"] == "gpt" and checkpoint.config["tokenizer"]["type"] == "char"
@@ -352,16 +344,12 @@ def test_training_writes_a_servable_checkpoint_and_resumes(tmp_path: Path) -> No
     text = generator.generate("ROMEO:", SamplingParams(max_new_tokens=10, seed=0)).results[0].text
     assert len(text) == 10
 
-    state = trainer.state_dir(tmp_path / "ck", "gpt")
+    state = loop.state_dir(tmp_path / "ck", "gpt")
     assert (state / "state.pt").is_file()
     [path] = trainer.train(parse(*common, "--max-steps", "30", "--resume"))
     history = json.loads((state / "history.json").read_text())
     assert history["step"] == list(range(1, 31))
     assert load_checkpoint(path).metrics["steps"] == 30
-
-
-class Interrupted(Exception):
-    pass
 
 
 def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path: Path,
@@ -372,22 +360,14 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path: Pa
     def run(out: str, *extra: str) -> list[float]:
         trainer.train(parse("--profile", "tiny", "--out", str(tmp_path / out), "--corpus", str(corpus),
                             "--tokenizer", "char", "--block-size", "16", "--batch-size", "4", "--max-seconds", "0",
-                            "--dtype", "float32", "--warmup-steps", "2", "--max-steps", "12",
-                            "--eval-interval", "6", "--eval-batches", "1", *extra))
-        return json.loads((trainer.state_dir(tmp_path / out, "gpt") / "history.json").read_text())["loss"]
+                            "--precision", "fp32", "--warmup-steps", "2", "--max-steps", "12",
+                            "--eval-interval", "6", "--eval-batches", "1", "--force", *extra))
+        return json.loads((loop.state_dir(tmp_path / out, "gpt") / "history.json").read_text())["loss"]
 
     straight = run("a")
-    save_state = trainer.save_state
-
-    def crash_after_saving(directory: Path, dist: object, state: dict, history: dict) -> None:
-        save_state(directory, dist, state, history)
-        raise Interrupted
-
-    monkeypatch.setattr(trainer, "save_state", crash_after_saving)
-    with pytest.raises(Interrupted):
+    with interrupted_after_saving(monkeypatch, lambda state: True):
         run("b")  # stops right after the state of step 6 is written
-    monkeypatch.setattr(trainer, "save_state", save_state)
-    assert torch.load(trainer.state_dir(tmp_path / "b", "gpt") / "state.pt", weights_only=True)["step"] == 6
+    assert torch.load(loop.state_dir(tmp_path / "b", "gpt") / "state.pt", weights_only=True)["step"] == 6
     resumed = run("b", "--resume")
     assert resumed == pytest.approx(straight, abs=1e-5)
 
@@ -397,9 +377,9 @@ def test_a_run_killed_mid_training_leaves_a_whole_checkpoint_and_resumes(tmp_pat
     corpus.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "ck"
     flags = ("--profile", "tiny", "--out", str(out), "--corpus", str(corpus), "--tokenizer", "char",
-             "--block-size", "32", "--batch-size", "8", "--max-seconds", "0", "--dtype", "float32",
-             "--eval-interval", "5", "--eval-batches", "1")
-    state = trainer.state_dir(out, "gpt") / "state.pt"
+             "--block-size", "32", "--batch-size", "8", "--max-seconds", "0", "--precision", "fp32",
+             "--eval-interval", "5", "--eval-batches", "1", "--force")
+    state = loop.state_dir(out, "gpt") / "state.pt"
     with open(tmp_path / "train.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "training", "gpt", *flags, "--max-steps", "100000"],
                                    cwd=ROOT, env={**os.environ, "PROGRESS": "0"}, stdout=log, stderr=log)

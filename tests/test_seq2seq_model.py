@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import json
@@ -12,7 +11,7 @@ import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.pipelines.attention_image import attention_png
-from models.pipelines.translation import Translator, load
+from models.pipelines.translation import TranslationOptions, Translator, load
 from models.seq2seq import (
     ATTENTIONS,
     BOS_ID,
@@ -33,8 +32,10 @@ from models.seq2seq import (
 )
 from training import seq2seq as trainer
 from training.cli import build_parser
+from training.loop import Run, state_dir
 from training.seq2seq import bucket_of, fit, grid_markdown, split_pairs
-from training.state import state_dir
+
+from .conftest import interrupted_after_saving
 
 torch.set_num_threads(1)
 
@@ -199,7 +200,7 @@ def test_max_length_bounds_the_output():
 def test_translation_has_one_attention_row_per_target_token_summing_to_one_and_lists_unknowns():
     translator = tiny_translator()
     for beam_size in (1, 3):
-        result = translator.translate(["我爱猫。"], beam_size=beam_size)[0]
+        result = translator.translate(["我爱猫。"], TranslationOptions(beam_size=beam_size))[0]
         assert result.source_tokens == ["我", "爱", "猫", "。"]
         assert result.unknown_tokens == ["猫"]
         assert len(result.attention) == len(result.target_tokens)
@@ -263,17 +264,20 @@ def test_source_length_buckets():
     assert [bucket_of(n, (7, 9, 11)) for n in (3, 7, 8, 11, 12, 18)] == ["1-7", "1-7", "8-9", "10-11", "12+", "12+"]
 
 
-def test_training_lowers_the_validation_loss_and_keeps_the_best_epoch():
+def test_training_lowers_the_validation_loss_and_keeps_the_best_epoch(tmp_path):
     split = split_pairs(PAIRS * 6, "zh-en", 0, 0.1, {})
     split.validation = split.train[:8]  # same sentences: a model that learns must improve on them
-    args = argparse.Namespace(seed=0, max_train_pairs=None, min_count=1, batch_size=8, micro_batch_size=None,
-                              embedding_dim=16, hidden_dim=32, cell="gru", attention="additive", bidirectional=True,
-                              dropout=0.0, lr=1e-2, epochs=6, teacher_forcing=0.8, clip=1.0, patience=6, bf16=False,
-                              compile=False)
-    fitted = fit(split, "zh-en", args, torch.device("cpu"))
-    losses = [h["val_loss"] for h in fitted.history]
-    assert losses[-1] < losses[0] * 0.7
-    assert fitted.best_epoch == 1 + losses.index(min(losses))
+    args = trainer.resolve_arguments(build_parser().parse_args([
+        "seq2seq", "--out", str(tmp_path), "--device", "cpu", "--min-count", "1", "--batch-size", "8",
+        "--embedding-dim", "16", "--hidden-dim", "32", "--dropout", "0", "--lr", "1e-2", "--epochs", "6",
+        "--teacher-forcing", "0.8", "--patience", "6", "--precision", "fp32"]))
+    with Run(args, "seq2seq-test") as run:
+        fitted = fit(run, split, "zh-en", args)
+    evaluations = fitted.trained.history["evaluations"]
+    losses = [e["val_loss"] for e in evaluations]
+    assert len(losses) == 6 and losses[-1] < losses[0] * 0.7
+    assert fitted.trained.best == evaluations[losses.index(min(losses))]
+    assert fitted.translator.translate([split.validation[0][0]])[0].translation
 
 
 def test_pad_id_is_zero_so_embeddings_of_padding_stay_zero():
@@ -326,10 +330,6 @@ def test_cli_reports_a_malformed_pairs_file(tmp_path, capsys):
     assert "pairs.tsv:2" in capsys.readouterr().err
 
 
-class Interrupted(Exception):
-    pass
-
-
 def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{zh}\t{en}\n" for zh, en in PAIRS * 5), encoding="utf-8")
@@ -338,26 +338,18 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, mo
         # Dropout and teacher forcing below 1 both draw from torch's RNG, which must continue too.
         trainer.train(build_parser().parse_args([
             "seq2seq", "--profile", "tiny", "--pairs", str(pairs), "--out", str(tmp_path / out), "--device", "cpu",
-            "--epochs", "4", "--patience", "4", "--batch-size", "8", "--teacher-forcing", "0.8", "--no-bf16",
-            *extra]))
+            "--epochs", "4", "--patience", "4", "--batch-size", "8", "--teacher-forcing", "0.8", "--precision", "fp32",
+            "--force", *extra]))
         return json.loads((state_dir(tmp_path / out, "seq2seq-zh-en") / "history.json").read_text())
 
     straight = run("a")
-    save_state = trainer.save_state
-
-    def crash_after_epoch_two(directory, dist, state, history) -> None:
-        save_state(directory, dist, state, history)
-        if len(history) == 2:
-            raise Interrupted
-
-    monkeypatch.setattr(trainer, "save_state", crash_after_epoch_two)
-    with pytest.raises(Interrupted):
-        run("b")
-    monkeypatch.setattr(trainer, "save_state", save_state)
+    with interrupted_after_saving(monkeypatch, lambda state: len(state["history"]["evaluations"]) == 2):
+        run("b")  # stops right after the second epoch's evaluation
     resumed = run("b", "--resume")
-    assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
-    assert resumed == straight
+    assert len(resumed["evaluations"]) == 4
+    assert resumed["loss"] == straight["loss"]
+    assert [e["val_loss"] for e in resumed["evaluations"]] == [e["val_loss"] for e in straight["evaluations"]]
     a, b = (load_checkpoint(tmp_path / run / "seq2seq-zh-en") for run in ("a", "b"))
-    assert b.config["training"]["best_epoch"] == a.config["training"]["best_epoch"]
+    assert b.config["training"]["best_step"] == a.config["training"]["best_step"]
     for name, weight in a.state_dict.items():
         torch.testing.assert_close(b.state_dict[name], weight, rtol=0, atol=1e-6)

@@ -154,6 +154,43 @@ def test_bad_checkpoints_are_refused_and_the_rest_served(checkpoint_dir: Path, t
     assert "refused checkpoint word2vec-pickled" in logs.read_text()
 
 
+def test_ready_marks_default_checkpoints_an_earlier_recipe_trained_and_still_serves_them(checkpoint_dir: Path,
+                                                                                        tmp_path: Path, logs: Path):
+    root = tmp_path / "recipes"
+    root.mkdir()
+    shutil.copytree(checkpoint_dir / "word2vec-sg", root / "word2vec-sg")
+    earlier = shutil.copytree(checkpoint_dir / "word2vec-cbow", root / "word2vec-cbow")
+    config = json.loads((earlier / "config.json").read_text())
+    config["recipe"]["fingerprint"] = "0" * 16
+    (earlier / "config.json").write_text(json.dumps(config))
+    before = _copy(checkpoint_dir / "lm-rnn", root, "lm-gru")  # a default id, as written before recipes were recorded
+    config = json.loads((before / "config.json").read_text())
+    del config["recipe"]
+    config["training"] = {"profile": "tiny"}  # where those recorded their profile
+    (before / "config.json").write_text(json.dumps(config))
+    _copy(checkpoint_dir / "lm-rnn", root, "lm-mine")  # not a default checkpoint: no recipe to compare with
+
+    server = Server(root, logs)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            states = {s["id"]: s for s in c.get("/ready").json()["checkpoints"]}
+            assert states["word2vec-sg"]["outdated"] is None and states["lm-mine"]["outdated"] is None
+            assert "0000000000000000" in states["word2vec-cbow"]["outdated"]
+            assert "before checkpoints recorded their recipe" in states["lm-gru"]["outdated"]
+            for earlier_id in ("word2vec-cbow", "lm-gru"):
+                assert states[earlier_id]["status"] == "loaded"
+                assert "python -m training all --missing --profile tiny" in states[earlier_id]["outdated"]
+            cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
+            assert cbow.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_every_checkpoint_the_tiny_profile_trains_is_current(client: httpx.Client):
+    states = client.get("/ready").json()["checkpoints"]
+    assert states and all(s["outdated"] is None for s in states), states
+
+
 def test_reload_adds_new_models_and_keeps_old_ones_whose_update_fails(checkpoint_dir, tmp_path, logs):
     root = tmp_path / "live"
     root.mkdir()

@@ -6,22 +6,18 @@
     torchrun --nproc_per_node=2 -m training bert --device cpu           DistributedDataParallel
 
 ``make_pairs`` builds a pass's sentence pairs, ``pair_batches`` draws each step's global batch of them,
-``collate`` pads and masks it, ``train_step`` is one optimizer step, ``evaluate_model`` the validation
-pass. Under torchrun every process draws and masks the same global batch (``--batch-size`` pairs,
-whatever the number of processes) and trains on its share of the rows, in ``--micro-batch-size``
-pieces with gradient accumulation where needed, so N processes train as one would.
+``collate`` pads and masks it, ``share_of_loss`` weighs a piece of it, ``evaluate_model`` is the
+validation pass; ``PretrainingTask`` hands them to the shared loop (``training.loop``), which runs the
+steps, under torchrun too.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import itertools
 import logging
 import math
 import random
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from torch import nn
 
 from models.bert import (
     CLS,
@@ -42,10 +39,13 @@ from models.bert import (
     TOKENIZER_FILE,
     BertConfig,
     BertForPreTraining,
+    load,
     load_tokenizer,
 )
-from models.checkpoint import load_checkpoint, save_checkpoint, update_metrics
-from training.common import apply_profile, pick_device, progress, set_seed, weight_decay_groups
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint, update_metrics
+from training import loop
+from training.common import add_name_arguments, checkpoint_name, pick_device
 from training.data import (
     SPLIT_SEED,
     plays_in,
@@ -54,10 +54,8 @@ from training.data import (
     split_text,
     user_provenance,
 )
-from training.distributed import Distributed, setup
-from training.state import load_state, restore_rng, save_state, state_dir
 
-CHECKPOINT_ID = "bert"
+FAMILY = "bert"
 MASK_PROBABILITY = 0.15  # share of (non-special) tokens selected for prediction
 MASK_SPLIT = (0.8, 0.1)  # of the selected: → [MASK], → random token; the remaining 10% stay unchanged
 EVAL_SEED = 1234  # the validation pairs and masks are the same for every checkpoint
@@ -73,14 +71,15 @@ PROFILES: dict[str, dict[str, Any]] = {
     # validation plays: two layers, because in this budget four stayed on the plateau of predicting
     # unigram frequencies (MLM top-1 0.07 after 3 epochs); every step at the full 64 positions, because
     # packing most steps to 32 gave the same MLM accuracy but NSP near chance (0.56 against 0.72).
-    "quick": {"epochs": 6, "max_steps": None, "vocab_size": 8000, "max_position": 64, "short_position": 64,
+    "quick": {"epochs": 6, "vocab_size": 8000, "max_position": 64, "short_position": 64,
               "dim": 128, "n_layers": 2, "n_heads": 4, "ffn_dim": 512, "dropout": 0.0, "batch_size": 64,
               "lr": 1e-3, "eval_pairs": None},
     # A GPU run.
-    "full": {"epochs": 40, "max_steps": None, "vocab_size": 8000, "max_position": 128, "short_position": 64,
+    "full": {"epochs": 40, "vocab_size": 8000, "max_position": 128, "short_position": 64,
              "dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024, "dropout": 0.1, "batch_size": 128,
              "lr": 5e-4, "eval_pairs": None},
 }
+DEFAULTS: dict[str, Any] = {"weight_decay": 0.01, "warmup": 0.06, "decay": 0.2, "save_interval": 500}
 
 log = logging.getLogger("training.bert")
 
@@ -101,28 +100,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-heads", type=int, default=None, help="attention heads per layer")
     parser.add_argument("--ffn-dim", type=int, default=None, help="feed-forward inner size")
     parser.add_argument("--dropout", type=float, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (sentence pairs)")
-    parser.add_argument("--micro-batch-size", type=int, default=None,
-                        help="pairs per forward pass on one process (default: its whole share)")
-    parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--warmup", type=float, default=0.06, help="fraction of steps of linear warm-up")
-    parser.add_argument("--decay", type=float, default=0.2,
+    parser.add_argument("--warmup", type=float, default=None, help="fraction of steps of linear warm-up")
+    parser.add_argument("--decay", type=float, default=None,
                         help="fraction of steps, at the end, of linear decay to zero (constant before)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="bf16 autocast (CPUs with AVX-512 BF16, and CUDA) or plain fp32")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on CUDA)")
-    parser.add_argument("--save-interval", type=int, default=500,
-                        help="steps between saves of the training state for --resume (0: at the end only)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the training state kept beside the checkpoint (.bert-train-state)")
+    add_name_arguments(parser, "bert: the id bert; X gives bert-X")
+    loop.add_arguments(parser)
     _add_eval_flags(parser)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=FAMILY, help="the checkpoint's name (bert, or X for bert-X)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     _add_eval_flags(parser)
 
 
@@ -369,20 +358,12 @@ def step_lengths(documents: list[list[list[int]]], args: argparse.Namespace) -> 
     above the short one up to ``--max-position``, so inputs of every length are seen."""
     short = short_position(args)
     per_epoch = math.ceil(len(make_pairs(documents, short, random.Random(args.seed))) / args.batch_size)
-    total = args.epochs * per_epoch
-    if args.max_steps is not None:
-        total = min(total, args.max_steps)
+    total = loop.total_steps(args, per_epoch)
     if short == args.max_position:
         return [short] * total
     rng = random.Random(args.seed)
     return [rng.randint(short + 1, args.max_position) if (step + 1) % args.long_every == 0 else short
             for step in range(total)]
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -402,61 +383,41 @@ def share_of_loss(
     return mlm / n_masked + nsp / n_pairs
 
 
-def train_step(
-    model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    precision: str,
-    clip: float = 1.0,
-    *,
-    dist: Distributed | None = None,
-    micro_batch_size: int | None = None,
-) -> float:
-    """One optimizer step on one collated global batch; returns its loss (MLM + NSP).
-
-    With ``dist`` this process trains on its rows of the batch (``model`` is then DDP-wrapped), in
-    pieces of at most ``micro_batch_size`` rows.
-    """
-    dist = dist or Distributed(0, 1, 0, device)
-    n_masked, n_pairs = int((batch["mlm_labels"] != IGNORE).sum()), len(batch["nsp_labels"])
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    pieces = dist.micro_batches(n_pairs, micro_batch_size)
-    loss_sum = torch.zeros((), device=device)
-    for i, (rows, weight) in enumerate(pieces):
-        index = torch.tensor(rows)
-        piece = to_device({k: v[index] for k, v in batch.items()}, device)
-        with dist.accumulating(model, last=i == len(pieces) - 1):
-            with autocast(device, precision):
-                mlm_logits, nsp_logits, _ = model(piece["input_ids"], piece["segment_ids"],
-                                                  piece["attention_mask"], piece["mlm_labels"])
-            loss = weight * share_of_loss(mlm_logits, nsp_logits, piece, n_masked, n_pairs)
-            # DDP averages the processes' gradients; the batch's gradient is their sum.
-            (loss * dist.world_size).backward()
-        loss_sum += loss.detach()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
-    scheduler.step()
-    return dist.sum([loss_sum.item()])[0]
+def schedule(args: argparse.Namespace, total_steps: int) -> loop.Schedule:
+    """Linear warm-up over ``--warmup`` of the steps, the peak rate, then a linear decay to zero over the last
+    ``--decay`` of them. BERT decays over the whole run; on a budget of minutes that halves the rate before
+    a small model has left the plateau where it only predicts unigram frequencies."""
+    warmup = max(1, round(total_steps * args.warmup))
+    hold = (total_steps * (1 - args.decay) - warmup) / max(1, total_steps - warmup)
+    return loop.Schedule(args.lr, 0.0, warmup, "linear", min(1.0, max(0.0, hold)))
 
 
-def lr_schedule(total_steps: int, warmup: float, decay: float) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up, constant, then linear decay to zero over the last ``decay``
-    of the steps. BERT decays over the whole run; on a budget of minutes that halves the rate before a
-    small model has left the plateau where it only predicts unigram frequencies."""
-    warmup_steps = max(1, round(total_steps * warmup))
-    decay_start = min(total_steps - 1, max(warmup_steps, round(total_steps * (1 - decay))))
+class PretrainingTask:
+    """MLM + NSP on sentence pairs packed to each step's length, masked as BERT does; every process draws
+    and masks the same global batch (pairs and masks come from the seed) and trains on its rows."""
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if step < decay_start:
-            return 1.0
-        return max(0.0, (total_steps - step) / (total_steps - decay_start))
+    def __init__(self, model: BertForPreTraining, tokenizer: Tokenizer, train: list[list[list[int]]],
+                 validation: list[list[list[int]]], lengths: list[int], args: argparse.Namespace,
+                 device: torch.device):
+        self.model, self.tokenizer, self.train, self.validation = model, tokenizer, train, validation
+        self.lengths, self.device, self.ids = lengths, device, SpecialIds.of(tokenizer)
+        self.batch_size, self.seed, self.eval_pairs = args.batch_size, args.seed, args.eval_pairs
 
-    return factor
+    def batches(self) -> Iterator[loop.Batch[dict[str, torch.Tensor]]]:
+        masks = torch.Generator().manual_seed(self.seed)
+        for _, pairs in pair_batches(self.train, self.lengths, self.batch_size, random.Random(self.seed)):
+            batch = collate(pairs, self.ids, masks)
+            yield loop.Batch(batch, len(pairs), int(batch["attention_mask"].sum()))
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], rows: list[int]) -> torch.Tensor:
+        n_masked, n_pairs = int((batch["mlm_labels"] != IGNORE).sum()), len(batch["nsp_labels"])
+        piece = to_device({k: v[torch.tensor(rows)] for k, v in batch.items()}, self.device)
+        mlm_logits, nsp_logits, _ = model(piece["input_ids"], piece["segment_ids"], piece["attention_mask"],
+                                          piece["mlm_labels"])
+        return share_of_loss(mlm_logits, nsp_logits, piece, n_masked, n_pairs)
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return evaluate_model(model, self.tokenizer, self.validation, self.device, max_pairs=self.eval_pairs)
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -468,7 +429,6 @@ def evaluate_model(
     tokenizer: Tokenizer,
     documents: list[list[list[int]]],
     device: torch.device,
-    precision: str = "bf16",
     batch_size: int = 64,
     max_pairs: int | None = None,
 ) -> dict[str, Any]:
@@ -491,8 +451,7 @@ def evaluate_model(
         batch = to_device(batch, device)
         labels = batch.pop("mlm_labels")
         nsp_labels = batch.pop("nsp_labels")
-        with autocast(device, precision):
-            mlm_logits, nsp_logits, _ = model(**batch)
+        mlm_logits, nsp_logits, _ = model(**batch)
         selected = labels != IGNORE
         logits = mlm_logits[selected].float()
         targets = labels[selected]
@@ -529,138 +488,54 @@ def _corpus(args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]],
     return documents_from_plays("train"), documents_from_plays("validation"), shakespeare_provenance()
 
 
+def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    return loop.resolve(args, {**DEFAULTS, **PROFILES[args.profile]})
+
+
 def train(args: argparse.Namespace) -> list[Path]:
-    apply_profile(args, PROFILES)
-    with setup(args.device) as dist:
-        return _train(args, dist)
-
-
-def _train(args: argparse.Namespace, dist: Distributed) -> list[Path]:
-    set_seed(args.seed + dist.rank)  # dropout differs per rank; pairs and masks below do not
-    device = dist.device
-    started = time.perf_counter()
-    states = state_dir(args.out, CHECKPOINT_ID)
-    state = load_state(states) if args.resume else None
-    if state is not None:  # the model and tokenizer are the saved ones; the schedule and data are today's flags
-        for key in MODEL_FIELDS:
-            setattr(args, key, state["model_config"][key])
-
-    train_docs, val_docs, provenance = _corpus(args)
-    tokenizer_json = state["tokenizer"] if state else None
-    if tokenizer_json is None and dist.is_main:  # rank 0 trains it and hands it to the others: all encode alike
-        tokenizer_json = train_tokenizer([line for doc in train_docs for line in doc], args.vocab_size).to_str()
-    tokenizer = Tokenizer.from_str(dist.broadcast(tokenizer_json))
-    ids = SpecialIds.of(tokenizer)
-    train_encoded = encode_documents(tokenizer, train_docs)
-    val_encoded = encode_documents(tokenizer, val_docs)
-
-    config = BertConfig(vocab_size=ids.vocab_size, pad_id=ids.pad, **{k: getattr(args, k) for k in MODEL_FIELDS})
-    raw = BertForPreTraining(config).to(device)
-    lengths = step_lengths(train_encoded, args)
-    total_steps, long_steps = len(lengths), sum(n != short_position(args) for n in lengths)
-    optimizer = torch.optim.AdamW(weight_decay_groups(raw, args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
-                                  eps=1e-6, fused=device.type == "cuda")
-    generator = torch.Generator().manual_seed(args.seed)  # the masks, identical on every rank
-    step, tokens, seconds_before = 0, 0, 0.0
-    history: dict[str, list] = {"step": [], "loss": [], "lr": []}
-    if state is not None:
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["mask_rng"])
-        restore_rng(state, dist)
-        step, tokens, seconds_before, history = state["step"], state["tokens"], state["seconds"], state["history"]
-        log.info("bert: resumed at step %d", step)
-    # Built after the optimizer's state is loaded and started at the step the run continues from, so the rate
-    # follows today's schedule: a run resumed with a larger --max-steps decays to its new end.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, args.warmup, args.decay),
-                                                  last_epoch=step - 1)
-    model = dist.wrap(raw)  # DDP starts every rank from rank 0's weights
-    forward = torch.compile(model) if args.compile else model
-    n_parameters = sum(p.numel() for p in raw.parameters())
-    log.info("bert: %d parameters, %d training lines, %d steps (%d of them long), %d process(es)", n_parameters,
-             sum(len(d) for d in train_encoded), total_steps, long_steps, dist.world_size)
-
-    def snapshot() -> dict[str, Any]:
-        return {"step": step, "tokens": tokens, "seconds": seconds_before + time.perf_counter() - train_started,
-                "model_config": config.to_dict(), "model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                "mask_rng": generator.get_state(), "tokenizer": tokenizer.to_str()}
-
-    # A resumed run draws the pairs from the start again and skips the batches already trained on: exactly
-    # the stream of an uninterrupted run, and drawing pairs is cheap next to training on them.
-    batches = itertools.islice(pair_batches(train_encoded, lengths, args.batch_size, random.Random(args.seed)),
-                               step, None)
-    tokens_at_start, train_started = tokens, time.perf_counter()
-    bar = progress(total=total_steps, initial=step, desc="bert", unit="step")
-    for length, pairs in batches:
-        batch = collate(pairs, ids, generator)
-        lr = scheduler.get_last_lr()[0]
-        loss = train_step(forward, batch, optimizer, scheduler, device, args.precision, dist=dist,
-                          micro_batch_size=args.micro_batch_size)
-        step += 1
-        tokens += int(batch["attention_mask"].sum())
-        history["step"].append(step)
-        history["loss"].append(loss)
-        history["lr"].append(lr)
-        bar.update()
-        bar.set_postfix(loss=f"{loss:.3f}", length=length,
-                        tok_s=f"{(tokens - tokens_at_start) / (time.perf_counter() - train_started):.0f}")
-        if args.save_interval and step % args.save_interval == 0 and step < total_steps:
-            save_state(states, dist, snapshot(), history)
-    bar.close()
-    train_seconds = time.perf_counter() - train_started
-    save_state(states, dist, snapshot(), history)
-    if not dist.is_main:
-        dist.barrier()
-        return []
-
-    metrics = evaluate_model(raw, tokenizer, val_encoded, device, args.precision, max_pairs=args.eval_pairs)
-    metrics["final_train_loss"] = sum(history["loss"][-20:]) / max(1, len(history["loss"][-20:]))
-    metrics["tokens_per_second"] = round((tokens - tokens_at_start) / train_seconds)
-    log.info("bert: MLM top-1 %.3f, top-5 %.3f, NSP %.3f on validation", metrics["mlm_top1"],
-             metrics["mlm_top5"], metrics["nsp_accuracy"])
-    checkpoint_config = {
-        "id": CHECKPOINT_ID,
-        "family": "bert",
-        "name": CHECKPOINT_ID,
-        "architecture": "BertForPreTraining",
-        "model": config.to_dict(),
-        "tokenizer": {"type": "wordpiece", "file": TOKENIZER_FILE, "lowercase": True},
-        "data": provenance,
-        "split_seed": SPLIT_SEED,
-        "training": {
-            "profile": args.profile, "epochs": args.epochs, "seed": args.seed, "steps": step,
-            "short_position": short_position(args), "long_every": args.long_every, "long_steps": long_steps,
-            "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
-            "world_size": dist.world_size, "lr": args.lr, "weight_decay": args.weight_decay,
-            "warmup": args.warmup, "decay": args.decay, "precision": args.precision, "device": str(device),
-            "compile": args.compile, "mask_probability": MASK_PROBABILITY, "mask_split": list(MASK_SPLIT),
-            "parameters": n_parameters, "tokens": tokens,
-            "seconds": round(seconds_before + time.perf_counter() - started, 1),
-            "losses": [round(loss, 5) for loss in history["loss"]],
-        },
-    }
-    path = save_checkpoint(args.out, checkpoint_config, raw.state_dict(), metrics,
-                           {TOKENIZER_FILE: tokenizer.to_str()})
-    dist.barrier()
-    return [path]
+    resolve_arguments(args)
+    name = checkpoint_name(args, FAMILY, FAMILY, args.corpus)
+    with loop.Run(args, checkpoint_id_of(FAMILY, name)) as run:
+        run.restore(args, MODEL_FIELDS)
+        train_docs, val_docs, provenance = _corpus(args)
+        tokenizer_json = run.saved["tokenizer"] if run.saved else None
+        if tokenizer_json is None and run.is_main:  # rank 0 trains it and hands it to the others: all encode alike
+            tokenizer_json = train_tokenizer([line for doc in train_docs for line in doc], args.vocab_size).to_str()
+        tokenizer = Tokenizer.from_str(run.dist.broadcast(tokenizer_json))
+        ids = SpecialIds.of(tokenizer)
+        train_encoded, val_encoded = encode_documents(tokenizer, train_docs), encode_documents(tokenizer, val_docs)
+        config = BertConfig(vocab_size=ids.vocab_size, pad_id=ids.pad, **{k: getattr(args, k) for k in MODEL_FIELDS})
+        model = BertForPreTraining(config).to(run.device)
+        lengths = step_lengths(train_encoded, args)
+        log.info("bert: %d training lines, %d steps (%d of them long)", sum(len(d) for d in train_encoded),
+                 len(lengths), sum(n != short_position(args) for n in lengths))
+        task = PretrainingTask(model, tokenizer, train_encoded, val_encoded, lengths, args, run.device)
+        trained = run.fit(task, loop.Settings(len(lengths), schedule(args, len(lengths)), eps=1e-6),
+                          rebuild={"model_config": config.to_dict(), "tokenizer": tokenizer.to_str()})
+        if not run.is_main:
+            return []
+        with run.autocast():
+            metrics = evaluate_model(model, tokenizer, val_encoded, run.device, max_pairs=args.eval_pairs)
+        log.info("bert: MLM top-1 %.3f, top-5 %.3f, NSP %.3f on validation", metrics["mlm_top1"],
+                 metrics["mlm_top5"], metrics["nsp_accuracy"])
+        return [run.save(loop.Record({
+            "id": checkpoint_id_of(FAMILY, name), "family": FAMILY, "name": name, "architecture": "BertForPreTraining",
+            "model": config.to_dict(), "tokenizer": {"type": "wordpiece", "file": TOKENIZER_FILE, "lowercase": True},
+            "data": provenance, "split_seed": SPLIT_SEED,
+        }, {TOKENIZER_FILE: tokenizer.to_str()}), trained, metrics)]
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-run the validation evaluation of ``checkpoints/bert`` and refresh its metrics.json."""
-    checkpoint = load_checkpoint(args.out / CHECKPOINT_ID)
+    checkpoint = load_checkpoint(args.out / checkpoint_id_of(FAMILY, args.name))
     device = pick_device(args.device)
-    model = BertForPreTraining(BertConfig.from_dict(checkpoint.config["model"]))
-    model.load_state_dict(checkpoint.state_dict)
-    model.to(device)
-    tokenizer = load_tokenizer(checkpoint)
+    model, tokenizer = load(checkpoint, device), load_tokenizer(checkpoint)
     data = checkpoint.config["data"]
-    if "file" in data:
-        _, val_text = split_text(read_text_file(Path(data["file"])), data["val_fraction"])
-        documents = documents_from_text(val_text)
-    else:
-        documents = documents_from_plays("validation")
-    results = evaluate_model(model, tokenizer, encode_documents(tokenizer, documents), device,
-                             args.precision, args.batch_size, args.eval_pairs)
+    _, documents, _ = _corpus(argparse.Namespace(corpus=Path(data["file"]) if "file" in data else None,
+                                                  val_fraction=data.get("val_fraction")))
+    with loop.autocast(device, loop.resolve_precision(args.precision, device)):
+        results = evaluate_model(model, tokenizer, encode_documents(tokenizer, documents), device, args.batch_size,
+                                 args.eval_pairs)
     metrics = {**checkpoint.metrics, **results}
     update_metrics(checkpoint.path, metrics)
     return metrics

@@ -17,12 +17,9 @@ share of the training passages (``--class-weights balanced``): macro-F1 counts e
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import logging
 import math
 import random
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -33,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, update_metrics
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint, update_metrics
 from models.classifier import (
     ARCHITECTURES,
     VOCAB_FILE,
@@ -45,7 +43,8 @@ from models.classifier import (
     pad_batch,
 )
 from models.tokenizers import words
-from training.common import apply_profile, pick_device, progress, set_seed, weight_decay_groups
+from training import loop
+from training.common import add_name_arguments, checkpoint_name, length_grouped, pick_device
 from training.data import (
     GENRE_LABELS,
     SPLIT_SEED,
@@ -60,10 +59,9 @@ MIN_PASSAGE_WORDS = 60
 ALL_ARCHITECTURES = (*ARCHITECTURES, "bert")
 
 # Per architecture, per profile. quick: what `make serve` trains (see the README for measured times on
-# two CPU cores); tiny: a few seconds each, for the test session. bf16 autocast where it measured
-# faster on CPU (oneDNN's LSTM and the Transformer), fp32 where it did not (the RNN and GRU kernels).
+# two CPU cores); tiny: a few seconds each, for the test session.
 _WORDS = {"min_count": 2, "max_len": 256, "embed_dim": 128, "class_weights": "balanced", "weight_decay": 0.01,
-          "batch_size": 64, "precision": "fp32"}
+          "batch_size": 64}
 _TINY = {**_WORDS, "epochs": 1, "embed_dim": 32, "max_len": 64, "max_passages": 600, "lr": 3e-3}
 _RNN = {"num_layers": 1, "pooling": "mean", "dropout": 0.3}
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
@@ -84,24 +82,22 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     **{cell: {
         "tiny": {**_TINY, **_RNN, "hidden_size": 32, "max_passages": 400},
-        "quick": {**_WORDS, **_RNN, "epochs": 3, "hidden_size": 128, "max_len": 128, "lr": 3e-3,
-                  "precision": "bf16" if cell == "lstm" else "fp32"},
+        "quick": {**_WORDS, **_RNN, "epochs": 3, "hidden_size": 128, "max_len": 128, "lr": 3e-3},
         "full": {**_WORDS, **_RNN, "epochs": 15, "embed_dim": 256, "hidden_size": 256, "num_layers": 2,
-                 "lr": 1e-3, "precision": "bf16" if cell == "lstm" else "fp32"},
+                 "lr": 1e-3},
     } for cell in ("rnn", "lstm", "gru")},
     # Fine-tuning the pretrained encoder: few epochs with a warm-up and linear decay, as in BERT §4.1. The
     # learning rate is higher than the paper's (5e-4, picked on the validation plays over 2e-4): the encoder
     # is small and its pretraining short.
     "bert": {
         "tiny": {"epochs": 1, "max_passages": 200, "batch_size": 16, "lr": 5e-4, "class_weights": "balanced",
-                 "weight_decay": 0.01, "dropout": 0.1, "precision": "bf16"},
+                 "weight_decay": 0.01, "dropout": 0.1},
         "quick": {"epochs": 1, "batch_size": 32, "lr": 5e-4, "class_weights": "balanced", "weight_decay": 0.01,
-                  "dropout": 0.1, "precision": "bf16"},
+                  "dropout": 0.1},
         "full": {"epochs": 3, "batch_size": 32, "lr": 1e-4, "class_weights": "balanced", "weight_decay": 0.01,
-                 "dropout": 0.1, "precision": "bf16"},
+                 "dropout": 0.1},
     },
 }
-
 log = logging.getLogger("training.classifier")
 
 
@@ -113,12 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labeled", type=Path, default=None,
                         help="your own data instead of the plays: a TSV of label<TAB>text rows")
     parser.add_argument("--max-passages", type=int, default=None, help="use at most this many training passages")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, linear decay)")
-    parser.add_argument("--weight-decay", type=float, default=None)
     parser.add_argument("--class-weights", choices=("balanced", "none"), default=None,
                         help="balanced: weight each class's loss by the inverse of its training share")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="bf16 autocast or fp32")
     parser.add_argument("--dropout", type=float, default=None)
     words_group = parser.add_argument_group("word-level models (mlp, cnn, rnn, lstm, gru)")
     words_group.add_argument("--min-count", type=int, default=None, help="vocabulary: words seen this often")
@@ -137,10 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     words_group.add_argument("--num-layers", type=int, default=None, help="rnn/lstm/gru stacked layers")
     parser.add_argument("--bert", type=Path, default=None,
                         help="bert: the pretraining checkpoint to fine-tune (default: <out>/bert)")
+    add_name_arguments(parser, "the architecture, e.g. gru")
+    loop.add_arguments(parser)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=ALL_ARCHITECTURES, required=True)
+    parser.add_argument("--name", default=None, help="the checkpoint's name (default: the architecture)")
     parser.add_argument("--labeled", type=Path, default=None, help="the TSV the checkpoint was trained on")
 
 
@@ -229,38 +224,15 @@ def classification_metrics(gold: Sequence[int], predicted: Sequence[int], labels
 # ---- batches -------------------------------------------------------------------------------------
 
 
-def batches(encoded: list[list[int]], targets: list[int], batch_size: int, rng: random.Random | None,
-            pad_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Padded (ids, targets) batches. With ``rng`` (training): shuffled, then grouped by length within
-    windows of 50 batches, so a batch pads little but the order of batches stays random."""
-    order = list(range(len(encoded)))
-    if rng is not None:
-        rng.shuffle(order)
-        window = 50 * batch_size
-        order = [i for s in range(0, len(order), window)
-                 for i in sorted(order[s:s + window], key=lambda i: len(encoded[i]))]
-    chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    if rng is not None:
-        rng.shuffle(chunks)
-    for chunk in chunks:
-        yield pad_batch([encoded[i] for i in chunk], pad_id), torch.tensor([targets[i] for i in chunk])
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
-def predict(model: nn.Module, encoded: list[list[int]], device: torch.device, precision: str,
-            pad_id: int = 0, batch_size: int = 128) -> list[int]:
+def predict(model: nn.Module, encoded: list[list[int]], device: torch.device, pad_id: int = 0,
+            batch_size: int = 128) -> list[int]:
     model.eval()
-    predicted: list[int] = []
-    for ids, _ in batches(encoded, [0] * len(encoded), batch_size, None, pad_id):
-        with autocast(device, precision):
-            logits, _ = model(ids.to(device))
-        predicted += logits.argmax(dim=-1).tolist()
+    predicted = [0] * len(encoded)
+    for indices in length_grouped([len(e) for e in encoded], batch_size, None):
+        logits, _ = model(pad_batch([encoded[i] for i in indices], pad_id).to(device))
+        for i, label in zip(indices, logits.argmax(dim=-1).tolist(), strict=True):
+            predicted[i] = label
     return predicted
 
 
@@ -321,126 +293,101 @@ def class_weights(targets: list[int], n_classes: int, how: str) -> torch.Tensor 
     return torch.tensor([len(targets) / (n_classes * max(1, counts[c])) for c in range(n_classes)])
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+class ClassificationTask:
+    """Class-weighted cross-entropy on shuffled, length-grouped batches of passages; validated by accuracy
+    and macro-F1 on the validation passages."""
+
+    def __init__(self, model: nn.Module, train: tuple[list[list[int]], list[int]],
+                 validation: tuple[list[list[int]], list[int]], splits: Splits, pad_id: int,
+                 args: argparse.Namespace, device: torch.device):
+        self.model, self.train, self.validation, self.labels = model, train, validation, splits.labels
+        self.pad_id, self.device, self.batch_size, self.seed = pad_id, device, args.batch_size, args.seed
+        weights = class_weights(train[1], len(splits.labels), args.class_weights)
+        self.weights = weights.to(device) if weights is not None else None
+
+    def batches(self) -> Iterator[loop.Batch[list[int]]]:
+        rng, lengths = random.Random(self.seed), [len(e) for e in self.train[0]]
+        while True:
+            for indices in length_grouped(lengths, self.batch_size, rng):
+                yield loop.Batch(indices, len(indices), sum(lengths[i] for i in indices))
+
+    def loss(self, model: nn.Module, indices: list[int], rows: list[int]) -> torch.Tensor:
+        """The rows' summed weighted cross-entropy over the batch's total weight: the shares add up to the
+        batch's weighted mean."""
+        encoded, targets = self.train
+        mine = [indices[r] for r in rows]
+        logits, _ = model(pad_batch([encoded[i] for i in mine], self.pad_id).to(self.device))
+        batch_targets = torch.tensor([targets[i] for i in indices], device=self.device)
+        total = self.weights[batch_targets].sum() if self.weights is not None else len(indices)
+        return F.cross_entropy(logits.float(), batch_targets[rows], weight=self.weights, reduction="sum") / total
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        result = classification_metrics(self.validation[1], predict(model, self.validation[0], self.device,
+                                                                    self.pad_id), self.labels)
+        return {"val_accuracy": result["accuracy"], "val_macro_f1": result["macro_f1"]}
 
 
 # ---- training ------------------------------------------------------------------------------------
 
 
+def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    return loop.resolve(args, PROFILES[args.arch][args.profile])
+
+
 def train(args: argparse.Namespace) -> list[Path]:
-    apply_profile(args, PROFILES[args.arch])
-    set_seed(args.seed)
-    device = pick_device(args.device)
-    started = time.perf_counter()
-    splits = load_splits(args.labeled)
-    if args.max_passages is not None and len(splits.train) > args.max_passages:
-        # A random subset keeps every play (and so every genre) represented.
-        kept = sorted(random.Random(args.seed).sample(range(len(splits.train)), args.max_passages))
-        splits = Splits([splits.train[i] for i in kept], splits.validation, splits.test, splits.labels,
-                        splits.provenance)
-    index = {label: i for i, label in enumerate(splits.labels)}
+    resolve_arguments(args)
+    name = checkpoint_name(args, FAMILY, args.arch, args.labeled)
+    model_id = checkpoint_id_of(FAMILY, name)
+    with loop.Run(args, model_id) as run:
+        splits = load_splits(args.labeled)
+        if args.max_passages is not None and len(splits.train) > args.max_passages:
+            # A random subset keeps every play (and so every genre) represented.
+            kept = sorted(random.Random(args.seed).sample(range(len(splits.train)), args.max_passages))
+            splits = Splits([splits.train[i] for i in kept], splits.validation, splits.test, splits.labels,
+                            splits.provenance)
+        index = {label: i for i, label in enumerate(splits.labels)}
+        parts = setup(args, splits)
+        model = parts.model.to(run.device)
 
-    parts = setup(args, splits)
-    model = parts.model.to(device)
-    pad_id = parts.encoder.pad_id
-    encode = parts.encoder.encode
+        def encoded(rows: list[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
+            return [parts.encoder.encode(text) for _, text in rows], [index[label] for label, _ in rows]
 
-    def encoded(rows: list[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
-        return [encode(text) for _, text in rows], [index[label] for label, _ in rows]
-
-    train_x, train_y = encoded(splits.train)
-    val_x, val_y = encoded(splits.validation)
-    test_x, test_y = encoded(splits.test)
-    weights = class_weights(train_y, len(splits.labels), args.class_weights)
-    weights = weights.to(device) if weights is not None else None
-
-    steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
-    # foreach: one multi-tensor update per step, several times faster on CPU than the per-tensor loop.
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.lr, foreach=True)
-    warmup = max(1, total_steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
-    model_id = checkpoint_id("clf", args.arch)
-    log.info("%s: %d parameters, %d/%d/%d passages, %d steps", model_id, parameter_count(model),
-             len(train_x), len(val_x), len(test_x), total_steps)
-
-    rng = random.Random(args.seed)
-    best: dict[str, Any] = {"macro_f1": -1.0}
-    history = []
-    train_started = time.perf_counter()
-    bar = progress(total=total_steps, desc=model_id, unit="step")
-    step = 0
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        seen, loss_sum = 0, 0.0
-        for ids, targets in batches(train_x, train_y, args.batch_size, rng, pad_id):
-            ids, targets = ids.to(device), targets.to(device)
-            with autocast(device, args.precision):
-                logits, _ = model(ids)
-            loss = F.cross_entropy(logits.float(), targets, weight=weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            seen += len(targets)
-            loss_sum += loss.item() * len(targets)
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.3f}",
-                            ex_s=f"{step * args.batch_size / (time.perf_counter() - train_started):.0f}")
-        val = classification_metrics(val_y, predict(model, val_x, device, args.precision, pad_id), splits.labels)
-        history.append({"epoch": epoch, "train_loss": round(loss_sum / max(1, seen), 4),
-                        "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                        "seconds": round(time.perf_counter() - train_started, 1)})
-        log.info("%s epoch %d: train loss %.3f, validation accuracy %.3f, macro-F1 %.3f", model_id, epoch,
-                 loss_sum / max(1, seen), val["accuracy"], val["macro_f1"])
-        # Model selection on the validation plays: the test plays are only looked at once, below.
-        if val["macro_f1"] > best["macro_f1"]:
-            best = {"macro_f1": val["macro_f1"], "epoch": epoch, "validation": val,
-                    "state": copy.deepcopy(model.state_dict())}
-    bar.close()
-    train_seconds = time.perf_counter() - train_started
-    model.load_state_dict(best["state"])
-
-    test = classification_metrics(test_y, predict(model, test_x, device, args.precision, pad_id), splits.labels)
-    log.info("%s: test accuracy %.3f, macro-F1 %.3f (epoch %d of %d)", model_id, test["accuracy"],
-             test["macro_f1"], best["epoch"], args.epochs)
-    metrics = {
-        "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-        "val_accuracy": best["validation"]["accuracy"], "val_macro_f1": best["validation"]["macro_f1"],
-        "test": test, "best_epoch": best["epoch"], "history": history,
-        "parameters": parameter_count(model), "train_seconds": round(train_seconds, 1),
-    }
-    config = {
-        "id": model_id,
-        "family": FAMILY,
-        "name": args.arch,
-        "architecture": args.arch,
-        "model": parts.hyperparameters,
-        "tokenizer": parts.tokenizer,
-        "labels": splits.labels,
-        "data": {**splits.provenance, "passages": {"train": len(train_x), "validation": len(val_x),
-                                                   "test": len(test_x)},
-                 "min_passage_words": None if args.labeled else MIN_PASSAGE_WORDS, **parts.provenance},
-        "split_seed": SPLIT_SEED,
-        "training": {
-            "profile": args.profile, "epochs": args.epochs, "best_epoch": best["epoch"], "seed": args.seed,
-            "steps": step, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-            "class_weights": args.class_weights, "precision": args.precision, "device": str(device),
-            "parameters": parameter_count(model), "seconds": round(time.perf_counter() - started, 1),
-        },
-    }
-    return [save_checkpoint(args.out, config, model.state_dict(), metrics, parts.files)]
+        train_set, val_set, test_set = encoded(splits.train), encoded(splits.validation), encoded(splits.test)
+        log.info("%s: %d/%d/%d passages", model_id, len(train_set[0]), len(val_set[0]), len(test_set[0]))
+        epoch = math.ceil(len(train_set[0]) / args.batch_size)
+        steps = loop.total_steps(args, epoch)
+        settings = loop.Settings(steps, loop.Schedule(args.lr, 0.0, max(1, steps // 20), "linear"),
+                                 eval_interval=epoch,
+                                 # Model selection on the validation plays: the test plays are looked at once, below.
+                                 selection=loop.Selection("val_macro_f1", maximize=True))
+        task = ClassificationTask(model, train_set, val_set, splits, parts.encoder.pad_id, args, run.device)
+        trained = run.fit(task, settings, rebuild={"model_config": parts.hyperparameters})
+        if not run.is_main:
+            return []
+        with run.autocast():
+            predicted = predict(model, test_set[0], run.device, parts.encoder.pad_id)
+        test = classification_metrics(test_set[1], predicted, splits.labels)
+        best = trained.best or {}
+        log.info("%s: test accuracy %.3f, macro-F1 %.3f (best at step %s)", model_id, test["accuracy"],
+                 test["macro_f1"], best.get("step"))
+        metrics = {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+                   "val_accuracy": best.get("val_accuracy"), "val_macro_f1": best.get("val_macro_f1"),
+                   "best_epoch": round(best.get("step", 0) / epoch, 2), "test": test}
+        return [run.save(loop.Record({
+            "id": model_id, "family": FAMILY, "name": name, "architecture": args.arch,
+            "model": parts.hyperparameters, "tokenizer": parts.tokenizer, "labels": splits.labels,
+            "data": {**splits.provenance, "passages": {"train": len(train_set[0]), "validation": len(val_set[0]),
+                                                       "test": len(test_set[0])},
+                     "min_passage_words": None if args.labeled else MIN_PASSAGE_WORDS, **parts.provenance},
+            "split_seed": SPLIT_SEED,
+        }, parts.files), trained, metrics)]
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Score ``clf-<arch>`` on its test passages again and refresh the test figures in metrics.json."""
     from models.pipelines.classification import load
 
-    checkpoint = load_checkpoint(Path(args.out) / checkpoint_id("clf", args.arch))
+    checkpoint = load_checkpoint(Path(args.out) / checkpoint_id_of(FAMILY, args.name or args.arch))
     device = pick_device(args.device)
     classifier = load(checkpoint, device)
     labeled = args.labeled

@@ -1,13 +1,14 @@
 """``python -m training <family> [--profile tiny|quick|full] ...`` and its sibling commands.
 
     python -m training word2vec --mode sg            train one family (writes checkpoints/<id>/)
-    python -m training all [--missing]               train every default checkpoint
+    python -m training all [--missing]               train every default checkpoint (--missing: absent or outdated)
     python -m training evaluate word2vec             evaluate a checkpoint, refresh its metrics.json
     python -m training export word2vec --format text  write vectors gensim can load
+    python -m training recipes [--write]             fingerprints of the default recipes (models/recipes.json)
 
-Each family is a module in this package with ``add_arguments(parser)``, ``train(args) -> list[Path]``
-and, where it can be evaluated after training, ``add_evaluate_arguments(parser)`` and
-``evaluate(args) -> dict``.
+Each family is a module in this package with ``add_arguments(parser)``, ``resolve_arguments(args)`` (its
+profile applied), ``train(args) -> list[Path]`` and, where it can be evaluated after training,
+``add_evaluate_arguments(parser)`` and ``evaluate(args) -> dict``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from models.catalog import CATALOG
-from models.checkpoint import CheckpointError, read_config
+from models.catalog import CATALOG, RECIPES_FILE, CatalogEntry, default_recipes, recipe_changed
+from models.checkpoint import WEIGHTS_FILE, CheckpointError, read_config
 from training.common import PROFILES, configure_threads
+from training.recipe import recipe
 
 # family name -> module implementing it
 FAMILIES: dict[str, str] = {
@@ -46,7 +48,8 @@ def family_module(family: str) -> ModuleType:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=PROFILES, default="quick",
                         help="size preset: tiny (seconds, tests), quick (make serve), full (GPU)")
-    parser.add_argument("--epochs", type=int, default=None, help="passes over the training data")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="passes over the training data (--max-steps caps them)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     parser.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoint root directory")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
@@ -71,37 +74,54 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument("--profile", choices=PROFILES, default="quick")
     everything.add_argument("--out", type=Path, default=Path("checkpoints"))
     everything.add_argument("--missing", action="store_true",
-                            help="only train checkpoints that are absent or unreadable")
+                            help="only train checkpoints that are absent, unreadable or trained by another recipe")
     everything.add_argument("--only", nargs="+", default=None, metavar="ID",
                             help="restrict to these checkpoint ids")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a trained checkpoint")
-    evaluate_families = evaluate.add_subparsers(dest="family", required=True, metavar="FAMILY")
-    for family in FAMILIES:
-        module = family_module(family)
-        if hasattr(module, "evaluate"):
-            sub = evaluate_families.add_parser(family)
-            sub.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoint root directory")
-            sub.add_argument("--device", default="auto")
-            module.add_evaluate_arguments(sub)
+    recipes = commands.add_parser("recipes", help="fingerprints of the default recipes, per profile")
+    recipes.add_argument("--write", action="store_true", help=f"store them in {RECIPES_FILE}, which the service reads")
 
-    export = commands.add_parser("export", help="export a checkpoint to another format")
-    export_families = export.add_subparsers(dest="family", required=True, metavar="FAMILY")
-    for family in FAMILIES:
-        module = family_module(family)
-        if hasattr(module, "export"):
-            sub = export_families.add_parser(family)
-            sub.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoint root directory")
-            module.add_export_arguments(sub)
+    for verb, what in (("evaluate", "evaluate a trained checkpoint"),
+                       ("export", "export a checkpoint to another format")):
+        families = commands.add_parser(verb, help=what).add_subparsers(dest="family", required=True, metavar="FAMILY")
+        for family in FAMILIES:
+            module = family_module(family)
+            if hasattr(module, verb):
+                sub = families.add_parser(family)
+                sub.add_argument("--out", type=Path, default=Path("checkpoints"), help="checkpoint root directory")
+                if verb == "evaluate":
+                    sub.add_argument("--device", default="auto")
+                getattr(module, f"add_{verb}_arguments")(sub)
     return parser
 
 
-def is_trained(root: Path, checkpoint_id: str) -> bool:
+def run_command(argv: list[str]) -> list[Path]:
+    """Train through the CLI's own parser, so flags and profiles are exactly the command's."""
+    args = build_parser().parse_args(argv)
+    log.info("python -m training %s", " ".join(argv))
+    return family_module(args.command).train(args)
+
+
+def default_arguments(parser: argparse.ArgumentParser, entry: CatalogEntry, profile: str,
+                      out: Path) -> argparse.Namespace:
+    """The flags that train ``entry`` with ``profile``, the profile applied."""
+    args = parser.parse_args([*entry.train_args, "--profile", profile, "--out", str(out)])
+    return family_module(entry.family).resolve_arguments(args)
+
+
+def why_train(root: Path, entry: CatalogEntry, fingerprint: str, retrained: set[str]) -> str | None:
+    """Why ``all --missing`` trains ``entry``: absent, unreadable, made by another recipe, or started from a
+    checkpoint trained again in this run; None when it is current."""
     try:
-        read_config(root / checkpoint_id)
-    except CheckpointError:
-        return False
-    return (root / checkpoint_id / "model.safetensors").is_file()
+        config = read_config(root / entry.id)
+    except CheckpointError as e:
+        return str(e)
+    if not (root / entry.id / WEIGHTS_FILE).is_file():
+        return f"no {WEIGHTS_FILE}"
+    source = config.get("data", {}).get("initialised_from", {}).get("id")
+    if source in retrained:
+        return f"{source}, which it starts from, was trained again"
+    return recipe_changed(config, fingerprint)
 
 
 def train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -110,15 +130,41 @@ def train_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         unknown = set(args.only) - {e.id for e in CATALOG}
         if unknown:
             parser.error(f"unknown checkpoint ids: {', '.join(sorted(unknown))}")
+    seconds: dict[str, float] = {}
     for entry in entries:
-        if args.missing and is_trained(args.out, entry.id):
-            log.info("%s: already trained, skipped", entry.id)
-            continue
+        sub_args = default_arguments(parser, entry, args.profile, args.out)
+        if args.missing:
+            why = why_train(args.out, entry, recipe(sub_args)["fingerprint"], set(seconds))
+            if why is None:
+                log.info("%s: trained by today's %s recipe, skipped", entry.id, args.profile)
+                continue
+            log.info("%s: %s", entry.id, why)
         log.info("%s: %s --profile %s", entry.id, entry.train_command, args.profile)
-        sub_args = parser.parse_args([*entry.train_args, "--profile", args.profile, "--out", str(args.out)])
         started = time.perf_counter()
         family_module(entry.family).train(sub_args)
-        log.info("%s: trained in %.1f s", entry.id, time.perf_counter() - started)
+        seconds[entry.id] = time.perf_counter() - started
+        log.info("%s: trained in %.1f s", entry.id, seconds[entry.id])
+    log.info("trained %d checkpoint(s) in %.1f s%s", len(seconds), sum(seconds.values()),
+             "".join(f"; {k} {v:.1f} s" for k, v in seconds.items()))
+    return 0
+
+
+def default_fingerprints(parser: argparse.ArgumentParser) -> dict[str, dict[str, str]]:
+    """profile -> checkpoint id -> fingerprint of the recipe ``python -m training all`` trains it by."""
+    return {profile: {e.id: recipe(default_arguments(parser, e, profile, Path("checkpoints")))["fingerprint"]
+                      for e in CATALOG if e.default} for profile in PROFILES}
+
+
+def recipes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    fingerprints = default_fingerprints(parser)
+    print(json.dumps(fingerprints, indent=2))
+    if args.write:
+        RECIPES_FILE.write_text(json.dumps({"fingerprints": fingerprints}, indent=2) + "\n", encoding="utf-8")
+        default_recipes.cache_clear()
+        print(f"wrote {RECIPES_FILE}")
+    elif fingerprints != default_recipes():
+        print(f"{RECIPES_FILE} is out of date: run `python -m training recipes --write`", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -130,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "all":
             return train_all(args, parser)
+        if args.command == "recipes":
+            return recipes(args, parser)
         if args.command == "evaluate":
             metrics = family_module(args.family).evaluate(args)
             print(json.dumps(metrics, indent=2, ensure_ascii=False))

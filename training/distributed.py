@@ -95,13 +95,6 @@ class Distributed:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-    def __enter__(self) -> Distributed:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # On an error too: this process leaves the group, and torchrun stops the others.
-        self.close()
-
     def _collective_device(self) -> torch.device:
         # NCCL moves only CUDA tensors; gloo only CPU ones.
         return self.device if self.device.type == "cuda" else torch.device("cpu")

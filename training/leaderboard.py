@@ -45,7 +45,7 @@ GPT_NAME = "leaderboard-char"
 # few steps in a minute to be a fair entry.
 GPT_FLAGS = ("--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64", "--batch-size", "12",
              "--lr", "2e-3", "--min-lr", "2e-4", "--warmup-steps", "30", "--beta2", "0.99", "--dropout", "0",
-             "--dtype", "bfloat16")
+             "--precision", "bf16")
 BASELINE_C = (0.3, 1.0, 3.0, 10.0)  # inverse regularisation strengths tried; validation macro-F1 picks one
 NAMES = {"mlp": "MLP (bag of embeddings)", "cnn": "TextCNN", "rnn": "RNN", "lstm": "LSTM", "gru": "GRU",
          "bert": "BERT (fine-tuned)"}
@@ -73,11 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(argv: list[str]) -> Path:
     """Train one checkpoint through the CLI's own parser, so flags and profiles are exactly the command's."""
-    from training.cli import build_parser, family_module
+    from training.cli import run_command
 
-    args = build_parser().parse_args(argv)
-    log.info("python -m training %s", " ".join(argv))
-    (path,) = family_module(args.command).train(args)
+    (path,) = run_command(argv)
     return path
 
 
@@ -85,8 +83,8 @@ def _reusable(args: argparse.Namespace, path: Path) -> bool:
     """With --reuse: a checkpoint an earlier leaderboard run trained with this profile and seed."""
     if not args.reuse or not (path / "config.json").is_file():
         return False
-    training = load_checkpoint(path).config.get("training", {})
-    return training.get("profile") == args.profile and training.get("seed") == args.seed
+    settings = load_checkpoint(path).config.get("recipe", {}).get("settings", {})
+    return settings.get("profile") == args.profile and settings.get("seed") == args.seed
 
 
 def _common(args: argparse.Namespace, runs: Path) -> list[str]:
@@ -136,7 +134,7 @@ def classification_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, 
             served = Path(args.out) / "bert"
             if not (served / "config.json").is_file():
                 served = runs / "bert" if _reusable(args, runs / "bert") else _run(["bert", *_common(args, runs)])
-            pretraining = load_checkpoint(served).config.get("training", {}).get("seconds")
+            pretraining = load_checkpoint(served).metrics.get("train_seconds")
             extra = ["--bert", str(served)]
             note = f"+ {pretraining:.0f} s pretraining" if pretraining else ""
         if args.epochs is not None:
@@ -158,32 +156,23 @@ def classification_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, 
 def lm_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
     budget = ["--max-seconds", str(args.lm_seconds), "--max-steps", "1000000000", "--eval-interval",
               str(args.eval_interval), "--eval-batches", "4", "--tokenizer", "char"]
+    commands = [(f"lm-{cell}", NAMES[cell] + " LM", ["lm", "--cell", cell]) for cell in LM_CELLS]
+    commands.append(("gpt", "GPT", ["gpt", "--name", GPT_NAME, *GPT_FLAGS]))
     rows = []
-    for cell in LM_CELLS:
-        if f"lm-{cell}" in args.skip:
+    for row, name, command in commands:
+        if row in args.skip:
             continue
-        checkpoint = load_checkpoint(_run(["lm", "--cell", cell, *budget, *_common(args, runs)]))
+        checkpoint = load_checkpoint(_run([*command, *budget, *_common(args, runs)]))
         m = checkpoint.metrics
-        curve = [(point["seconds"], point["val_loss"] / math.log(2)) for point in m["curve"]]
-        rows.append({"model": NAMES[cell] + " LM", "id": checkpoint.id, "val_bpc": m["val_bpc"],
-                     "parameters": m["parameters"], "steps": m["steps"], "train_seconds": m["train_seconds"],
+        # The checks during training read a few windows; the last point is the full validation text.
+        curve = [(e["seconds"], e["val_loss"] / math.log(2)) for e in m["evaluations"]]
+        curve.append((m["train_seconds"], m["val_bpc"]))
+        rows.append({"model": name, "id": checkpoint.id, "val_bpc": m["val_bpc"], "parameters": m["parameters"],
+                     "steps": m["steps"], "train_seconds": m["train_seconds"],
                      "tokens_per_second": m["tokens_per_second"], "curve": curve})
-    if "gpt" not in args.skip:
-        from training.state import state_dir
-
-        path = _run(["gpt", "--name", GPT_NAME, *GPT_FLAGS, *budget, *_common(args, runs)])
-        checkpoint = load_checkpoint(path)
-        m = checkpoint.metrics
-        history = json.loads((state_dir(runs, checkpoint.id) / "history.json").read_text(encoding="utf-8"))
-        # The GPT trainer logs validation checks by step; its steps take equal time, so step / rate.
-        per_step = m["train_seconds"] / max(1, m["steps"])
-        curve = [(step * per_step, loss / math.log(2)) for step, loss in history["val_loss"]]
-        curve.append((m["train_seconds"], m["val_loss"] / math.log(2)))
-        window = checkpoint.config["model"]["block_size"]
-        rows.append({"model": "GPT", "id": checkpoint.id, "val_bpc": m["val_bpc"], "val_bpc_windows": m["val_bpc"],
-                     "window": window, "parameters": m["parameters"], "steps": m["steps"],
-                     "train_seconds": m["train_seconds"], "tokens_per_second": m["tokens_per_second"],
-                     "curve": curve})
+    if rows and rows[-1]["model"] == "GPT":
+        window = load_checkpoint(runs / rows[-1]["id"]).config["model"]["block_size"]
+        rows[-1]["val_bpc_windows"], rows[-1]["window"] = rows[-1]["val_bpc"], window
         for row in rows[:-1]:
             row["val_bpc_windows"], row["window"] = windowed_bpc(runs / row["id"], window, args.device), window
     return rows
@@ -192,18 +181,20 @@ def lm_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
 def windowed_bpc(path: Path, window: int, device_name: str) -> float:
     """A recurrent model scored as the GPT is: consecutive windows of ``window`` tokens, each from a zero
     state, so the two columns compare like with like (the recurrent models' own figure carries the state)."""
-    from models.pipelines.text_generation import load
-    from training import gpt
+    from models.rnn import load
+    from models.tokenizers import load_text_tokenizer
+    from training import loop, text
     from training.common import pick_device
 
     device = pick_device(device_name)
-    generator = load(load_checkpoint(path), device)
-    model, tokenizer = generator.model, generator.tokenizer
-    source = argparse.Namespace(corpus=None, train_chars=None, val_chars=None)
-    _, val_docs, _ = gpt.read_documents(source)
-    ids = gpt.encode(tokenizer, val_docs)
-    nats, _ = gpt.validation_loss(model, ids, window, device, gpt.resolve_dtype("auto", device))
-    return round(nats / gpt.predicted_chars(tokenizer, val_docs, ids) / math.log(2), 5)
+    checkpoint = load_checkpoint(path)
+    model = load(checkpoint, device)
+    tokenizer = load_text_tokenizer(checkpoint, model.config.vocab_size)
+    _, val_docs, _ = text.read_documents(None, 0.1)
+    ids = text.encode(tokenizer, val_docs)
+    with loop.autocast(device, loop.resolve_precision("auto", device)):
+        nats, _ = text.window_loss(model, ids, window, device)
+    return round(nats / text.predicted_chars(tokenizer, val_docs, ids) / math.log(2), 5)
 
 
 def plot(rows: list[dict[str, Any]], path: Path, budget: float) -> None:

@@ -3,7 +3,7 @@
     python -m training seq2seq --direction zh-en            GRU + additive attention (the default)
     python -m training seq2seq --direction en-zh --cell lstm --attention dot --name en-zh-lstm-dot
     python -m training seq2seq --pairs my_pairs.tsv         your own "chinese<TAB>english" pairs
-    python -m training seq2seq --resume                     continue after the last finished epoch
+    python -m training seq2seq --resume                     continue from the last saved state
     python -m training evaluate seq2seq --direction zh-en   BLEU / chrF on the test split -> metrics.json
     python -m training evaluate seq2seq --grid              attention x cell comparison (markdown table)
     python -m training evaluate seq2seq --heatmap docs/attention.png --text "我们明天见。"
@@ -11,39 +11,31 @@
 
 The pairs are split once into train / validation / test (``--val-fraction`` each) by ``--split-seed``;
 both directions and every grid run share that split, so no model is scored on a sentence it (or its
-mirror) trained on.
-
-Under torchrun every process follows the same batches (``--batch-size`` pairs, whatever the number of
-processes) and trains on its share of each, in ``--micro-batch-size`` pieces with gradient accumulation
-where needed; rank 0 checks the validation loss, decides on early stopping for all, and writes.
-
-The training state (model, optimizer, epoch, history, early-stopping counters, best model, vocabularies,
-random streams) is saved after every epoch in ``.seq2seq-<name>-train-state`` beside the checkpoint;
-``--resume`` continues from the epoch after it.
+mirror) trained on. Training runs on the shared loop (``training.loop``), which checks the validation loss
+after every epoch, keeps the best model and stops early.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import logging
 import os
 import random
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
-from models.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, update_metrics
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint, update_metrics
 from models.pipelines.attention_image import attention_png
-from models.pipelines.translation import Translator, load
+from models.pipelines.translation import LENGTH_PENALTY, TranslationOptions, Translator, load
 from models.seq2seq import (
     ATTENTIONS,
     BOS_ID,
@@ -60,10 +52,9 @@ from models.seq2seq import (
     tokenize,
 )
 from models.tokenizers import WordVocab
-from training.common import apply_profile, pick_device, progress, set_seed
+from training import loop
+from training.common import add_name_arguments, checkpoint_name, length_grouped, pick_device
 from training.data import HSK_SOURCE, SPLIT_SEED, load_hsk_pairs, read_tsv, user_provenance
-from training.distributed import Distributed, setup
-from training.state import load_state, restore_rng, save_state, state_dir
 
 FAMILY = "seq2seq"
 SOURCE_VOCAB, TARGET_VOCAB = "source_vocab.json", "target_vocab.json"
@@ -80,9 +71,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {"epochs": 80, "embedding_dim": 256, "hidden_dim": 512, "batch_size": 64,
              "max_train_pairs": None, "lr": 1e-3, "patience": 6},
 }
+DEFAULTS: dict[str, Any] = {"dropout": 0.3, "teacher_forcing": 1.0, "min_count": 2}
 # --grid trains len(CELLS) * len(ATTENTIONS) models, so each one is smaller than the quick profile's.
-GRID_SETTINGS: dict[str, Any] = {"epochs": 20, "embedding_dim": 64, "hidden_dim": 128, "batch_size": 64,
-                                 "micro_batch_size": None, "max_train_pairs": None, "lr": 2e-3, "patience": 2}
+GRID_FLAGS = ("--epochs", "20", "--embedding-dim", "64", "--hidden-dim", "128", "--batch-size", "64", "--lr", "2e-3",
+              "--patience", "2")
 # Inclusive upper bounds of the source-length buckets (HSK sentences are 3-18 characters, 1-14 words).
 BUCKET_EDGES = {"zh": (7, 9, 11), "en": (5, 7, 9)}
 
@@ -109,20 +101,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bidirectional encoder")
     parser.add_argument("--embedding-dim", type=int, default=None)
     parser.add_argument("--hidden-dim", type=int, default=None)
-    parser.add_argument("--dropout", type=float, default=0.3)
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch size (sentence pairs)")
-    parser.add_argument("--micro-batch-size", type=int, default=None,
-                        help="pairs per forward pass on one process (default: its whole share)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    parser.add_argument("--teacher-forcing", type=float, default=1.0,
+    parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--teacher-forcing", type=float, default=None,
                         help="probability of feeding the reference token (else the model's own guess)")
-    parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping threshold")
     parser.add_argument("--patience", type=int, default=None,
-                        help="stop after this many epochs without a better validation loss")
-    parser.add_argument("--min-count", type=int, default=2, help="rarer tokens are <unk>")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                        help="train under bfloat16 autocast (weights stay float32)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+                        help="stop after this many validation checks (epochs) without a better validation loss")
+    parser.add_argument("--min-count", type=int, default=None, help="rarer tokens are <unk>")
     parser.add_argument("--max-train-pairs", type=int, default=None,
                         help="use only the first N training pairs (the tiny profile's shortcut)")
 
@@ -130,23 +114,21 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser)
     _add_model_arguments(parser)
-    parser.add_argument("--name", default=None,
-                        help="checkpoint name (id seq2seq-NAME); default: the direction, e.g. zh-en")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the training state kept beside the checkpoint (.<id>-train-state)")
+    add_name_arguments(parser, "the direction, e.g. zh-en")
+    loop.add_arguments(parser)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", choices=DIRECTIONS, default="zh-en")
     parser.add_argument("--name", default=None, help="checkpoint name; default: the direction")
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy decoding")
-    parser.add_argument("--length-penalty", type=float, default=0.6)
+    parser.add_argument("--length-penalty", type=float, default=LENGTH_PENALTY)
     parser.add_argument("--heatmap", type=Path, default=None, metavar="PNG",
                         help="draw the attention of --text into this PNG instead of scoring the test split")
     parser.add_argument("--text", default=None, help="the sentence for --heatmap")
     grid = parser.add_argument_group("--grid: train and compare every cell x attention pair")
     grid.add_argument("--grid", action="store_true")
-    grid.add_argument("--epochs", type=int, default=None, help=f"grid epochs (default {GRID_SETTINGS['epochs']})")
+    grid.add_argument("--epochs", type=int, default=None, help="grid epochs (default 20)")
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--pairs", type=Path, default=None, help="grid on your own TSV pairs")
     grid.add_argument("--split-seed", type=int, default=SPLIT_SEED)
@@ -222,19 +204,9 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.examples) // self.batch_size)
 
-    def epoch(self, rng: random.Random | None) -> Iterator[list[int]]:
-        """Each batch's example indices."""
-        order = list(range(len(self.examples)))
-        if rng is not None:
-            rng.shuffle(order)
-        # Sort within pools of 50 batches: close lengths per batch, yet a different mix each epoch.
-        pool = 50 * self.batch_size
-        order = [i for start in range(0, len(order), pool)
-                 for i in sorted(order[start:start + pool], key=lambda i: len(self.examples[i][0]))]
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if rng is not None:
-            rng.shuffle(batches)
-        yield from batches
+    def epoch(self, rng: random.Random | None) -> list[list[int]]:
+        """Each batch's example indices, grouped by source length."""
+        return length_grouped([len(source) for source, _ in self.examples], self.batch_size, rng)
 
     def pad(self, indices: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(source, target) id tensors of these examples."""
@@ -270,141 +242,73 @@ def one_thread_unless_asked(command: Callable[[argparse.Namespace], T]) -> Calla
     return wrapper
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast: on CUDA, and on CPUs with AVX-512 BF16, where it nearly halves a step at hidden 256."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
 @torch.no_grad()
-def validation_loss(model: Seq2Seq, batches: Batches, device: torch.device, bf16: bool) -> float:
+def validation_loss(model: Seq2Seq, batches: Batches, device: torch.device) -> float:
     """Token-weighted mean cross-entropy with the reference fed in (teacher forcing 1)."""
-    model.eval()
     total, count = 0.0, 0
     for indices in batches.epoch(None):
-        with autocast(device, bf16):
-            _, loss = model(*batches.pad(indices, device))
+        _, loss = model(*batches.pad(indices, device))
         tokens = batches.predicted(indices)
         total += loss.item() * tokens
         count += tokens
     return total / max(count, 1)
 
 
-def train_step(model: torch.nn.Module, batches: Batches, indices: list[int], optimizer: torch.optim.Optimizer,
-               args: argparse.Namespace, dist: Distributed) -> float:
-    """One optimizer step on the global batch ``indices``; returns its loss (mean over its target tokens).
+class TranslationTask:
+    """Cross-entropy of the next target token, teacher-forced, on length-bucketed batches reshuffled every
+    epoch; validated by the loss on the validation pairs."""
 
-    This process trains on its rows of the batch, in pieces of at most ``--micro-batch-size``. A piece's
-    mean loss counts by its share of the batch's target tokens, so the pieces add up to the batch's mean
-    however it is split (a plain mean of the pieces' means would weigh short sentences more).
-    """
-    n_tokens = batches.predicted(indices)
-    pieces = dist.micro_batches(len(indices), args.micro_batch_size)
-    optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros((), device=dist.device)
-    for i, (rows, weight) in enumerate(pieces):
+    def __init__(self, model: Seq2Seq, train: Batches, validation: Batches, args: argparse.Namespace,
+                 device: torch.device):
+        self.model, self.train, self.validation, self.device = model, train, validation, device
+        self.teacher_forcing, self.seed = args.teacher_forcing, args.seed
+
+    def batches(self) -> Iterator[loop.Batch[list[int]]]:
+        rng = random.Random(self.seed)
+        while True:
+            for indices in self.train.epoch(rng):
+                yield loop.Batch(indices, len(indices), self.train.predicted(indices))
+
+    def loss(self, model: nn.Module, indices: list[int], rows: list[int]) -> torch.Tensor:
+        """A piece's mean loss counts by its share of the batch's target tokens (a plain mean of the pieces'
+        means would weigh short sentences more)."""
         mine = [indices[r] for r in rows]
-        with dist.accumulating(model, last=i == len(pieces) - 1):
-            with autocast(dist.device, args.bf16):
-                _, loss = model(*batches.pad(mine, dist.device), teacher_forcing=args.teacher_forcing)
-            share = loss * (weight * batches.predicted(mine) / n_tokens)
-            # DDP averages the processes' gradients; the batch's gradient is their sum.
-            (share * dist.world_size).backward()
-        loss_sum += share.detach()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-    optimizer.step()
-    return dist.sum([loss_sum.item()])[0]
+        _, loss = model(*self.train.pad(mine, self.device), teacher_forcing=self.teacher_forcing)
+        return loss * (self.train.predicted(mine) / self.train.predicted(indices))
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return {"val_loss": validation_loss(model, self.validation, self.device)}
 
 
 @dataclass
 class Fitted:
-    model: Seq2Seq
-    source_vocab: WordVocab
-    target_vocab: WordVocab
-    history: list[dict[str, float]]
-    best_epoch: int
-    steps: int
-    seconds: float
-    tokens_per_second: float  # target tokens, over the training passes only
+    translator: Translator
+    trained: loop.Trained
+    steps_per_epoch: int
 
 
-def fit(split: Split, direction: str, args: argparse.Namespace, device: torch.device,
-        describe: str = "seq2seq", *, dist: Distributed | None = None, states: Path | None = None,
-        state: dict[str, Any] | None = None) -> Fitted:
-    """Train on ``split.train`` with early stopping on ``split.validation``; returns the best epoch's model.
-
-    With ``dist`` (under torchrun) each process trains on its share of every batch; every process returns
-    the same model. With ``states`` the training state is saved there after every epoch; with ``state``,
-    one saved so, training continues from the epoch after it.
-    """
-    dist = dist or Distributed(0, 1, 0, device)
-    set_seed(args.seed + dist.rank)  # dropout differs per rank; the batches below do not
+def fit(run: loop.Run, split: Split, direction: str, args: argparse.Namespace) -> Fitted:
+    """Train on ``split.train`` with early stopping on ``split.validation``; returns the best epoch's model."""
     source_language, target_language = languages(direction)
     train_pairs = split.train[: args.max_train_pairs] if args.max_train_pairs else split.train
-    if state is None:
+    if run.saved:  # the vocabularies the saved weights were trained with
+        source_vocab, target_vocab = (WordVocab(**json.loads(run.saved[key])) for key in ("source_vocab",
+                                                                                          "target_vocab"))
+    else:
         source_vocab = build_vocab((tokenize(s, source_language) for s, _ in train_pairs), args.min_count)
         target_vocab = build_vocab((tokenize(t, target_language) for _, t in train_pairs), args.min_count)
-    else:  # the vocabularies the saved weights were trained with
-        source_vocab, target_vocab = (WordVocab(**json.loads(state[key])) for key in ("source_vocab", "target_vocab"))
     train_batches = Batches(train_pairs, direction, source_vocab, target_vocab, args.batch_size)
     val_batches = Batches(split.validation, direction, source_vocab, target_vocab, 256)
     config = Seq2SeqConfig(len(source_vocab), len(target_vocab), args.embedding_dim, args.hidden_dim,
                            args.cell, args.attention, args.bidirectional, args.dropout)
-    raw = Seq2Seq(config).to(device)
-    optimizer = torch.optim.Adam(raw.parameters(), lr=args.lr)
-    rng = random.Random(args.seed)
-    history: list[dict[str, float]] = []
-    best_loss, best_state, best_epoch, since_best, steps = float("inf"), None, 0, 0, 0
-    tokens, train_seconds, seconds_before = 0, 0.0, 0.0
-    if state is not None:
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.setstate(state["batch_rng"])
-        restore_rng(state, dist)
-        history, best_loss, best_state = state["history"], state["best_loss"], state["best_model"]
-        best_epoch, since_best, steps = state["best_epoch"], state["since_best"], state["steps"]
-        tokens, train_seconds, seconds_before = state["tokens"], state["train_seconds"], state["seconds"]
-        log.info("%s: resumed after epoch %d", describe, len(history))
-    model = dist.wrap(raw)  # DDP starts every rank from rank 0's weights
-    forward = torch.compile(model) if args.compile else model
-    started = time.perf_counter()
-    epoch = len(history)
-    while epoch < args.epochs and since_best < args.patience:
-        epoch += 1
-        raw.train()
-        bar = progress(train_batches.epoch(rng), total=len(train_batches),
-                       desc=f"{describe} epoch {epoch}/{args.epochs}", unit="batch", leave=False)
-        total, count, epoch_tokens, epoch_start = 0.0, 0, 0, time.perf_counter()
-        for indices in bar:
-            total += train_step(forward, train_batches, indices, optimizer, args, dist)
-            count += 1
-            epoch_tokens += train_batches.predicted(indices)
-            bar.set_postfix(loss=f"{total / count:.3f}",
-                            tok_s=f"{epoch_tokens / (time.perf_counter() - epoch_start):.0f}")
-        steps, tokens = steps + count, tokens + epoch_tokens
-        train_seconds += time.perf_counter() - epoch_start
-        # Rank 0 checks; the others take its answer, so all stop on the same epoch.
-        val = dist.broadcast(validation_loss(raw, val_batches, device, args.bf16) if dist.is_main else None)
-        history.append({"epoch": epoch, "train_loss": round(total / max(count, 1), 4), "val_loss": round(val, 4)})
-        log.info("%s epoch %d: train loss %.3f, validation loss %.3f", describe, epoch, total / max(count, 1), val)
-        if val < best_loss:
-            best_loss, best_epoch, since_best = val, epoch, 0
-            best_state = copy.deepcopy(raw.state_dict())
-        else:
-            since_best += 1
-            if since_best >= args.patience:
-                log.info("%s: no better validation loss for %d epochs, stopping", describe, since_best)
-        if states is not None:
-            save_state(states, dist, {
-                "model_config": asdict(config), "model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                "batch_rng": rng.getstate(), "best_loss": best_loss, "best_model": best_state,
-                "best_epoch": best_epoch, "since_best": since_best, "steps": steps, "tokens": tokens,
-                "train_seconds": train_seconds, "seconds": seconds_before + time.perf_counter() - started,
-                "source_vocab": source_vocab.to_json(), "target_vocab": target_vocab.to_json(),
-            }, history)
-    if best_state is not None:
-        raw.load_state_dict(best_state)
-    return Fitted(raw.eval(), source_vocab, target_vocab, history, best_epoch, steps,
-                  seconds_before + time.perf_counter() - started, tokens / max(train_seconds, 1e-9))
+    model = Seq2Seq(config).to(run.device)
+    epoch = len(train_batches)
+    settings = loop.Settings(loop.total_steps(args, epoch), loop.Schedule(args.lr, decay="none"), eval_interval=epoch,
+                             selection=loop.Selection("val_loss", patience=args.patience))
+    trained = run.fit(TranslationTask(model, train_batches, val_batches, args, run.device), settings,
+                      rebuild={"model_config": asdict(config), "source_vocab": source_vocab.to_json(),
+                               "target_vocab": target_vocab.to_json()})
+    return Fitted(Translator(model.eval(), source_vocab, target_vocab, direction, run.device), trained, epoch)
 
 
 # ---- scoring --------------------------------------------------------------------------------------------
@@ -420,8 +324,8 @@ def bucket_of(length: int, edges: Sequence[int]) -> str:
     return f"{lower}+"
 
 
-def score(translator: Translator, pairs: Sequence[tuple[str, str]], beam_size: int = 1,
-          length_penalty: float = 0.6, batch_size: int = 128) -> dict[str, Any]:
+def score(translator: Translator, pairs: Sequence[tuple[str, str]],
+          options: TranslationOptions = TranslationOptions(), batch_size: int = 128) -> dict[str, Any]:
     """Corpus BLEU and chrF (sacrebleu, lower-cased), overall and by source-length bucket."""
     import sacrebleu
 
@@ -429,7 +333,7 @@ def score(translator: Translator, pairs: Sequence[tuple[str, str]], beam_size: i
     hypotheses: list[str] = []
     for start in range(0, len(pairs), batch_size):
         chunk = [s for s, _ in pairs[start:start + batch_size]]
-        hypotheses += [r.translation for r in translator.translate(chunk, beam_size, None, length_penalty)]
+        hypotheses += [r.translation for r in translator.translate(chunk, options)]
     references = [t for _, t in pairs]
     # Chinese has no spaces, so BLEU needs sacrebleu's Chinese tokenizer; the model writes lower case.
     bleu = sacrebleu.BLEU(tokenize="zh" if target_language == "zh" else "13a", lowercase=True)
@@ -449,7 +353,8 @@ def score(translator: Translator, pairs: Sequence[tuple[str, str]], beam_size: i
         "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
         "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
         "sentences": len(pairs),
-        "decoding": "greedy" if beam_size == 1 else f"beam {beam_size}, length penalty {length_penalty}",
+        "decoding": ("greedy" if options.beam_size == 1
+                     else f"beam {options.beam_size}, length penalty {options.length_penalty}"),
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
         "bleu_by_source_length": buckets,
@@ -461,64 +366,43 @@ def score(translator: Translator, pairs: Sequence[tuple[str, str]], beam_size: i
 # ---- the command ------------------------------------------------------------------------------------------
 
 
+def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    return loop.resolve(args, {**DEFAULTS, **PROFILES[args.profile]})
+
+
 @one_thread_unless_asked
 def train(args: argparse.Namespace) -> list[Path]:
-    apply_profile(args, PROFILES)
+    resolve_arguments(args)
     if args.corpus is not None:
         raise ValueError("seq2seq trains on sentence pairs: pass --pairs FILE.tsv, not --corpus")
-    with setup(args.device) as dist:
-        return _train(args, dist)
-
-
-def _train(args: argparse.Namespace, dist: Distributed) -> list[Path]:
-    device = dist.device
-    name = args.name or args.direction
+    name = checkpoint_name(args, FAMILY, args.direction, args.pairs)
     pairs, provenance = load_pairs(args.pairs)
     split = split_pairs(pairs, args.direction, args.split_seed, args.val_fraction, provenance)
     log.info("seq2seq-%s: %d train / %d validation / %d test pairs", name, len(split.train),
              len(split.validation), len(split.test))
-    states = state_dir(args.out, checkpoint_id(FAMILY, name))
-    state = load_state(states) if args.resume else None
-    if state is not None:  # the saved model's shape; the other flags are today's
-        for key in MODEL_FIELDS:
-            setattr(args, key, state["model_config"][key])
-    fitted = fit(split, args.direction, args, device, describe=f"seq2seq-{name}", dist=dist, states=states,
-                 state=state)
-    if not dist.is_main:
-        dist.barrier()
-        return []
-    translator = Translator(fitted.model, fitted.source_vocab, fitted.target_vocab, args.direction, device)
-    best = min(fitted.history, key=lambda h: h["val_loss"])
-    metrics = {"validation_loss": best["val_loss"], "best_epoch": fitted.best_epoch,
-               "tokens_per_second": round(fitted.tokens_per_second), "test": score(translator, split.test)}
-    log.info("seq2seq-%s: test BLEU %.2f, chrF %.2f", name, metrics["test"]["bleu"], metrics["test"]["chrf"])
-    train_pairs = args.max_train_pairs or len(split.train)
-    config = {
-        "id": checkpoint_id(FAMILY, name),
-        "family": FAMILY,
-        "name": name,
-        "architecture": f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()} encoder-decoder, "
-                        f"{args.attention} attention",
-        "model": model_config_dict(fitted.model.config, args.direction),
-        "tokenizer": {"type": "WordVocab", "file": SOURCE_VOCAB,
-                      "files": {"source": SOURCE_VOCAB, "target": TARGET_VOCAB},
-                      "units": {"zh": "characters", "en": "lower-cased words, punctuation split"},
-                      "specials": list(SPECIALS)},
-        "data": {**split.provenance, "trained_on": ["train"], "train_pairs_used": train_pairs},
-        "split_seed": split.seed,
-        "training": {"profile": args.profile, "epochs": args.epochs, "epochs_run": len(fitted.history),
-                     "best_epoch": fitted.best_epoch, "seed": args.seed, "steps": fitted.steps,
-                     "seconds": round(fitted.seconds, 1), "batch_size": args.batch_size,
-                     "micro_batch_size": args.micro_batch_size, "world_size": dist.world_size, "lr": args.lr,
-                     "teacher_forcing": args.teacher_forcing, "clip": args.clip, "patience": args.patience,
-                     "min_count": args.min_count, "bf16": args.bf16, "compile": args.compile, "device": str(device),
-                     "history": fitted.history},
-    }
-    path = save_checkpoint(args.out, config, fitted.model.state_dict(), metrics,
-                           {SOURCE_VOCAB: fitted.source_vocab.to_json(),
-                            TARGET_VOCAB: fitted.target_vocab.to_json()})
-    dist.barrier()
-    return [path]
+    with loop.Run(args, checkpoint_id_of(FAMILY, name)) as run:
+        run.restore(args, MODEL_FIELDS)
+        fitted = fit(run, split, args.direction, args)
+        if not run.is_main:
+            return []
+        translator, best, epoch = fitted.translator, fitted.trained.best or {}, fitted.steps_per_epoch
+        metrics = {"validation_loss": best.get("val_loss"), "best_epoch": round(best.get("step", 0) / epoch, 2),
+                   "epochs": round(fitted.trained.steps / epoch, 2), "test": score(translator, split.test)}
+        log.info("seq2seq-%s: test BLEU %.2f, chrF %.2f", name, metrics["test"]["bleu"], metrics["test"]["chrf"])
+        return [run.save(loop.Record({
+            "id": checkpoint_id_of(FAMILY, name), "family": FAMILY, "name": name,
+            "architecture": f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()} encoder-decoder, "
+                            f"{args.attention} attention",
+            "model": model_config_dict(translator.model.config, args.direction),
+            "tokenizer": {"type": "WordVocab", "file": SOURCE_VOCAB,
+                          "files": {"source": SOURCE_VOCAB, "target": TARGET_VOCAB},
+                          "units": {"zh": "characters", "en": "lower-cased words, punctuation split"},
+                          "specials": list(SPECIALS)},
+            "data": {**split.provenance, "trained_on": ["train"],
+                     "train_pairs_used": args.max_train_pairs or len(split.train)},
+            "split_seed": split.seed,
+        }, {SOURCE_VOCAB: translator.source_vocab.to_json(), TARGET_VOCAB: translator.target_vocab.to_json()}),
+            fitted.trained, metrics)]
 
 
 @one_thread_unless_asked
@@ -526,17 +410,18 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.grid:
         return grid(args)
     name = args.name or args.direction
-    path = Path(args.out) / checkpoint_id(FAMILY, name)
+    path = Path(args.out) / checkpoint_id_of(FAMILY, name)
     if not path.is_dir():
         command = f"python -m training seq2seq --direction {args.direction}" + (f" --name {name}" if args.name else "")
         raise FileNotFoundError(f"no checkpoint {path}; train it with `{command}`")
     checkpoint = load_checkpoint(path)
     device = pick_device(args.device)
     translator = load(checkpoint, device)
+    options = TranslationOptions(beam_size=args.beam_size, length_penalty=args.length_penalty)
     if args.heatmap is not None:
         if not args.text:
             raise ValueError("--heatmap needs --text")
-        result = translator.translate([args.text], args.beam_size, None, args.length_penalty)[0]
+        result = translator.translate([args.text], options)[0]
         args.heatmap.parent.mkdir(parents=True, exist_ok=True)
         args.heatmap.write_bytes(attention_png(result, title=f"{checkpoint.id}: {result.translation}"))
         return {"heatmap": str(args.heatmap), "translation": result.translation,
@@ -546,7 +431,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     split = split_pairs(pairs, translator.direction, checkpoint.config["split_seed"],
                         data["split"]["fraction_test"], provenance)
     key = "test" if args.beam_size == 1 else f"test_beam_{args.beam_size}"
-    metrics = {**checkpoint.metrics, key: score(translator, split.test, args.beam_size, args.length_penalty)}
+    metrics = {**checkpoint.metrics, key: score(translator, split.test, options)}
     update_metrics(path, metrics)
     return metrics
 
@@ -555,32 +440,27 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def grid(args: argparse.Namespace) -> dict[str, Any]:
-    """Every cell x attention pair at ``GRID_SETTINGS`` on one split; BLEU overall and by source length."""
-    device = pick_device(args.device)
-    settings = argparse.Namespace(**{**GRID_SETTINGS, "dropout": 0.3, "teacher_forcing": 1.0, "clip": 1.0,
-                                     "min_count": 2, "bidirectional": True, "bf16": True, "compile": False,
-                                     "seed": args.seed})
-    if args.epochs is not None:
-        settings.epochs = args.epochs
-    pairs, provenance = load_pairs(args.pairs)
-    split = split_pairs(pairs, args.direction, args.split_seed, 0.1, provenance)
+    """Every cell x attention pair at ``GRID_FLAGS`` on one split, trained into ``<out>/.seq2seq-grid`` (hidden
+    from the service); BLEU overall and by source length."""
+    from training.cli import run_command
+
+    flags = [*GRID_FLAGS, *(["--epochs", str(args.epochs)] if args.epochs else []), "--seed", str(args.seed),
+             "--split-seed", str(args.split_seed), "--direction", args.direction, "--device", args.device,
+             "--out", str(Path(args.out) / ".seq2seq-grid"), *(["--pairs", str(args.pairs)] if args.pairs else [])]
     runs = []
     for cell in CELLS:
         for attention in ATTENTIONS:
-            settings.cell, settings.attention = cell, attention
-            fitted = fit(split, args.direction, settings, device, describe=f"{cell}/{attention}")
-            translator = Translator(fitted.model, fitted.source_vocab, fitted.target_vocab, args.direction,
-                                    device)
-            result = score(translator, split.test)
+            (path,) = run_command(["seq2seq", *flags, "--cell", cell, "--attention", attention,
+                                   "--name", f"{args.direction}-{cell}-{attention}"])
+            checkpoint = load_checkpoint(path)
+            result, training = checkpoint.metrics["test"], checkpoint.config["training"]
             runs.append({"cell": cell, "attention": attention, "bleu": result["bleu"], "chrf": result["chrf"],
-                         "validation_loss": min(h["val_loss"] for h in fitted.history),
-                         "epochs": len(fitted.history), "seconds": round(fitted.seconds, 1),
-                         "parameters": sum(p.numel() for p in fitted.model.parameters()),
+                         "validation_loss": checkpoint.metrics["validation_loss"],
+                         "epochs": checkpoint.metrics["epochs"], "seconds": training["seconds"],
+                         "parameters": checkpoint.metrics["parameters"],
                          "bleu_by_source_length": result["bleu_by_source_length"]})
-            log.info("%s/%s: BLEU %.2f chrF %.2f", cell, attention, result["bleu"], result["chrf"])
-    report = {"direction": args.direction, "split_seed": split.seed, "settings": {
-        k: getattr(settings, k) for k in ("epochs", "embedding_dim", "hidden_dim", "batch_size", "lr", "patience")},
-        "test_sentences": len(split.test), "runs": runs}
+    report = {"direction": args.direction, "split_seed": args.split_seed, "flags": flags,
+              "test_sentences": checkpoint.metrics["test"]["sentences"], "runs": runs}
     print(grid_markdown(report))
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -598,7 +478,7 @@ def grid_markdown(report: dict[str, Any]) -> str:
              "|" + "---|" * (len(head) + len(buckets))]
     for r in runs:
         cells = [r["cell"], r["attention"], f"{r['bleu']:.1f}", f"{r['chrf']:.1f}", f"{r['validation_loss']:.3f}",
-                 str(r["epochs"])]
+                 f"{r['epochs']:g}"]
         cells += [f"{r['bleu_by_source_length'][b]['bleu']:.1f}" for b in buckets]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| attention (mean over cells) | BLEU | " + " | ".join(f"BLEU {b}" for b in buckets) + " |",

@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from numba import njit
 
-from models.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, update_metrics
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint, save_checkpoint, update_metrics
 from models.pipelines.word_vectors import WordVectors, load
 from models.tokenizers import WordVocab, words
 from models.word2vec import VOCAB_FILE, Word2Vec, Word2VecConfig
 from training import data
-from training.common import apply_profile, log, progress, set_seed
+from training.common import add_name_arguments, apply_profile, checkpoint_name, log, progress, set_seed
+from training.recipe import recipe
 
 PROFILES = {
     "tiny": {"dim": 32, "epochs": 1, "min_count": 2, "workers": 1},
@@ -57,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=None, help="starting learning rate (decays linearly)")
     parser.add_argument("--min-alpha", type=float, default=1e-4, help="final learning rate")
     parser.add_argument("--workers", type=int, default=None, help="threads (default: every core)")
+    add_name_arguments(parser, "the mode, sg or cbow")
 
 
 # ---- corpus --------------------------------------------------------------------------------------
@@ -458,8 +461,13 @@ def fit(model: Word2Vec, corpus: np.ndarray, starts: np.ndarray, counts: np.ndar
             "effective_words": effective_total}
 
 
+def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    return apply_profile(args, PROFILES)
+
+
 def train(args: argparse.Namespace) -> list[Path]:
-    apply_profile(args, PROFILES)
+    resolve_arguments(args)
+    name = checkpoint_name(args, "word2vec", args.mode, args.corpus)
     workers = args.workers or os.cpu_count() or 1
     alpha = args.alpha if args.alpha is not None else DEFAULT_ALPHA[args.mode]
     set_seed(args.seed)
@@ -484,11 +492,11 @@ def train(args: argparse.Namespace) -> list[Path]:
                                seed=args.seed), desc=f"word2vec-{args.mode}")
     vectors = WordVectors(vocab, model.input_embeddings.weight.detach().numpy().copy())
     metrics = {**evaluate_vectors(vectors), "training": speed}
-    ckpt_id = checkpoint_id("word2vec", args.mode)
+    ckpt_id = checkpoint_id_of("word2vec", name)
     config_json = {
         "id": ckpt_id,
         "family": "word2vec",
-        "name": args.mode,
+        "name": name,
         "architecture": "skip-gram" if args.mode == "sg" else "cbow",
         "model": asdict(config),
         "tokenizer": {"type": "word", "file": VOCAB_FILE, "pattern": "[a-z]+('[a-z]+)?, lower-cased"},
@@ -496,6 +504,7 @@ def train(args: argparse.Namespace) -> list[Path]:
         "split_seed": data.SPLIT_SEED,
         "training": {"profile": args.profile, "epochs": args.epochs, "seed": args.seed, "alpha": alpha,
                      "min_alpha": args.min_alpha, "workers": workers, "words": int(corpus.shape[0])},
+        "recipe": recipe(args),
     }
     path = save_checkpoint(args.out, config_json, model.state_dict(), metrics, {VOCAB_FILE: vocab.to_json()})
     log.info("%s: %s", ckpt_id, {k: v for k, v in metrics.items() if k != "training"})
@@ -544,10 +553,11 @@ def evaluate_vectors(vectors: WordVectors) -> dict:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("sg", "cbow"), default="sg", help="which checkpoint")
+    parser.add_argument("--name", default=None, help="the checkpoint's name (default: the mode)")
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    path = Path(args.out) / checkpoint_id("word2vec", args.mode)
+    path = Path(args.out) / checkpoint_id_of("word2vec", args.name or args.mode)
     checkpoint = load_checkpoint(path)
     metrics = {**checkpoint.metrics, **evaluate_vectors(load(checkpoint))}
     update_metrics(path, metrics)
@@ -559,13 +569,16 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("sg", "cbow"), default="sg", help="which checkpoint")
-    parser.add_argument("--format", choices=("text",), default="text", help="word2vec text format")
-    parser.add_argument("--output", type=Path, default=None, help="file to write (default: <id>.txt)")
+    parser.add_argument("--name", default=None, help="the checkpoint's name (default: the mode)")
+    parser.add_argument("--format", choices=("text", "binary"), default="text",
+                        help="word2vec's text or binary format (gensim reads either: binary=False or True)")
+    parser.add_argument("--output", type=Path, default=None, help="file to write (default: <id>.txt or <id>.bin)")
 
 
 def export(args: argparse.Namespace) -> None:
-    ckpt_id = checkpoint_id("word2vec", args.mode)
+    ckpt_id = checkpoint_id_of("word2vec", args.name or args.mode)
     vectors = load(load_checkpoint(Path(args.out) / ckpt_id))
-    output = args.output or Path(f"{ckpt_id}.txt")
-    vectors.save_word2vec_format(output)
+    binary = args.format == "binary"
+    output = args.output or Path(f"{ckpt_id}.{'bin' if binary else 'txt'}")
+    vectors.save_word2vec_format(output, binary=binary)
     print(f"wrote {len(vectors)} vectors of size {vectors.vector_size} to {output}")

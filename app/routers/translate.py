@@ -30,7 +30,7 @@ from app.schemas import (
 )
 from models.pipelines import Translator
 from models.pipelines.attention_image import attention_png
-from models.pipelines.translation import LENGTH_PENALTY, Translation, default_max_length
+from models.pipelines.translation import LENGTH_PENALTY, Translation, TranslationOptions, default_max_length
 
 router = APIRouter(prefix="/v1/translate", tags=["translate"], route_class=JSONRoute)
 
@@ -58,6 +58,11 @@ class Options(RequestModel):
     def target_length(self, source_tokens: int) -> int:
         """The most tokens the translation of a text of ``source_tokens`` tokens may have."""
         return self.max_length or min(default_max_length(source_tokens), LIMITS.max_translation_length)
+
+    def decoding(self, source_tokens: int) -> TranslationOptions:
+        """How to decode texts of at most ``source_tokens`` tokens."""
+        return TranslationOptions(beam_size=self.beam_size, max_length=self.target_length(source_tokens),
+                                  length_penalty=self.length_penalty)
 
 
 class TranslateRequest(Options, OneOrMany):
@@ -142,8 +147,7 @@ async def translate(body: TranslateRequest, registry: Annotated[Registry, Depend
     translator, texts = served.pipeline, body.inputs
     check_reply_size(worst_reply(translator, texts, body), "send fewer or shorter texts, or a smaller max_length")
     longest = max(len(translator.source_tokens(t)) for t in texts)
-    translations = await pool.run(lambda: translator.translate(
-        texts, beam_size=body.beam_size, max_length=body.target_length(longest), length_penalty=body.length_penalty))
+    translations = await pool.run(lambda: translator.translate(texts, body.decoding(longest)))
     return TranslateResponse(results=[result(t) for t in translations], model=served.id, direction=body.direction)
 
 
@@ -157,11 +161,10 @@ async def attention_image(body: AttentionImageRequest, registry: Annotated[Regis
     if not translator.has_attention:
         raise HTTPException(status_code=422, detail=f"model '{served.id}' was trained without attention; there "
                                                     "is nothing to draw")
-    max_length = body.target_length(len(translator.source_tokens(body.text)))
+    options = body.decoding(len(translator.source_tokens(body.text)))
 
     def draw() -> bytes:
-        [translation] = translator.translate([body.text], beam_size=body.beam_size, max_length=max_length,
-                                             length_penalty=body.length_penalty)
+        [translation] = translator.translate([body.text], options)
         return attention_png(translation, title=f"{served.id}: {translation.translation}")
 
     return Response(content=await pool.run(draw), media_type="image/png")

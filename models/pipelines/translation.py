@@ -23,6 +23,20 @@ def default_max_length(source_tokens: int) -> int:
     return 2 * source_tokens + 10
 
 
+@dataclass(frozen=True)
+class TranslationOptions:
+    """How to decode: greedy (``beam_size`` 1) or beam search ranked with ``length_penalty``, and the most
+    target tokens (``None``: ``default_max_length`` of the longest source)."""
+
+    beam_size: int = 1
+    max_length: int | None = None
+    length_penalty: float = LENGTH_PENALTY
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError("beam_size must be at least 1")
+
+
 @dataclass
 class Translation:
     translation: str  # the target tokens as text, special tokens (an output <unk>) left out
@@ -54,24 +68,18 @@ class Translator:
         """``text`` as the model reads it (characters or words)."""
         return tokenize(text, self.source_language)
 
-    def translate(self, texts: Sequence[str], beam_size: int = 1, max_length: int | None = None,
-                  length_penalty: float = LENGTH_PENALTY) -> list[Translation]:
-        """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence.
-
-        ``max_length`` (target tokens) defaults to ``default_max_length`` of the longest source.
-        """
-        if beam_size < 1:
-            raise ValueError("beam_size must be at least 1")
+    def translate(self, texts: Sequence[str], options: TranslationOptions = TranslationOptions()) -> list[Translation]:
+        """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence."""
         sources = [self.source_tokens(text) for text in texts]
         if empty := [i for i, s in enumerate(sources) if not s]:
             raise InvalidInput(f"text {empty[0]} has no tokens")
-        max_length = max_length or default_max_length(max(map(len, sources)))
+        max_length = options.max_length or default_max_length(max(map(len, sources)))
         ids = [encode(tokens, self.source_vocab) for tokens in sources]
-        if beam_size == 1:
+        if options.beam_size == 1:
             outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length)
         else:
-            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam_size, max_length,
-                                              length_penalty) for s in ids]
+            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), options.beam_size, max_length,
+                                              options.length_penalty) for s in ids]
             outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
         results = []
         for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True):

@@ -1,0 +1,123 @@
+"""The shared training loop: its schedule, resuming any trainer on it, and the recipe every checkpoint
+records, which `all --missing` and /ready compare with today's."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.catalog import default_recipes
+from models.checkpoint import load_checkpoint
+from training.cli import build_parser, default_fingerprints, family_module, main
+from training.loop import Schedule, state_dir
+from training.recipe import recipe
+
+from .conftest import interrupted_after_saving, run_training
+
+
+def test_schedule_warms_up_then_decays_over_the_steps_or_the_clock_whichever_is_further():
+    cosine = Schedule(lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert cosine.rate(0, 110) == pytest.approx(0.1) and cosine.rate(9, 110) == pytest.approx(1.0)
+    assert cosine.rate(60, 110) == pytest.approx(0.55) and cosine.rate(110, 110) == pytest.approx(0.1)
+    assert cosine.rate(20, 110, time_fraction=1.0) == pytest.approx(0.1)  # the time budget is spent
+    assert cosine.rate(60, 110, time_fraction=0.2) == pytest.approx(0.55)  # the steps are further along
+    linear = Schedule(lr=1.0, warmup_steps=5, decay="linear", hold=0.5)
+    assert linear.rate(40, 105) == 1.0 and linear.rate(80, 105) == pytest.approx(0.5)
+    assert Schedule(lr=2.0, decay="none").rate(99, 100, time_fraction=1.0) == 2.0
+
+
+def parse(*argv: str):
+    args = build_parser().parse_args(list(argv))
+    return family_module(args.command).resolve_arguments(args)
+
+
+def test_a_recipe_is_what_a_run_learns_not_where_or_how_fast_it_runs(tmp_path: Path):
+    base = recipe(parse("lm", "--cell", "gru", "--profile", "tiny", "--out", str(tmp_path / "a")))
+    placed = recipe(parse("lm", "--cell", "gru", "--profile", "tiny", "--out", str(tmp_path / "b"), "--device", "cpu",
+                          "--micro-batch-size", "4", "--compile", "--save-interval", "7"))
+    assert placed == base and base["settings"]["hidden_size"] == 64  # the profile applied
+    for changed in (("--profile", "tiny", "--lr", "0.5"), ("--profile", "quick")):
+        assert recipe(parse("lm", "--cell", "gru", *changed))["fingerprint"] != base["fingerprint"]
+
+
+def test_the_service_reads_todays_default_recipes():
+    assert default_fingerprints(build_parser()) == default_recipes(), \
+        "models/recipes.json is out of date: run `python -m training recipes --write`"
+
+
+def test_all_missing_trains_again_only_what_an_earlier_recipe_made(checkpoint_dir: Path, tmp_path: Path):
+    for checkpoint_id in ("lm-rnn", "lm-gru"):
+        shutil.copytree(checkpoint_dir / checkpoint_id, tmp_path / checkpoint_id)
+    config_path = tmp_path / "lm-rnn" / "config.json"
+    config = json.loads(config_path.read_text())
+    today, config["recipe"]["fingerprint"] = config["recipe"]["fingerprint"], "0" * 16
+    config_path.write_text(json.dumps(config))
+    kept = load_checkpoint(tmp_path / "lm-gru").config["created"]
+
+    result = run_training("all", "--missing", "--profile", "tiny", "--out", str(tmp_path), "--only", "lm-rnn", "lm-gru")
+    assert f"lm-rnn: trained by recipe 0000000000000000, today's is {today}" in result.stderr
+    assert "lm-gru: trained by today's tiny recipe, skipped" in result.stderr
+    assert "trained 1 checkpoint(s) in" in result.stderr
+    assert load_checkpoint(tmp_path / "lm-rnn").config["recipe"]["fingerprint"] == today
+    assert load_checkpoint(tmp_path / "lm-gru").config["created"] == kept
+
+
+def test_resume_without_a_state_or_from_another_format_is_an_error_not_a_traceback(tmp_path: Path, capsys):
+    command = ["lm", "--cell", "rnn", "--profile", "tiny", "--out", str(tmp_path), "--resume"]
+    assert main(command) == 2
+    assert "no training state" in capsys.readouterr().err
+    state_dir(tmp_path, "lm-rnn").mkdir()
+    torch.save({"format": 1, "step": 3}, state_dir(tmp_path, "lm-rnn") / "state.pt")
+    assert main(command) == 2
+    assert "has format 1, expected 2" in capsys.readouterr().err
+
+
+def labeled(path: Path) -> Path:
+    rng = random.Random(0)
+    rows = []
+    for _ in range(160):
+        label = rng.choice(["sea", "land"])
+        vocabulary = ["wave", "ship", "salt", "tide"] if label == "sea" else ["hill", "field", "stone", "road"]
+        rows.append(f"{label}\t" + " ".join(rng.choice(vocabulary + ["the", "a"]) for _ in range(8)))
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+# Each trainer the other test files do not already resume: its flags, its checkpoint, and when to stop it.
+RESUMABLE = {
+    "lm": (["lm", "--cell", "gru", "--max-steps", "20", "--max-seconds", "0", "--eval-interval", "5",
+            "--dropout", "0.1"], "lm-gru", lambda state: state["step"] == 10),
+    # selects its best epoch: the best so far travels in the state
+    "classifier": (["classifier", "--arch", "mlp", "--epochs", "4", "--batch-size", "16"], "clf-mlp",
+                   lambda state: len(state["history"]["evaluations"]) == 2),
+}
+
+
+@pytest.mark.parametrize("trainer", sorted(RESUMABLE))
+def test_resume_after_an_interruption_repeats_the_uninterrupted_run(trainer: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    flags, checkpoint_id, stop = RESUMABLE[trainer]
+    if trainer == "classifier":
+        flags = [*flags, "--labeled", str(labeled(tmp_path / "toy.tsv")), "--force"]
+
+    def run(out: str, *extra: str) -> dict:
+        assert main([*flags, "--profile", "tiny", "--device", "cpu", "--precision", "fp32",
+                     "--out", str(tmp_path / out), *extra]) == 0
+        return json.loads((state_dir(tmp_path / out, checkpoint_id) / "history.json").read_text())
+
+    straight = run("a")
+    with interrupted_after_saving(monkeypatch, stop):
+        run("b")
+    resumed = run("b", "--resume")
+    assert resumed["step"] == straight["step"]
+    assert resumed["loss"] == pytest.approx(straight["loss"], abs=1e-6)
+    assert [e.get("val_loss", e.get("val_macro_f1")) for e in resumed["evaluations"]] == \
+        [e.get("val_loss", e.get("val_macro_f1")) for e in straight["evaluations"]]
+    a, b = (load_checkpoint(tmp_path / run / checkpoint_id) for run in ("a", "b"))
+    for name, weight in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[name], weight, rtol=0, atol=1e-6)
