@@ -22,7 +22,9 @@ MIN_TEMPERATURE = 1e-4
 MAX_TEMPERATURE = 2.0
 MAX_TOP_K = 1_000_000  # larger than any vocabulary here; any k at or past the vocabulary size filters nothing
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
-MAX_SEED = 2**63 - 1
+# The largest integer that every JSON reader keeps exact (JavaScript's numbers are doubles): a bound of
+# 2**63 - 1 in the OpenAPI schema reads back as the float 2**63, a seed the service would refuse.
+MAX_SEED = 2**53 - 1
 
 
 @dataclass(frozen=True)
