@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -15,12 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.batching import Batcher
 from app.inference import InferencePool, InferenceTimeout, OverCapacity
+from models import seq2seq
 from models.bert import BertConfig, BertForPreTraining
 from models.classifier import ARCHITECTURES, SubwordEncoder, WordEncoder, build_model, build_vocab
-from models.pipelines import FillMask, TextClassifier
+from models.pipelines import FillMask, TextClassifier, Translator
+from models.pipelines.translation import TranslationOptions, default_max_length
 from training.bert import train_tokenizer
 
-from .conftest import Server
+from .conftest import Server, assert_same_answer
 
 LINES = [f"line {i} of the play, with words such as love and death and {w}" for i, w in
          enumerate(["king", "queen", "lord", "lady", "fool", "sword", "crown", "night"] * 8)]
@@ -40,22 +43,6 @@ def fill(tokenizer) -> FillMask:
                         ffn_dim=64)
     torch.manual_seed(0)
     return FillMask(BertForPreTraining(config), tokenizer, torch.device("cpu"))
-
-
-def assert_same_answer(batched: Any, alone: Any) -> None:
-    """Equal structures, floats within tolerance (a padded pass may round differently)."""
-    if isinstance(alone, float):
-        assert batched == pytest.approx(alone, abs=1e-5)
-    elif isinstance(alone, dict):
-        assert batched.keys() == alone.keys()
-        for key in alone:
-            assert_same_answer(batched[key], alone[key])
-    elif isinstance(alone, list):
-        assert len(batched) == len(alone)
-        for b, a in zip(batched, alone, strict=True):
-            assert_same_answer(b, a)
-    else:
-        assert batched == alone
 
 
 # ---- the batched model entry points --------------------------------------------------------------
@@ -99,6 +86,30 @@ def test_batched_classification_equals_each_text_alone(arch: str, tokenizer):
     batched = classifier.classify(TEXTS)
     for answer, text in zip(batched, TEXTS, strict=True):
         assert_same_answer(answer, classifier.classify([text])[0])
+
+
+PAIRS = [("我爱你。", "I love you."), ("他是学生。", "He is a student."), ("我们明天见。", "See you tomorrow."),
+         ("今天很冷。", "It's cold today."), ("她喜欢喝茶。", "She likes drinking tea."),
+         ("我不知道。", "I don't know.")]
+
+
+def test_translations_of_many_requests_decoded_together_equal_each_alone():
+    source_vocab = seq2seq.build_vocab(seq2seq.tokenize(zh, "zh") for zh, _ in PAIRS)
+    target_vocab = seq2seq.build_vocab(seq2seq.tokenize(en, "en") for _, en in PAIRS)
+    torch.manual_seed(0)
+    model = seq2seq.Seq2Seq(seq2seq.Seq2SeqConfig(len(source_vocab), len(target_vocab), embedding_dim=8, hidden_dim=16,
+                                  dropout=0.0)).eval()
+    translator = Translator(model, source_vocab, target_vocab, "zh-en", torch.device("cpu"))
+    options = [(1, None, 0.6), (1, 3, 0.6), (1, 12, 0.6), (3, None, 0.6), (1, 5, 0.6), (3, 4, 1.0), (1, None, 0.6)]
+    queries = [translator.query(zh, TranslationOptions(beam, limit, penalty))
+               for (zh, _), (beam, limit, penalty) in zip(PAIRS + PAIRS[:1], options, strict=True)]
+    together = translator.translate_queries(queries)
+    for query, translation in zip(queries, together, strict=True):
+        [alone] = translator.translate([query.text], query.options)
+        assert_same_answer(dataclasses.asdict(translation), dataclasses.asdict(alone))
+        # This untrained model never ends a sentence: each stops at its own limit, not at the batch's longest.
+        limit = query.options.max_length or default_max_length(len(translation.source_tokens))
+        assert len(translation.target_tokens) == limit
 
 
 # ---- the batcher ---------------------------------------------------------------------------------
@@ -163,44 +174,62 @@ def test_a_failing_input_fails_only_its_own_request():
     asyncio.run(scenario())
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+async def eventually(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Return once ``condition()`` holds; a generous deadline, as two shared cores can stall for seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "the condition did not come true in time"
         await asyncio.sleep(0.01)
 
 
-def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
-    calls: list[list[str]] = []
+class Gate:
+    """Holds each batched pass that contains a "slow" item until the test lets one through."""
 
-    def predict(items: list[str]) -> list[str]:
-        calls.append(items)
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.passes = threading.Semaphore(0)
+
+    def predict(self, items: list[str]) -> list[str]:
+        self.calls.append(items)
         if "slow" in items:
-            time.sleep(0.3)
+            assert self.passes.acquire(timeout=60), "the test never let the pass through"
         return upper(items)
+
+    def let_one_through(self) -> None:
+        self.passes.release()
+
+
+def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
+    gate = Gate()
 
     async def scenario() -> None:
         pool = InferencePool(max_concurrent=1, max_queued=8, timeout=5)
-        batcher = Batcher(predict, pool, max_size=8, wait=0, observe=lambda n: None)
+        batcher = Batcher(gate.predict, pool, max_size=8, wait=0, observe=lambda n: None)
         # Cancelled while waiting for the busy worker: it is left out of the next batch.
         slow = asyncio.create_task(batcher.submit(inputs("slow")))
-        await eventually(lambda: len(calls) == 1)
+        await eventually(lambda: len(gate.calls) == 1)
         gives_up, stays = (asyncio.create_task(batcher.submit(inputs(text))) for text in ("gives up", "stays"))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: pool.admitted == 3)  # both wait behind the slow pass
         gives_up.cancel()
+        await eventually(gives_up.done)
+        gate.let_one_through()
         assert await slow == ["SLOW"] and await stays == ["STAYS"]
-        assert calls == [["slow"], ["stays"]]
+        assert gate.calls == [["slow"], ["stays"]]
         # Cancelled while its batch runs: the others of the batch still get their answers.
         leaves, gets = (asyncio.create_task(batcher.submit(inputs(text))) for text in ("slow", "gets"))
-        await eventually(lambda: len(calls) == 3)
+        await eventually(lambda: len(gate.calls) == 3)
         leaves.cancel()
+        await eventually(leaves.done)
+        gate.let_one_through()
         assert await gets == ["GETS"] and leaves.cancelled()
-        assert calls[2] == ["slow", "gets"]
+        assert gate.calls[2] == ["slow", "gets"]
         check_released(pool)
         # Past the timeout: 504, and the worker slot is back once the pass ends.
         pool.timeout = 0.1
         with pytest.raises(InferenceTimeout):
             await batcher.submit(inputs("slow"))
+        assert pool.limiter.borrowed_tokens == 1  # the pass is still held at the gate
+        gate.let_one_through()
         await eventually(lambda: pool.limiter.borrowed_tokens == 0)
         check_released(pool)
 
@@ -208,15 +237,16 @@ def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
 
 
 def test_requests_past_capacity_are_429_while_a_batch_runs():
-    def predict(items: list[str]) -> list[str]:
-        time.sleep(0.1)
-        return upper(items)
+    gate = Gate()
 
     async def scenario() -> None:
         pool = InferencePool(max_concurrent=1, max_queued=1, timeout=5)
-        batcher = Batcher(predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
-        answers = await asyncio.gather(*(batcher.submit(inputs(t)) for t in "abc"), return_exceptions=True)
-        assert answers[:2] == [["A"], ["B"]] and isinstance(answers[2], OverCapacity)
+        batcher = Batcher(gate.predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
+        first, second, third = (asyncio.create_task(batcher.submit(inputs(t))) for t in ("slow", "b", "c"))
+        await eventually(third.done)
+        assert isinstance(third.exception(), OverCapacity)
+        gate.let_one_through()
+        assert await first == ["SLOW"] and await second == ["B"]
         check_released(pool)
 
     asyncio.run(scenario())
@@ -230,7 +260,7 @@ def batching_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFacto
     """The service on the BERT and two classifier checkpoints, one worker and a long window: concurrent
     requests are sure to meet in batches."""
     root = tmp_path_factory.mktemp("batching-checkpoints")
-    for name in ("bert", "clf-cnn", "clf-lstm"):
+    for name in ("bert", "clf-cnn", "clf-lstm", "seq2seq-zh-en", "seq2seq-en-zh"):
         (root / name).symlink_to(checkpoint_dir / name)
     server = Server(root, tmp_path_factory.mktemp("logs") / "batching-server.log", BATCH_WAIT_MS="100",
                     MAX_BATCH_SIZE="8", MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="64")
@@ -250,6 +280,10 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(batching_serve
     requests += [("/v1/fill-mask", {"text": "[MASK] and [MASK]", "targets": ["love", "death"]})]
     requests += [("/v1/classify", {"texts": TEXTS[: i + 1], "model": model})
                  for i in range(len(TEXTS)) for model in ("cnn", "lstm")]
+    requests += [("/v1/translate", {"texts": [zh for zh, _ in PAIRS[i:i + 2]], "max_length": 3 + 2 * i})
+                 for i in range(len(PAIRS))]
+    requests += [("/v1/translate", {"text": zh, "beam_size": 2}) for zh, _ in PAIRS[:3]]
+    requests += [("/v1/translate", {"text": en, "direction": "en-zh"}) for _, en in PAIRS]
     with httpx.Client(base_url=batching_server, timeout=60) as client:
         alone = [client.post(path, json=body) for path, body in requests]
 
@@ -261,7 +295,7 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(batching_serve
         assert batched.status_code == single.status_code == 200
         assert_same_answer(batched.json(), single.json())
     metrics = httpx.get(batching_server + "/metrics").text
-    for model in ("bert", "clf-cnn", "clf-lstm"):
+    for model in ("bert", "clf-cnn", "clf-lstm", "seq2seq-zh-en", "seq2seq-en-zh"):
         batches, of_one = batch_sizes(metrics, model)
         assert of_one < batches  # some batch answered more than one request
 

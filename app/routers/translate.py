@@ -15,9 +15,10 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 
+from app.batching import Batching, get_batching
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, Served, get_registry
 from app.routing import JSONRoute
@@ -163,22 +164,24 @@ def rounded(matrix: Matrix | None) -> Matrix | None:
     return None if matrix is None else [[round(w, ATTENTION_DECIMALS) for w in row] for row in matrix]
 
 
-def sentence_result(sentence: SentenceTranslation) -> SentenceResult:
-    return SentenceResult(text=sentence.text, translation=sentence.translation, source_tokens=sentence.source_tokens,
-                          target_tokens=sentence.target_tokens, attention=rounded(sentence.attention))
+def sentence_result(sentence: SentenceTranslation) -> dict[str, Any]:
+    """A ``SentenceResult``, built as the JSON it is sent as."""
+    return {"text": sentence.text, "translation": sentence.translation, "source_tokens": sentence.source_tokens,
+            "target_tokens": sentence.target_tokens, "attention": rounded(sentence.attention)}
 
 
-def result(translation: Translation) -> TranslationResult:
+def result(translation: Translation) -> dict[str, Any]:
+    """A ``TranslationResult``, built as the JSON it is sent as."""
     heads = translation.attention_heads
-    return TranslationResult(
-        translation=translation.translation,
-        source_tokens=translation.source_tokens,
-        target_tokens=translation.target_tokens,
-        attention=rounded(translation.attention),
-        unknown_tokens=translation.unknown_tokens,
-        attention_heads=None if heads is None else [[rounded(head) for head in layer] for layer in heads],
-        sentences=[sentence_result(s) for s in translation.sentences],
-    )
+    return {
+        "translation": translation.translation,
+        "source_tokens": translation.source_tokens,
+        "target_tokens": translation.target_tokens,
+        "attention": rounded(translation.attention),
+        "unknown_tokens": translation.unknown_tokens,
+        "attention_heads": None if heads is None else [[rounded(head) for head in layer] for layer in heads],
+        "sentences": [sentence_result(s) for s in translation.sentences],
+    }
 
 
 ERRORS = documented_errors({422: "Empty or too long text, unsupported direction, texts in both scripts with "
@@ -214,16 +217,19 @@ def worst_reply(translator: Translator, texts: list[str], options: Options) -> i
 @router.post("", response_model=TranslateResponse, responses=ERRORS,
              summary="Translate, with the attention of every output token over the input")
 async def translate(body: TranslateRequest, registry: Annotated[Registry, Depends(get_registry)],
-                    pool: Annotated[InferencePool, Depends(get_pool)]) -> TranslateResponse:
+                    batching: Annotated[Batching, Depends(get_batching)]) -> Response:
     texts = body.inputs
     direction = body.resolved_direction(texts)
     served = _translator(registry, body, direction)
     translator = served.pipeline
     check_reply_size(worst_reply(translator, texts, body), "send fewer or shorter texts, or a smaller max_length"
                      + (", or leave out attention_heads" if body.attention_heads else ""))
-    longest = max((len(tokens) for text in texts for tokens in translator.sentences(text)), default=1)
-    translations = await pool.run(lambda: translator.translate(texts, body.decoding(longest)))
-    return TranslateResponse(results=[result(t) for t in translations], model=served.id, direction=direction)
+    # Every sentence of a request may run as long as the longest one's default allows, as when they decode
+    # together.
+    options = body.decoding(max((len(tokens) for text in texts for tokens in translator.sentences(text)), default=1))
+    queries = [lambda text=text: translator.query(text, options) for text in texts]
+    translations = await batching.submit(served.id, translator.translate_queries, queries)
+    return JSONResponse({"results": [result(t) for t in translations], "model": served.id, "direction": direction})
 
 
 @router.post("/attention.png", response_class=Response, responses={

@@ -1,5 +1,9 @@
 """Translation: a seq2seq model (recurrent or Transformer) with its two vocabularies, text in, text and
-alignment out. A text is translated sentence by sentence."""
+alignment out. A text is translated sentence by sentence.
+
+``translate`` takes texts that share their decoding options; ``query`` and ``translate_queries`` take texts
+each with its own (texts of many requests, batched), and group those that can decode together.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +59,14 @@ class SentenceTranslation:
     source_tokens: list[str]
     target_tokens: list[str]
     attention: list[list[float]] | None  # len(target_tokens) x len(source_tokens)
+
+
+@dataclass(frozen=True)
+class TranslationQuery:
+    """One text to translate with its decoding options: what ``Translator.translate_queries`` batches."""
+
+    text: str
+    options: TranslationOptions
 
 
 @dataclass
@@ -127,27 +139,65 @@ class Translator:
         """The source tokens of each sentence of ``text``, as it is translated."""
         return [self.source_tokens(sentence) for sentence in split_sentences(text)]
 
+    def query(self, text: str, options: TranslationOptions) -> TranslationQuery:
+        """One text with its options, checked: ``InvalidInput`` for a text the model reads as nothing."""
+        if not any(self.sentences(text)):
+            raise InvalidInput("the text has no tokens")
+        return TranslationQuery(text, options)
+
+    def translate_queries(self, queries: Sequence[TranslationQuery]) -> list[Translation]:
+        """Each query's translation, in order. Queries that decode alike (beam size, length penalty, minimum
+        length) share one batch of all their sentences whatever their limits, each sentence cut at its own
+        (its query's ``max_length``, else the default of its own length), so texts of many requests decode
+        together."""
+        groups: dict[tuple[int, float, int], list[int]] = {}
+        for i, query in enumerate(queries):
+            options = query.options
+            groups.setdefault((options.beam_size, options.length_penalty, options.min_length), []).append(i)
+        translations: dict[int, Translation] = {}
+        for members in groups.values():
+            pieces = [self._pieces(queries[i].text) for i in members]
+            limits = [queries[i].options.max_length or default_max_length(len(tokens))
+                      for i, piece in zip(members, pieces, strict=True) for _, tokens in piece]
+            sources = [tokens for piece in pieces for _, tokens in piece]
+            decoded = iter(self._decode(sources, queries[members[0]].options, limits))
+            for i, piece in zip(members, pieces, strict=True):
+                translations[i] = self._join([(sentence, next(decoded)) for sentence, _ in piece], queries[i].options)
+        return [translations[i] for i in range(len(queries))]
+
     def translate(self, texts: Sequence[str], options: TranslationOptions = TranslationOptions()) -> list[Translation]:
         """Every sentence of every text decoded together: greedy decoding (beam_size 1) runs them as one batch,
-        beam search one by one. ``options.max_length`` bounds each sentence's translation."""
-        pieces = [[(sentence, tokens) for sentence in split_sentences(text) if (tokens := self.source_tokens(sentence))]
-                  for text in texts]
+        beam search one by one. ``options.max_length`` (else the default of the longest sentence) bounds each
+        sentence's translation."""
+        pieces = [self._pieces(text) for text in texts]
         if empty := [i for i, piece in enumerate(pieces) if not piece]:
             raise InvalidInput(f"text {empty[0]} has no tokens")
-        decoded = iter(self._decode([tokens for piece in pieces for _, tokens in piece], options))
+        sources = [tokens for piece in pieces for _, tokens in piece]
+        limit = options.max_length or default_max_length(max(map(len, sources)))
+        decoded = iter(self._decode(sources, options, [limit] * len(sources)))
         return [self._join([(sentence, next(decoded)) for sentence, _ in piece], options) for piece in pieces]
 
-    def _decode(self, sources: list[list[str]], options: TranslationOptions) -> list[_Decoded]:
-        max_length = options.max_length or default_max_length(max(map(len, sources)))
+    def _pieces(self, text: str) -> list[tuple[str, list[str]]]:
+        """``text``'s sentences with their source tokens, those the model reads as nothing left out."""
+        return [(sentence, tokens) for sentence in split_sentences(text) if (tokens := self.source_tokens(sentence))]
+
+    def _decode(self, sources: list[list[str]], options: TranslationOptions, limits: list[int]) -> list[_Decoded]:
+        """Each sentence decoded as ``options`` say, to at most its own limit of target tokens."""
         ids = [encode(tokens, self.source_vocab) for tokens in sources]
         if isinstance(self.model, Transformer) and max(map(len, ids)) > self.model.config.max_position:
             raise InvalidInput(f"a sentence of {max(map(len, ids))} tokens is longer than the model's "
                                f"{self.model.config.max_position} positions")
         if options.beam_size == 1:
-            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length, options.min_length)
+            # Greedy decoding of a token does not depend on how long the decoding may go on, so one batch
+            # decodes to the largest limit and each sentence is cut at its own.
+            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max(limits), options.min_length)
+            outputs = [out[:limit] for out, limit in zip(outputs, limits, strict=True)]
+            maps = [alpha[:limit] if alpha is not None else None for alpha, limit in zip(maps, limits, strict=True)]
         else:
-            beam = BeamOptions(options.beam_size, max_length, options.min_length, options.length_penalty)
-            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), beam) for s in ids]
+            decoded = [self.model.beam_search(torch.tensor([s], device=self.device),
+                                              BeamOptions(options.beam_size, limit, options.min_length,
+                                                          options.length_penalty))
+                       for s, limit in zip(ids, limits, strict=True)]
             outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
         return [_Decoded(tokens, token_ids, [self.target_vocab.itos[i] for i in out], _heads(alpha))
                 for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True)]
