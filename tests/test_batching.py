@@ -20,7 +20,7 @@ from models import seq2seq
 from models.bert import BertConfig, BertForPreTraining
 from models.classifier import ARCHITECTURES, SubwordEncoder, WordEncoder, build_model, build_vocab
 from models.pipelines import FillMask, TextClassifier, Translator
-from models.pipelines.translation import TranslationOptions, default_max_length
+from models.pipelines.translation import TranslationOptions, default_max_length, split_sentences
 from training.bert import train_tokenizer
 
 from .conftest import Server, assert_same_answer
@@ -100,16 +100,20 @@ def test_translations_of_many_requests_decoded_together_equal_each_alone():
     model = seq2seq.Seq2Seq(seq2seq.Seq2SeqConfig(len(source_vocab), len(target_vocab), embedding_dim=8, hidden_dim=16,
                                   dropout=0.0)).eval()
     translator = Translator(model, source_vocab, target_vocab, "zh-en", torch.device("cpu"))
-    options = [(1, None, 0.6), (1, 3, 0.6), (1, 12, 0.6), (3, None, 0.6), (1, 5, 0.6), (3, 4, 1.0), (1, None, 0.6)]
+    options = [(1, None, 0.6), (1, 3, 0.6), (1, 12, 0.6), (3, None, 0.6), (1, 5, 0.6), (3, 4, 1.0), (1, None, 0.6),
+               (1, None, 0.6), (3, None, 0.6)]
+    texts = [zh for zh, _ in PAIRS + PAIRS[:1]] + [PAIRS[0][0] + PAIRS[2][0]] * 2  # the last two: two sentences
     queries = [translator.query(zh, TranslationOptions(beam, limit, penalty))
-               for (zh, _), (beam, limit, penalty) in zip(PAIRS + PAIRS[:1], options, strict=True)]
+               for zh, (beam, limit, penalty) in zip(texts, options, strict=True)]
     together = translator.translate_queries(queries)
     for query, translation in zip(queries, together, strict=True):
         [alone] = translator.translate([query.text], query.options)
         assert_same_answer(dataclasses.asdict(translation), dataclasses.asdict(alone))
-        # This untrained model never ends a sentence: each stops at its own limit, not at the batch's longest.
-        limit = query.options.max_length or default_max_length(len(translation.source_tokens))
-        assert len(translation.target_tokens) == limit
+        # This untrained model never ends a sentence: each stops at its text's limit, not at the batch's longest.
+        longest = max(len(sentence.source_tokens) for sentence in translation.sentences)
+        limit = query.options.max_length or default_max_length(longest)
+        assert [len(sentence.target_tokens) for sentence in translation.sentences] == [limit] * len(
+            split_sentences(query.text))
 
 
 # ---- the batcher ---------------------------------------------------------------------------------

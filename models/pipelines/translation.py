@@ -147,9 +147,9 @@ class Translator:
 
     def translate_queries(self, queries: Sequence[TranslationQuery]) -> list[Translation]:
         """Each query's translation, in order. Queries that decode alike (beam size, length penalty, minimum
-        length) share one batch of all their sentences whatever their limits, each sentence cut at its own
-        (its query's ``max_length``, else the default of its own length), so texts of many requests decode
-        together."""
+        length) share one batch of all their sentences whatever their limits, each sentence cut at its text's
+        own (its query's ``max_length``, else the default of the text's longest sentence, as ``translate``
+        has it for one text), so texts of many requests decode together."""
         groups: dict[tuple[int, float, int], list[int]] = {}
         for i, query in enumerate(queries):
             options = query.options
@@ -157,8 +157,9 @@ class Translator:
         translations: dict[int, Translation] = {}
         for members in groups.values():
             pieces = [self._pieces(queries[i].text) for i in members]
-            limits = [queries[i].options.max_length or default_max_length(len(tokens))
-                      for i, piece in zip(members, pieces, strict=True) for _, tokens in piece]
+            limits = [limit for i, piece in zip(members, pieces, strict=True)
+                      for limit in [queries[i].options.max_length
+                                    or default_max_length(max(len(tokens) for _, tokens in piece))] * len(piece)]
             sources = [tokens for piece in pieces for _, tokens in piece]
             decoded = iter(self._decode(sources, queries[members[0]].options, limits))
             for i, piece in zip(members, pieces, strict=True):
