@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models import bert, classifier, gpt, rnn, seq2seq, word2vec
+from models.beam import BeamOptions
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.tokenizers import WordVocab, load_text_tokenizer
 
@@ -123,30 +124,39 @@ class Translator:
     model: seq2seq.Seq2Seq
     source_vocab: WordVocab
     target_vocab: WordVocab
-    source_language: str
+    source_units: seq2seq.Units  # how the checkpoint reads its source language
+
+    def source_ids(self, text: str) -> torch.Tensor:
+        return torch.tensor([seq2seq.encode(self.source_units.tokens(text), self.source_vocab)])
 
 
 def translator(root: Path, checkpoint_id: str) -> Translator:
     checkpoint = _checkpoint(root, checkpoint_id)
     source_vocab, target_vocab = seq2seq.load_vocabularies(checkpoint)
     source_language = checkpoint.config["model"]["direction"].split("-")[0]
-    return Translator(seq2seq.load(checkpoint, CPU), source_vocab, target_vocab, source_language)
+    return Translator(seq2seq.load(checkpoint, CPU), source_vocab, target_vocab,
+                      seq2seq.load_units(checkpoint, source_language))
 
 
 @torch.no_grad()
-def greedy_translation(model: Translator, text: str, max_length: int) -> tuple[list[str], torch.Tensor | None]:
-    """One sentence alone, one decoder step at a time, the most probable token each time until ``<eos>``:
-    the target tokens and the attention rows (target x source)."""
-    source = torch.tensor([seq2seq.encode(seq2seq.tokenize(text, model.source_language), model.source_vocab)])
+def greedy_translation(model: Translator, text: str, max_length: int, min_length: int = 1
+                       ) -> tuple[list[str], torch.Tensor | None]:
+    """One sentence alone, one decoder step at a time, the most probable token each time until ``<eos>``
+    (never before ``min_length`` tokens, the service's default 1): the target tokens and the attention rows
+    (target x source)."""
+    source = model.source_ids(text)
     net = model.model
     memory, keys, mask, state, feed = net.start(source)
     fixed = seq2seq.hidden(state)
     y = torch.tensor([seq2seq.BOS_ID])
     tokens: list[str] = []
     rows = []
-    for _ in range(max_length):
+    for t in range(max_length):
         state, feed, alpha = net.decoder.step(y, state, feed, memory, keys, mask, fixed)
-        y = net.decoder.logits(feed).argmax(-1)
+        logits = net.decoder.logits(feed)
+        if t < min_length:
+            logits[:, seq2seq.EOS_ID] = float("-inf")
+        y = logits.argmax(-1)
         if int(y) == seq2seq.EOS_ID:
             break
         tokens.append(model.target_vocab.itos[int(y)])
@@ -160,7 +170,7 @@ def translation_score(model: Translator, text: str, target: list[str], ended: bo
                       length_penalty: float) -> float:
     """log P(target [<eos>] | text) by teacher forcing, over lp = ((5 + |Y|) / 6) ** length_penalty, with
     |Y| counting the ``<eos>`` when the output ended with one (Wu et al., 2016)."""
-    source = torch.tensor([seq2seq.encode(seq2seq.tokenize(text, model.source_language), model.source_vocab)])
+    source = model.source_ids(text)
     ids = [model.target_vocab.stoi[t] for t in target] + ([seq2seq.EOS_ID] if ended else [])
     net = model.model
     memory, keys, mask, state, feed = net.start(source)
@@ -183,10 +193,10 @@ def untrained_seq2seq_weights(model_config: dict, seed: int = 0) -> dict[str, to
 
 @torch.no_grad()
 def beam_translation(model: Translator, text: str, beam_size: int, max_length: int,
-                     length_penalty: float) -> list[str]:
+                     length_penalty: float, min_length: int = 1) -> list[str]:
     """The model's own beam search on one sentence: its target tokens."""
-    source = torch.tensor([seq2seq.encode(seq2seq.tokenize(text, model.source_language), model.source_vocab)])
-    ids, _ = model.model.beam_search(source, beam_size, max_length, length_penalty)
+    ids, _ = model.model.beam_search(model.source_ids(text), BeamOptions(beam_size, max_length, min_length,
+                                                                        length_penalty))
     return [model.target_vocab.itos[i] for i in ids]
 
 
