@@ -23,7 +23,7 @@ from pathlib import Path
 # name -> the flags that undo one choice of the quick recipe, or add one it left out (the first row is the recipe)
 RUNS: dict[str, tuple[str, ...]] = {
     "quick recipe": (),
-    "no label smoothing": ("--label-smoothing", "0"),
+    "with label smoothing 0.1": ("--label-smoothing", "0.1"),
     "untied output embeddings": ("--no-tie-embeddings",),
     "with HSK glosses": ("--glosses",),
     "with HSK glosses and CC-CEDICT's HSK words": ("--glosses", "--dictionary", "hsk"),
