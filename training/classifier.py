@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.catalog import checkpoint_id_of
-from models.checkpoint import load_checkpoint, update_metrics
+from models.checkpoint import Checkpoint, load_checkpoint, update_metrics
 from models.classifier import (
     ARCHITECTURES,
     VOCAB_FILE,
@@ -42,7 +42,9 @@ from models.classifier import (
     config_class,
     pad_batch,
 )
-from models.tokenizers import words
+from models.mlp import PAD_ID
+from models.tokenizers import WordVocab, words
+from models.word2vec import VOCAB_FILE as W2V_VOCAB_FILE
 from training import loop
 from training.common import add_name_arguments, checkpoint_name, length_grouped, pick_device
 from training.data import (
@@ -127,6 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              help="pooling over time: cnn max|avg; rnn/lstm/gru last|max|mean")
     words_group.add_argument("--hidden-size", type=int, default=None, help="rnn/lstm/gru state size")
     words_group.add_argument("--num-layers", type=int, default=None, help="rnn/lstm/gru stacked layers")
+    words_group.add_argument("--word2vec", type=Path, default=None,
+                             help="start the word embeddings from this word2vec checkpoint's vectors (Kim 2014); "
+                                  "--embed-dim becomes their dimension")
+    words_group.add_argument("--freeze-embeddings", action="store_true",
+                             help="with --word2vec: keep the word embeddings as initialised (Kim's 'static')")
     parser.add_argument("--bert", type=Path, default=None,
                         help="bert: the pretraining checkpoint to fine-tune (default: <out>/bert)")
     add_name_arguments(parser, "the architecture, e.g. gru")
@@ -274,15 +281,47 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
                      {"tokenizer.json": tokenizer.to_str()},
                      {"initialised_from": {"id": pretrained.id, "data": pretrained.config.get("data")}})
     vocab = build_vocab((text for _, text in splits.train), args.min_count)
+    provenance: dict[str, Any] = {}
     # The config's fields are the flags of the same names.
     hyperparameters = {f.name: getattr(args, f.name) for f in fields(config_class(args.arch))
                        if getattr(args, f.name, None) is not None}
     if args.arch in ("rnn", "lstm", "gru"):
         hyperparameters["cell"] = args.arch
     model = build_model(args.arch, {**hyperparameters, "vocab_size": len(vocab), "num_classes": n_classes})
+    if args.word2vec is not None:
+        vectors = load_checkpoint(args.word2vec)
+        found = initialise_embeddings(model.embedding, vocab, vectors, torch.Generator().manual_seed(args.seed))
+        model.embedding.weight.requires_grad_(not args.freeze_embeddings)
+        log.info("embeddings from %s: %d of %d words", vectors.id, found, len(vocab) - 2)
+        provenance["embeddings_from"] = {"id": vectors.id, "data": vectors.config.get("data"), "words": found,
+                                         "frozen": args.freeze_embeddings}
     return Setup(model, WordEncoder(vocab, args.max_len), asdict(model.config),
                  {"type": "word", "file": VOCAB_FILE, "max_len": args.max_len, "min_count": args.min_count},
-                 {VOCAB_FILE: vocab.to_json()})
+                 {VOCAB_FILE: vocab.to_json()}, provenance)
+
+
+def word2vec_dim(path: Path) -> int:
+    return int(load_checkpoint(path).config["model"]["dim"])
+
+
+@torch.no_grad()
+def initialise_embeddings(embedding: nn.Embedding, vocab: WordVocab, vectors: Checkpoint,
+                          generator: torch.Generator) -> int:
+    """Kim (2014): a word the word2vec checkpoint knows starts at its vector; any other word at a random
+    vector of the same variance (U[-a, a]); padding at zero. Returns how many words were found."""
+    table = vectors.state_dict["input_embeddings.weight"]
+    known = WordVocab.from_file(vectors.file(W2V_VOCAB_FILE)).stoi
+    if table.shape[1] != embedding.embedding_dim:
+        raise ValueError(f"{vectors.id} has {table.shape[1]}-dimensional vectors; --embed-dim is "
+                         f"{embedding.embedding_dim}")
+    a = math.sqrt(3.0) * table.std().item()
+    weight = torch.rand(embedding.weight.shape, generator=generator) * 2 * a - a
+    found = [(i, known[w]) for i, w in enumerate(vocab.itos) if w in known]
+    rows, sources = zip(*found, strict=True) if found else ((), ())
+    weight[list(rows)] = table[list(sources)]
+    weight[PAD_ID] = 0.0
+    embedding.weight.copy_(weight)
+    return len(found)
 
 
 def class_weights(targets: list[int], n_classes: int, how: str) -> torch.Tensor | None:
@@ -331,6 +370,15 @@ class ClassificationTask:
 
 
 def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    if getattr(args, "word2vec", None) is not None:
+        if args.arch not in ARCHITECTURES:
+            raise ValueError("--word2vec initialises a word-level classifier (mlp, cnn, rnn, lstm, gru)")
+        dim = word2vec_dim(args.word2vec)
+        if args.embed_dim not in (None, dim):
+            raise ValueError(f"--embed-dim {args.embed_dim} differs from {args.word2vec}'s {dim}-dimensional vectors")
+        args.embed_dim = dim
+    elif getattr(args, "freeze_embeddings", False):
+        raise ValueError("--freeze-embeddings keeps the vectors --word2vec gives; give --word2vec too")
     return loop.resolve(args, PROFILES[args.arch][args.profile])
 
 
