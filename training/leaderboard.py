@@ -1,19 +1,22 @@
-"""Leaderboard: train the lineage on one task each and write the README table and a loss plot.
+"""Leaderboard: train the lineage on one task each and write the README table and its plots.
 
     python -m training leaderboard                        quick profile, 60 s per language model
     python -m training leaderboard --lm-seconds 120 --profile full
 
 Genre classification (comedy / history / tragedy) of the test plays' passages by the MLP, CNN, RNN,
 LSTM, GRU and BERT classifiers, beside a TF-IDF + logistic-regression baseline fitted on the very same
-passages and split, so every network is measured against what a linear model gets. Language
+passages and split, so every network is measured against what a linear model gets. Each network is
+trained with ``--seeds`` seeds (mean ± standard deviation in the table, every seed in a plot), and each
+word-level one again with its embeddings started from word2vec (``--word2vec``). Language
 modelling: the RNN, LSTM and GRU language models and the GPT, all on characters of the same plays,
 each trained for the same wall-clock budget (``--lm-seconds``), compared in validation bits per
 character, with their validation loss plotted against training time.
 
 Everything it trains goes to ``<out>/.leaderboard/`` (hidden from the service, so served checkpoints
 are never replaced), except that an existing ``<out>/bert`` is fine-tuned rather than pretrained
-again. The table replaces whatever is between ``MARKERS`` in the README (a section is added if they
-are missing); the plot and a JSON of every figure go to ``docs/``.
+again and an existing ``<out>/word2vec-sg`` gives the word2vec vectors. The table replaces whatever is
+between ``MARKERS`` in the README (a section is added if they are missing); the plots and a JSON of every
+figure go to ``docs/``.
 """
 
 from __future__ import annotations
