@@ -222,11 +222,12 @@ def test_word2vec_initialised_embeddings_start_at_the_vectors_and_stay_there_whe
     vectors_path, data = toy_word2vec
     vectors = load_checkpoint(vectors_path)
     common = ["classifier", "--arch", arch, "--labeled", str(data), "--profile", "tiny", "--epochs", "3",
-              "--word2vec", str(vectors_path), "--out", str(tmp_path / "clf")]
+              "--embeddings", "word2vec", "--word2vec", str(vectors_path), "--embed-dim", "12",
+              "--out", str(tmp_path / "clf")]
 
     args = resolve_arguments(build_parser().parse_args(common))
     parts = setup(args, load_splits(data))
-    assert args.embed_dim == 12 and parts.model.embedding.weight.requires_grad
+    assert parts.model.embedding.weight.requires_grad
     ours, theirs = _embedding_rows(parts.model.embedding.weight.detach(), parts.encoder.vocab.itos, vectors)
     torch.testing.assert_close(ours, theirs)  # step 0
     assert not parts.model.embedding.weight[0].any()  # padding
@@ -238,17 +239,23 @@ def test_word2vec_initialised_embeddings_start_at_the_vectors_and_stay_there_whe
         itos = load(checkpoint, torch.device("cpu")).encoder.vocab.itos
         ours, theirs = _embedding_rows(checkpoint.state_dict["embedding.weight"], itos, vectors)
         assert torch.equal(ours, theirs) is frozen
-        assert checkpoint.config["data"]["embeddings_from"]["frozen"] is frozen
+        assert checkpoint.config["data"]["initialised_from"] == {
+            "id": "word2vec-sg-corpus", "data": vectors.config["data"], "words": 8, "frozen": frozen}
 
 
-def test_word2vec_vectors_of_another_dimension_are_refused(toy_word2vec) -> None:
-    from training.classifier import resolve_arguments
+def test_word2vec_embeddings_need_vectors_of_their_dimension(tmp_path, toy_word2vec) -> None:
+    from training.classifier import load_splits, resolve_arguments, setup
 
     vectors_path, data = toy_word2vec
-    with pytest.raises(ValueError, match="--embed-dim 32 differs"):
-        resolve_arguments(build_parser().parse_args(
-            ["classifier", "--arch", "cnn", "--labeled", str(data), "--word2vec", str(vectors_path),
-             "--embed-dim", "32"]))
-    with pytest.raises(ValueError, match="give --word2vec too"):
-        resolve_arguments(build_parser().parse_args(
-            ["classifier", "--arch", "cnn", "--labeled", str(data), "--freeze-embeddings"]))
+
+    def arguments(*flags: str):
+        return resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "cnn", "--labeled", str(data), "--profile", "tiny", "--out", str(tmp_path),
+             *flags]))
+
+    with pytest.raises(ValueError, match="give --embed-dim 12"):
+        setup(arguments("--embeddings", "word2vec", "--word2vec", str(vectors_path)), load_splits(data))
+    with pytest.raises(FileNotFoundError, match="python -m training word2vec"):
+        setup(arguments("--embeddings", "word2vec", "--embed-dim", "12"), load_splits(data))  # no <out>/word2vec-sg
+    with pytest.raises(ValueError, match="give --embeddings word2vec too"):
+        arguments("--freeze-embeddings")

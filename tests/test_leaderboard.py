@@ -99,8 +99,8 @@ def test_the_command_trains_every_row_and_writes_the_table_and_plot(tmp_path: Pa
         assert row["test_macro_f1"] == pytest.approx(sum(r["test_macro_f1"] for r in row["seeds"]) / 2, abs=1e-4)
     runs = tmp_path / "checkpoints" / ".leaderboard"
     word2vec = json.loads((runs / "clf-gru-word2vec-seed1" / "config.json").read_text(encoding="utf-8"))
-    assert word2vec["data"]["embeddings_from"]["id"] == "word2vec-sg"  # one word2vec for every seed
-    assert "embeddings_from" not in json.loads((runs / "clf-gru-seed1" / "config.json").read_text(encoding="utf-8"))[
+    assert word2vec["data"]["initialised_from"]["id"] == "word2vec-sg"  # one word2vec for every seed
+    assert "initialised_from" not in json.loads((runs / "clf-gru-seed1" / "config.json").read_text(encoding="utf-8"))[
         "data"]
     # Everything it trained stays hidden from the service, which lists only <out>/<id>/ directories.
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [".leaderboard"]

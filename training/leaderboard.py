@@ -7,7 +7,7 @@ Genre classification (comedy / history / tragedy) of the test plays' passages by
 LSTM, GRU and BERT classifiers, beside a TF-IDF + logistic-regression baseline fitted on the very same
 passages and split, so every network is measured against what a linear model gets. Each network is
 trained with ``--seeds`` seeds (mean ± standard deviation in the table, every seed in a plot), and each
-word-level one again with its embeddings started from word2vec (``--word2vec``). Language
+word-level one with random embeddings and with embeddings started from word2vec. Language
 modelling: the RNN, LSTM and GRU language models and the GPT, all on characters of the same plays,
 each trained for the same wall-clock budget (``--lm-seconds``), compared in validation bits per
 character, with their validation loss plotted against training time.
@@ -189,10 +189,11 @@ def classification_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, 
             rows.append(classifier_row(args, runs, arch, NAMES[arch], ["--bert", str(bert)], arch,
                                        f"+ {pretraining:.0f} s pretraining" if pretraining else ""))
             continue
-        rows.append(classifier_row(args, runs, arch, NAMES[arch], [], arch))
+        rows.append(classifier_row(args, runs, arch, NAMES[arch], ["--embeddings", "random"], arch))
         if word2vec is not None:
-            rows.append(classifier_row(args, runs, arch, f"{NAMES[arch]} + word2vec", ["--word2vec", str(word2vec)],
-                                       f"{arch}-word2vec"))
+            linked = ["--embeddings", "word2vec", "--word2vec", str(word2vec),
+                      "--embed-dim", str(load_checkpoint(word2vec).config["model"]["dim"])]
+            rows.append(classifier_row(args, runs, arch, f"{NAMES[arch]} + word2vec", linked, f"{arch}-word2vec"))
     return rows
 
 
