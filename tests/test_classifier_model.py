@@ -257,5 +257,7 @@ def test_word2vec_embeddings_need_vectors_of_their_dimension(tmp_path, toy_word2
         setup(arguments("--embeddings", "word2vec", "--word2vec", str(vectors_path)), load_splits(data))
     with pytest.raises(FileNotFoundError, match="python -m training word2vec"):
         setup(arguments("--embeddings", "word2vec", "--embed-dim", "12"), load_splits(data))  # no <out>/word2vec-sg
-    with pytest.raises(ValueError, match="give --embeddings word2vec too"):
+    with pytest.raises(ValueError, match="--freeze-embeddings is for the word2vec vectors"):
         arguments("--freeze-embeddings")
+    with pytest.raises(ValueError, match="--word2vec is for the word2vec vectors"):
+        arguments("--embeddings", "random", "--word2vec", str(vectors_path))

@@ -384,8 +384,9 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
     loop.resolve(args, PROFILES[args.arch][args.profile])
     if args.embeddings == "word2vec" and args.arch not in ARCHITECTURES:
         raise ValueError("--embeddings word2vec initialises a word-level classifier (mlp, cnn, rnn, lstm, gru)")
-    if args.freeze_embeddings and args.embeddings != "word2vec":
-        raise ValueError("--freeze-embeddings keeps the word2vec vectors; give --embeddings word2vec too")
+    for flag, given in (("--word2vec", args.word2vec is not None), ("--freeze-embeddings", args.freeze_embeddings)):
+        if given and args.embeddings != "word2vec":
+            raise ValueError(f"{flag} is for the word2vec vectors; give --embeddings word2vec too")
     return args
 
 
