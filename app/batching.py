@@ -1,12 +1,16 @@
 """Dynamic batching: concurrent requests for one model share one padded forward pass.
 
-A request's inputs wait at most ``batch_wait_ms`` for company, and a batch closes at ``max_batch_size``
-requests. While every worker of the pool is busy the next batch keeps filling, so batches grow with the
-load and a lone request waits only the window. A batch runs as one inference in the pool, holding one
-worker slot; each request is still admitted on its own (429 past capacity) and answered 504 past its own
-timeout, and a request that gives up is dropped from a batch not yet started. Each input arrives as a
-function that prepares it (tokenizes and checks it) and is prepared on its own, so input a model refuses
-fails its own request only; should the batched pass itself fail, each request of the batch is run alone.
+Each model operation runs one batch at a time. While it runs, the requests that arrive wait and form the
+next batch, which starts as soon as the running one ends (up to ``max_size`` requests): batches grow with the
+load, and a request that finds the model idle starts at once, after ``batch_wait_ms`` at most (0 by default)
+for company. A batch runs as one inference in the pool, holding one worker slot; each request is still
+admitted on its own (429 past capacity) and answered 504 past its own timeout, and a request that gives up
+is dropped from a batch not yet started. Each input arrives as a function that prepares it (tokenizes and
+checks it) and is prepared on its own, so input a model refuses fails its own request only; should the
+batched pass itself fail, each request of the batch is run alone.
+
+One batch at a time per operation, because a batch already spreads over the cores through torch's own
+threads: two batches side by side only split them, each amortising less (measured: bench/batching.py).
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ class Batcher(Generic[P, R]):
         self._waiting: deque[_Waiting[P, R]] = deque()
         self._full = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     async def submit(self, inputs: list[Input[P]]) -> list[R]:
         """The answers to one request's ``inputs``, in order."""
@@ -76,7 +79,7 @@ class Batcher(Generic[P, R]):
                 raise InferenceTimeout(self.pool.timeout) from e
 
     async def _collect(self) -> None:
-        """Form batches while requests wait: the window (or a full batch), then a free worker."""
+        """Run batches while requests wait, one after another: the next forms while one runs."""
         loop = asyncio.get_running_loop()
         try:
             while self._waiting:
@@ -90,9 +93,7 @@ class Batcher(Generic[P, R]):
                 await self.pool.limiter.acquire_on_behalf_of(worker)
                 batch = self._take()
                 if batch:
-                    task = asyncio.create_task(self._run(batch, worker))
-                    self._running.add(task)
-                    task.add_done_callback(self._running.discard)
+                    await self._run(batch, worker)
                 else:
                     self.pool.limiter.release_on_behalf_of(worker)
         finally:

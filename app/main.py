@@ -33,6 +33,7 @@ from app.routers import (
     translate,
     word2vec,
 )
+from app.scheduler import Scheduler
 from app.schemas import ERROR_DESCRIPTIONS, Error
 from app.settings import Settings, get_settings
 
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.queue_depth.set_function(lambda: pool.queued)
     metrics.in_flight.set_function(lambda: pool.admitted)
     app.state.batching = Batching(pool, settings.max_batch_size, settings.batch_wait_ms, metrics.batch_size)
+    app.state.scheduler = Scheduler(pool, settings.max_decode_batch, metrics.generation)
 
     # Added innermost first: a request meets the id, the metrics, CORS, the key, then the body limit.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +19,16 @@ from app.middleware import request_id
 request_labels: ContextVar[dict[str, str] | None] = ContextVar("request_labels", default=None)
 
 access_log = logging.getLogger("app.access")
+
+
+@dataclass(frozen=True)
+class GenerationMetrics:
+    """Where a language model's decode loop reports: seconds from a request's admission to its first token,
+    seconds between its tokens, and the rows (samples) each decode step advanced."""
+
+    first_token: Callable[[float], None]
+    between_tokens: Callable[[float], None]
+    step_rows: Callable[[float], None]
 
 
 class Metrics:
@@ -40,6 +52,20 @@ class Metrics:
         self.loaded_models = Gauge("lineage_loaded_models", "Models loaded and served", registry=self.registry)
         self.batch_size = Histogram("lineage_batch_size", "Requests answered together by one batched forward pass",
                                     ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+        self.time_to_first_token = Histogram(
+            "lineage_time_to_first_token_seconds", "From a generation's admission to its first token", ["model"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=self.registry)
+        self.time_between_tokens = Histogram(
+            "lineage_time_between_tokens_seconds", "Between consecutive tokens of one generation", ["model"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry)
+
+        self.decode_rows = Histogram("lineage_decode_rows", "Rows (samples of all requests) one decode step advanced",
+                                     ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+
+    def generation(self, model_id: str) -> GenerationMetrics:
+        return GenerationMetrics(self.time_to_first_token.labels(model_id).observe,
+                                 self.time_between_tokens.labels(model_id).observe,
+                                 self.decode_rows.labels(model_id).observe)
 
 
 def note_model(model_id: str) -> None:

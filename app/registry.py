@@ -112,6 +112,10 @@ class Registry:
         self.root = Path(root)
         self.device = device
         self._models: dict[str, LoadedModel] = {}
+        # (kind, name) -> what get found, and in which version of _models: every request looks its model up,
+        # and the search over every loaded pipeline cost more than a cached answer (measured: 20 µs of
+        # 15 models, some 2% of a batched fill-mask request's CPU).
+        self._found: dict[tuple[type[Pipeline], str], tuple[dict[str, LoadedModel], LoadedModel, Pipeline]] = {}
         self.statuses: dict[str, CheckpointStatus] = {}
         self._lock = threading.Lock()
 
@@ -172,13 +176,20 @@ class Registry:
 
     def get(self, kind: type[P], name: str) -> Served[P]:
         """The ``kind`` pipeline of the loaded model called ``name`` (its id, or its short name)."""
-        models = self.models
+        loaded = self._models
+        found_before = self._found.get((kind, name))
+        if found_before is not None and found_before[0] is loaded:
+            _, model, pipeline = found_before
+            note_model(model.id)
+            return Served(model.id, pipeline)  # type: ignore[arg-type]  # cached from an isinstance match
+        models = sorted(loaded.values(), key=lambda m: m.id)
         fitting = [(m, p) for m in models for p in m.pipelines if isinstance(p, kind)]
         found = [(m, p) for m, p in fitting if m.id == name] or [(m, p) for m, p in fitting if m.name == name]
         if len(found) > 1:
             raise WrongModel(f"'{name}' names several {NOUNS[kind]}s", [m.id for m, _ in found])
         if found:
             model, pipeline = found[0]
+            self._found[kind, name] = (loaded, model, pipeline)
             note_model(model.id)
             return Served(model.id, pipeline)
         families = pipelines.families_serving(kind)

@@ -30,10 +30,13 @@ class Settings(BaseSettings):
                                    "stream ends with an error event.")
     max_concurrent_inferences: int = Field(4, ge=1, description="Inferences running at once.")
     max_queued_inferences: int = Field(16, ge=0, description="Inferences waiting for a slot before 429.")
-    max_batch_size: int = Field(32, ge=1, description="Most fill-mask, classify or embeddings requests answered "
-                                "together by one batched forward pass (1 turns dynamic batching off).")
-    batch_wait_ms: float = Field(5.0, ge=0, description="Longest a fill-mask, classify or embeddings request waits "
-                                 "for others to share its forward pass (milliseconds).")
+    max_batch_size: int = Field(32, ge=1, description="Most fill-mask, classify, translate or embeddings requests "
+                                "answered together by one batched pass (1 turns dynamic batching off).")
+    batch_wait_ms: float = Field(0.0, ge=0, description="Longest a fill-mask, classify, translate or embeddings "
+                                 "request that finds its model idle waits for others to share its pass "
+                                 "(milliseconds); under load, batches form while the previous one runs.")
+    max_decode_batch: int = Field(32, ge=1, description="Most samples one decode step of a language model advances "
+                                  "together (continuous batching); further generations wait to join.")
     keep_alive_timeout: float = Field(75.0, gt=0, description="Seconds an idle keep-alive connection stays open. "
                                       "Longer than clients' and load balancers' own idle timeouts, so that they, "
                                       "not the service, close idle connections: a request sent just as the "

@@ -61,53 +61,119 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
     return table
 
 
+# Positions a cache grows by when a row needs more: growing copies it, so never one position at a time.
+CACHE_CHUNK = 64
+
+# Where the new tokens of a forward pass go: after the same number of cached positions in every row (a
+# number), or each row after its own (a tensor of one length per row, one new token each).
+Past = int | torch.Tensor
+
+
 class LayerKV:
-    """One layer's keys and values, preallocated for the whole context and filled as tokens arrive."""
+    """One layer's keys and values, (rows, heads, positions, head_dim), filled as tokens arrive.
 
-    def __init__(self, batch: int, n_head: int, capacity: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
-        self.k = torch.zeros(batch, n_head, capacity, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0
+    Every row has the same room; a row shorter than the longest holds zeros past its end, which attention
+    masks out (zeros rather than garbage, since a masked weight of 0 times NaN would still be NaN).
+    """
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new positions' keys and values; return those of every position so far."""
-        end = self.length + k.size(2)
-        if end > self.k.size(2):
-            raise ValueError(f"KV cache holds {self.k.size(2)} positions; {end} asked for")
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
-        self.length = end
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v = k, v
+
+    @classmethod
+    def empty(cls, rows: int, n_head: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> LayerKV:
+        k = torch.zeros(rows, n_head, 0, head_dim, dtype=dtype, device=device)
+        return cls(k, torch.zeros_like(k))
+
+    @property
+    def room(self) -> int:
+        return self.k.size(2)
+
+    def reserve(self, positions: int) -> None:
+        """Room for at least ``positions`` positions in every row, grown by whole chunks."""
+        if positions > self.room:
+            grown = -(-positions // CACHE_CHUNK) * CACHE_CHUNK
+            self.k, self.v = (F.pad(t, (0, 0, 0, grown - self.room)) for t in (self.k, self.v))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, past: Past) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions' keys and values after ``past``; return those of every position so far
+        (up to the longest row)."""
+        if isinstance(past, int):
+            end = past + k.size(2)
+            self.reserve(end)
+            self.k[:, :, past:end] = k
+            self.v[:, :, past:end] = v
+        else:
+            end = int(past.max()) + 1
+            self.reserve(end)
+            rows = torch.arange(k.size(0), device=k.device)
+            self.k[rows, :, past] = k[:, :, 0]
+            self.v[rows, :, past] = v[:, :, 0]
         return self.k[:, :, :end], self.v[:, :, :end]
 
-    def select(self, rows: torch.Tensor) -> None:
-        self.k, self.v = self.k[rows], self.v[rows]
+    def select(self, rows: torch.Tensor, room: int) -> None:
+        self.k, self.v = self.k[rows, :, :room], self.v[rows, :, :room]
 
-    def repeat(self, n: int) -> None:
-        self.k, self.v = self.k.repeat(n, 1, 1, 1), self.v.repeat(n, 1, 1, 1)
+    def extend(self, other: LayerKV) -> None:
+        room = max(self.room, other.room)
+        self.reserve(room)
+        other.reserve(room)
+        self.k, self.v = torch.cat([self.k, other.k]), torch.cat([self.v, other.v])
+
+    def put(self, row: int, other: LayerKV, length: int) -> None:
+        """Row ``row`` becomes ``other``'s only row (its first ``length`` positions)."""
+        self.reserve(length)
+        for mine, theirs in ((self.k, other.k), (self.v, other.v)):
+            mine[row] = 0.0
+            mine[row, :, :length] = theirs[0, :, :length]
 
 
 class KVCache:
-    """Every layer's keys and values for the positions seen so far (``length`` of them)."""
+    """Every layer's keys and values, and how many positions each row holds (rows may differ).
+
+    Rows hold one prompt continued several ways, or many prompts decoded together, each at its own
+    position: rows join (``extend``) and leave (``select``) between forward passes.
+    """
 
     def __init__(self, config: GPTConfig, batch: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu"):
         head_dim = config.n_embd // config.n_head
-        self.layers = [LayerKV(batch, config.n_head, config.block_size, head_dim, dtype, torch.device(device))
+        self.layers = [LayerKV.empty(batch, config.n_head, head_dim, dtype, torch.device(device))
                        for _ in range(config.n_layer)]
+        self.lengths = [0] * batch
 
     @property
     def length(self) -> int:
-        return self.layers[0].length
+        """The longest row's positions."""
+        return max(self.lengths, default=0)
+
+    @property
+    def past(self) -> Past:
+        """Where the next tokens go: one number when every row holds as many positions, else one per row."""
+        if len(set(self.lengths)) <= 1:
+            return self.length
+        return torch.tensor(self.lengths, device=self.layers[0].k.device)
+
+    def advance(self, tokens: int) -> None:
+        self.lengths = [n + tokens for n in self.lengths]
 
     def select(self, rows: torch.Tensor) -> None:
+        """Keep these rows (indices; a repeated index copies a row), in this order."""
+        self.lengths = [self.lengths[r] for r in rows.tolist()]
+        room = min(self.layers[0].room, -(-self.length // CACHE_CHUNK) * CACHE_CHUNK)
         for layer in self.layers:
-            layer.select(rows)
+            layer.select(rows.to(layer.k.device), room)
 
-    def repeat(self, n: int) -> None:
-        """Copy a one-row cache into ``n`` rows: one prompt read once, continued ``n`` ways."""
-        for layer in self.layers:
-            layer.repeat(n)
+    def extend(self, other: KVCache) -> None:
+        """Add ``other``'s rows after these."""
+        for mine, theirs in zip(self.layers, other.layers, strict=True):
+            mine.extend(theirs)
+        self.lengths += other.lengths
+
+    def put(self, row: int, other: KVCache) -> None:
+        """Replace row ``row`` with ``other``'s only row."""
+        for mine, theirs in zip(self.layers, other.layers, strict=True):
+            mine.put(row, theirs, other.lengths[0])
+        self.lengths[row] = other.lengths[0]
 
 
 class CausalSelfAttention(nn.Module):
@@ -119,10 +185,13 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: Past) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) v over the allowed keys; ``past`` cached positions precede the queries."""
         dropout = self.dropout if self.training else 0.0
         T = q.size(2)
+        if isinstance(past, torch.Tensor):  # rows at their own positions, one new token each: a row sees only
+            visible = torch.arange(k.size(2), device=q.device) <= past[:, None]  # its own positions, itself included
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :], dropout_p=dropout)
         if past == 0:  # the usual case: each position sees itself and those before it
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         if T == 1:  # one new token after cached ones: it may see them all, no mask needed
@@ -131,14 +200,12 @@ class CausalSelfAttention(nn.Module):
         mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
-    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None, past: Past = 0) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        past = 0
         if kv is not None:
-            past = kv.length
-            k, v = kv.append(k, v)
+            k, v = kv.append(k, v, past)
         dtype = q.dtype
         if x.device.type == "cpu" and dtype == torch.bfloat16:
             # The CPU's bf16 flash-attention kernel is about 3x slower than its fp32 one (forward and
@@ -173,8 +240,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv)
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None, past: Past = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv, past)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -216,10 +283,13 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def position_embedding(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+    def position_embedding(self, past: Past, length: int, device: torch.device) -> torch.Tensor:
+        """The embeddings of ``length`` positions after ``past``: (length, C), or (rows, length, C) per row."""
+        positions = torch.arange(length, device=device)
+        positions = positions + (past[:, None] if isinstance(past, torch.Tensor) else past)
         if self.config.position == "learned":
-            return self.wpe(torch.arange(start, start + length, device=device))
-        return self.wpe_table[start:start + length]
+            return self.wpe(positions)
+        return self.wpe_table[positions]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -238,12 +308,17 @@ class GPT(nn.Module):
     def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """The last block's output, normalised (B, T, n_embd): what the LM head reads at each position."""
         B, T = idx.size()
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"{start + T} positions exceed the context of {self.config.block_size}")
-        x = self.drop(self.wte(idx) + self.position_embedding(start, T, idx.device))
+        past = kv_cache.past if kv_cache is not None else 0
+        if isinstance(past, torch.Tensor) and T > 1:
+            raise ValueError("rows at different positions take one new token each")
+        end = (kv_cache.length if kv_cache is not None else 0) + T
+        if end > self.config.block_size:
+            raise ValueError(f"{end} positions exceed the context of {self.config.block_size}")
+        x = self.drop(self.wte(idx) + self.position_embedding(past, T, idx.device))
         for i, block in enumerate(self.blocks):
-            x = block(x, kv_cache.layers[i] if kv_cache is not None else None)
+            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, past)
+        if kv_cache is not None:
+            kv_cache.advance(T)
         return self.ln_f(x)
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -260,7 +335,7 @@ class GPT(nn.Module):
         session = GPTSession(self, torch.tensor([prompt], dtype=torch.long, device=self._device()))
         logits = session.logits
         if rows > 1:
-            session.repeat(rows)
+            session.keep(torch.zeros(rows, dtype=torch.long))
             logits = logits.expand(rows, -1)
         return session, logits
 
@@ -320,42 +395,49 @@ def context_kept(block_size: int) -> int:
 class GPTSession:
     """Incremental decoding with a KV cache: each new token runs through the model alone.
 
-    When the context is full, the oldest quarter is dropped and the rest read again into a fresh
-    cache (absolute positions cannot simply shift); between refills every step is one position.
+    A ``models.sampling.DecodingSession``: its rows may be at different positions, so sessions of
+    different prompts can be joined (``extend``) and decoded together, one step for every row. When a
+    row's context is full, its oldest quarter is dropped and the rest read again (absolute positions
+    cannot simply shift); between refills every step is one position.
     """
 
     def __init__(self, model: GPT, tokens: torch.Tensor):
+        """Read ``tokens`` (rows, T): rows of one length, each its own context (its last block_size tokens)."""
         self.model = model
         self.block_size = model.config.block_size
-        self.refill(tokens[:, -self.block_size:])
+        tokens = tokens[:, -self.block_size:]
+        self.contexts = tokens.tolist()  # per row, the tokens its cache holds, kept to refill from
+        self.cache, self.logits = self.read(tokens)
 
     @torch.no_grad()
-    def refill(self, tokens: torch.Tensor) -> None:
-        self.tokens = tokens  # (rows, cached positions): what the cache holds, kept to refill from
-        self.cache = KVCache(self.model.config, tokens.size(0), dtype=self.model.wte.weight.dtype,
-                             device=tokens.device)
-        logits, _ = self.model(tokens, kv_cache=self.cache)
-        self.logits = logits[:, -1]
+    def read(self, tokens: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
+        """A fresh cache holding ``tokens`` (rows, T), and the next-token logits after them."""
+        cache = KVCache(self.model.config, tokens.size(0), dtype=self.model.wte.weight.dtype, device=tokens.device)
+        logits, _ = self.model(tokens, kv_cache=cache)
+        return cache, logits[:, -1]
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = tokens.to(self.tokens.device)[:, None]
-        if self.cache.length == self.block_size:
-            self.refill(torch.cat([self.tokens, tokens], dim=1)[:, -context_kept(self.block_size):])
-            return self.logits
-        self.tokens = torch.cat([self.tokens, tokens], dim=1)
-        logits, _ = self.model(tokens, kv_cache=self.cache)
+        tokens = tokens.to(self.model.wte.weight.device)
+        kept = context_kept(self.block_size)
+        for row, length in enumerate(self.cache.lengths):
+            if length == self.block_size:  # read its last tokens again; this step's token follows them
+                self.contexts[row] = self.contexts[row][-(kept - 1):]
+                refilled, _ = self.read(torch.tensor([self.contexts[row]], device=tokens.device))
+                self.cache.put(row, refilled)
+        logits, _ = self.model(tokens[:, None], kv_cache=self.cache)
+        for context, token in zip(self.contexts, tokens.tolist(), strict=True):
+            context.append(token)
         self.logits = logits[:, -1]
         return self.logits
 
     def keep(self, rows: torch.Tensor) -> None:
-        rows = rows.to(self.tokens.device)
-        self.tokens = self.tokens[rows]
+        self.contexts = [list(self.contexts[r]) for r in rows.tolist()]
         self.cache.select(rows)
 
-    def repeat(self, n: int) -> None:
-        self.tokens = self.tokens.repeat(n, 1)
-        self.cache.repeat(n)
+    def extend(self, other: GPTSession) -> None:
+        self.contexts += other.contexts
+        self.cache.extend(other.cache)
 
 
 def load(checkpoint: Checkpoint, device: torch.device) -> GPT:

@@ -285,7 +285,7 @@ class RNNLanguageModel(nn.Module):
 
 class RNNSession:
     """Decoding state of ``rows`` samples: all a recurrent model carries is its state, so the context
-    never fills up and each token costs the same."""
+    never fills up, each token costs the same, and rows of different prompts decode together as they are."""
 
     def __init__(self, model: RNNLanguageModel, state: State):
         self.model = model
@@ -302,6 +302,15 @@ class RNNSession:
             self.state = tuple(s[:, rows] for s in self.state)
         else:
             self.state = self.state[:, rows]
+
+    def extend(self, other: RNNSession) -> None:
+        """Add ``other``'s rows after these: each row's state is all it carries, wherever its prompt ended."""
+        if isinstance(self.state, tuple) and isinstance(other.state, tuple):
+            self.state = tuple(torch.cat(pair, dim=1) for pair in zip(self.state, other.state, strict=True))
+        elif isinstance(self.state, torch.Tensor) and isinstance(other.state, torch.Tensor):
+            self.state = torch.cat([self.state, other.state], dim=1)
+        else:
+            raise TypeError("sessions of different cells cannot be joined")
 
 
 def load(checkpoint: Checkpoint, device: torch.device) -> RNNLanguageModel:

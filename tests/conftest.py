@@ -216,7 +216,8 @@ def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory
     """The service with tight limits: a 1 s REQUEST_TIMEOUT, one inference at a time and none waiting, CORS
     for one origin, and up to 8,192 new tokens, 256 prompts a completion and replies of 8 MB, so that one request
     can ask for far more than a second's work (8 samples of 8,192 tokens take the tiny GPT about 8 s of one idle
-    core).
+    core). Decode steps advance at most 8 samples (MAX_DECODE_BATCH), so that the prompts of a completion finish
+    a few at a time well within the timeout even on a busy machine, rather than all in one long batch.
 
     It serves the GPT, the LSTM language model, word2vec-sg, and ``gpt-faulty``: the GPT with its position
     embeddings made NaN from position 16 on, so that sampling fails part-way through a text.
@@ -232,6 +233,7 @@ def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory
     copy_checkpoint(checkpoint_dir / "gpt", root, "gpt-faulty", name="faulty", weights=nan_from_16)
     srv = Server(root, tmp_path_factory.mktemp("logs") / "strict-server.log", REQUEST_TIMEOUT="1",
                  MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="0", MAX_NEW_TOKENS="8192", MAX_PROMPTS="256",
+                 MAX_DECODE_BATCH="8",
                  MAX_RESPONSE_BYTES="8000000",
                  CORS_ORIGINS='["http://playground.example"]')
     yield srv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,9 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.batching import Batcher
 from app.inference import InferencePool, InferenceTimeout, OverCapacity
+from models import seq2seq
 from models.bert import BertConfig, BertForPreTraining
 from models.classifier import ARCHITECTURES, SubwordEncoder, WordEncoder, build_model, build_vocab
-from models.pipelines import FillMask, TextClassifier
+from models.pipelines import FillMask, TextClassifier, Translator
+from models.pipelines.translation import TranslationOptions, default_max_length
 from training.bert import train_tokenizer
 
 from .conftest import Server, assert_same_answer
@@ -83,6 +86,30 @@ def test_batched_classification_equals_each_text_alone(arch: str, tokenizer):
     batched = classifier.classify(TEXTS)
     for answer, text in zip(batched, TEXTS, strict=True):
         assert_same_answer(answer, classifier.classify([text])[0])
+
+
+PAIRS = [("我爱你。", "I love you."), ("他是学生。", "He is a student."), ("我们明天见。", "See you tomorrow."),
+         ("今天很冷。", "It's cold today."), ("她喜欢喝茶。", "She likes drinking tea."),
+         ("我不知道。", "I don't know.")]
+
+
+def test_translations_of_many_requests_decoded_together_equal_each_alone():
+    source_vocab = seq2seq.build_vocab(seq2seq.tokenize(zh, "zh") for zh, _ in PAIRS)
+    target_vocab = seq2seq.build_vocab(seq2seq.tokenize(en, "en") for _, en in PAIRS)
+    torch.manual_seed(0)
+    model = seq2seq.Seq2Seq(seq2seq.Seq2SeqConfig(len(source_vocab), len(target_vocab), embedding_dim=8, hidden_dim=16,
+                                  dropout=0.0)).eval()
+    translator = Translator(model, source_vocab, target_vocab, "zh-en", torch.device("cpu"))
+    options = [(1, None, 0.6), (1, 3, 0.6), (1, 12, 0.6), (3, None, 0.6), (1, 5, 0.6), (3, 4, 1.0), (1, None, 0.6)]
+    queries = [translator.query(zh, TranslationOptions(beam, limit, penalty))
+               for (zh, _), (beam, limit, penalty) in zip(PAIRS + PAIRS[:1], options, strict=True)]
+    together = translator.translate_queries(queries)
+    for query, translation in zip(queries, together, strict=True):
+        [alone] = translator.translate([query.text], query.options)
+        assert_same_answer(dataclasses.asdict(translation), dataclasses.asdict(alone))
+        # This untrained model never ends a sentence: each stops at its own limit, not at the batch's longest.
+        limit = query.options.max_length or default_max_length(len(translation.source_tokens))
+        assert len(translation.target_tokens) == limit
 
 
 # ---- the batcher ---------------------------------------------------------------------------------
@@ -233,7 +260,7 @@ def batching_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFacto
     """The service on the BERT and two classifier checkpoints, one worker and a long window: concurrent
     requests are sure to meet in batches."""
     root = tmp_path_factory.mktemp("batching-checkpoints")
-    for name in ("bert", "clf-cnn", "clf-lstm"):
+    for name in ("bert", "clf-cnn", "clf-lstm", "seq2seq-zh-en", "seq2seq-en-zh"):
         (root / name).symlink_to(checkpoint_dir / name)
     server = Server(root, tmp_path_factory.mktemp("logs") / "batching-server.log", BATCH_WAIT_MS="100",
                     MAX_BATCH_SIZE="8", MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="64")
@@ -253,6 +280,10 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(batching_serve
     requests += [("/v1/fill-mask", {"text": "[MASK] and [MASK]", "targets": ["love", "death"]})]
     requests += [("/v1/classify", {"texts": TEXTS[: i + 1], "model": model})
                  for i in range(len(TEXTS)) for model in ("cnn", "lstm")]
+    requests += [("/v1/translate", {"texts": [zh for zh, _ in PAIRS[i:i + 2]], "max_length": 3 + 2 * i})
+                 for i in range(len(PAIRS))]
+    requests += [("/v1/translate", {"text": zh, "beam_size": 2}) for zh, _ in PAIRS[:3]]
+    requests += [("/v1/translate", {"text": en, "direction": "en-zh"}) for _, en in PAIRS]
     with httpx.Client(base_url=batching_server, timeout=60) as client:
         alone = [client.post(path, json=body) for path, body in requests]
 
@@ -264,7 +295,7 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(batching_serve
         assert batched.status_code == single.status_code == 200
         assert_same_answer(batched.json(), single.json())
     metrics = httpx.get(batching_server + "/metrics").text
-    for model in ("bert", "clf-cnn", "clf-lstm"):
+    for model in ("bert", "clf-cnn", "clf-lstm", "seq2seq-zh-en", "seq2seq-en-zh"):
         batches, of_one = batch_sizes(metrics, model)
         assert of_one < batches  # some batch answered more than one request
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint
 from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_vocab
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
@@ -22,6 +23,8 @@ from training.classifier import (
 )
 from training.cli import build_parser
 from training.data import GENRE_LABELS
+
+from .conftest import run_training
 
 
 def small_model(arch: str, **extra) -> torch.nn.Module:
@@ -178,3 +181,83 @@ def test_training_on_a_labeled_file_writes_a_loadable_checkpoint(tmp_path) -> No
     (result,) = classifier.classify(["ship wave salt tide wave"])
     assert result["label"] == "sea"
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def toy_word2vec(tmp_path_factory) -> tuple[Path, Path]:
+    """A word2vec checkpoint and a labelled file over the same small vocabulary."""
+    tmp_path = tmp_path_factory.mktemp("word2vec")
+    rng = random.Random(0)
+    sea, land = ["wave", "ship", "salt", "tide"], ["hill", "field", "stone", "road"]
+    rows = []
+    for _ in range(120):
+        label = rng.choice(["sea", "land"])
+        rows.append((label, " ".join(rng.choice(sea if label == "sea" else land) for _ in range(8))))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(text for _, text in rows) + "\n", encoding="utf-8")
+    run_training("word2vec", "--profile", "tiny", "--corpus", str(corpus), "--min-count", "1", "--dim", "12",
+                 "--out", str(tmp_path / "ck"))
+    data = tmp_path / "toy.tsv"
+    data.write_text("\n".join(f"{label}\t{text}" for label, text in rows) + "\n", encoding="utf-8")
+    return tmp_path / "ck" / "word2vec-sg-corpus", data
+
+
+def _embedding_rows(embedding: torch.Tensor, vocab_itos: list[str], vectors: Checkpoint
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's rows and the word2vec vectors of the words both know."""
+    from models.tokenizers import WordVocab
+
+    known = WordVocab.from_file(vectors.file("vocab.json")).stoi
+    shared = [w for w in vocab_itos if w in known]
+    assert len(shared) == 8
+    rows = torch.stack([embedding[vocab_itos.index(w)] for w in shared])
+    return rows, vectors.state_dict["input_embeddings.weight"][[known[w] for w in shared]]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_word2vec_initialised_embeddings_start_at_the_vectors_and_stay_there_when_frozen(
+        tmp_path, toy_word2vec, arch: str) -> None:
+    from training.classifier import load_splits, resolve_arguments, setup, train
+
+    vectors_path, data = toy_word2vec
+    vectors = load_checkpoint(vectors_path)
+    common = ["classifier", "--arch", arch, "--labeled", str(data), "--profile", "tiny", "--epochs", "3",
+              "--embeddings", "word2vec", "--word2vec", str(vectors_path), "--embed-dim", "12",
+              "--out", str(tmp_path / "clf")]
+
+    args = resolve_arguments(build_parser().parse_args(common))
+    parts = setup(args, load_splits(data))
+    assert parts.model.embedding.weight.requires_grad
+    ours, theirs = _embedding_rows(parts.model.embedding.weight.detach(), parts.encoder.vocab.itos, vectors)
+    torch.testing.assert_close(ours, theirs)  # step 0
+    assert not parts.model.embedding.weight[0].any()  # padding
+
+    for frozen, name in ((True, "frozen"), (False, "tuned")):
+        (path,) = train(build_parser().parse_args(
+            [*common, "--name", name, *(["--freeze-embeddings"] if frozen else [])]))
+        checkpoint = load_checkpoint(path)
+        itos = load(checkpoint, torch.device("cpu")).encoder.vocab.itos
+        ours, theirs = _embedding_rows(checkpoint.state_dict["embedding.weight"], itos, vectors)
+        assert torch.equal(ours, theirs) is frozen
+        assert checkpoint.config["data"]["initialised_from"] == {
+            "id": "word2vec-sg-corpus", "data": vectors.config["data"], "words": 8, "frozen": frozen}
+
+
+def test_word2vec_embeddings_need_vectors_of_their_dimension(tmp_path, toy_word2vec) -> None:
+    from training.classifier import load_splits, resolve_arguments, setup
+
+    vectors_path, data = toy_word2vec
+
+    def arguments(*flags: str):
+        return resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "cnn", "--labeled", str(data), "--profile", "tiny", "--out", str(tmp_path),
+             *flags]))
+
+    with pytest.raises(ValueError, match="give --embed-dim 12"):
+        setup(arguments("--embeddings", "word2vec", "--word2vec", str(vectors_path)), load_splits(data))
+    with pytest.raises(FileNotFoundError, match="python -m training word2vec"):
+        setup(arguments("--embeddings", "word2vec", "--embed-dim", "12"), load_splits(data))  # no <out>/word2vec-sg
+    with pytest.raises(ValueError, match="--freeze-embeddings is for the word2vec vectors"):
+        arguments("--freeze-embeddings")
+    with pytest.raises(ValueError, match="--word2vec is for the word2vec vectors"):
+        arguments("--embeddings", "random", "--word2vec", str(vectors_path))

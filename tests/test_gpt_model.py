@@ -191,6 +191,18 @@ def test_repetition_penalty_lowers_seen_tokens_either_sign() -> None:
     assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0]]
 
 
+def test_sampling_draws_each_token_as_often_as_its_probability_and_never_a_filtered_one() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05, 1e-9]))
+    draws = 40_000
+    tokens = sample_next(logits.expand(draws, -1), SamplingParams(temperature=1.0, top_k=4),
+                         torch.Generator().manual_seed(3))
+    frequencies = torch.bincount(tokens, minlength=5) / draws
+    assert frequencies[4] == 0  # filtered by top_k
+    assert frequencies[:4].tolist() == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.01)
+    certain = torch.tensor([[float("-inf"), 0.0, float("-inf")]]).expand(1000, -1)
+    assert sample_next(certain, SamplingParams(), torch.Generator().manual_seed(0)).eq(1).all()
+
+
 def test_zero_temperature_is_greedy_and_seeds_repeat() -> None:
     logits = torch.randn(4, 30)
     assert torch.equal(sample_next(logits, SamplingParams(temperature=0.0)), logits.argmax(-1))

@@ -7,7 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
-from training.leaderboard import MARKERS, table, write_readme
+import pytest
+
+from training.leaderboard import MARKERS, spread, table, write_readme
 
 from .conftest import run_training
 
@@ -39,6 +41,21 @@ def test_table_lists_every_row_and_sorts_language_models_by_bits_per_character(t
     assert "(docs/plot.png)" in text
 
 
+def test_a_row_over_seeds_shows_mean_and_standard_deviation(tmp_path: Path) -> None:
+    assert spread([0.6, 0.7, 0.8]) == (0.7, 0.1)
+    assert spread([0.65]) == (0.65, 0.0)
+    classifiers, _ = rows()
+    classifiers[1].update(test_accuracy_std=0.012, test_macro_f1_std=0.034,
+                          seeds=[{"test_macro_f1": 0.56}, {"test_macro_f1": 0.62}])
+    args = argparse.Namespace(profile="quick", lm_seconds=60.0, seeds=2, readme=tmp_path / "README.md",
+                              docs=tmp_path / "docs")
+    text = table(classifiers, [], args, tmp_path / "docs" / "plot.png")
+    assert "| LSTM | 0.610 ± 0.012 | 0.590 ± 0.034 | 2,000 | 20.0 |" in text
+    assert "| TF-IDF + logistic regression (baseline) | 0.670 | 0.660 |" in text
+    assert "over 2 seeds" in text and "(docs/leaderboard_classifiers.png)" in text
+    assert "`python -m training leaderboard --seeds 2`" in text
+
+
 def test_readme_block_is_replaced_between_markers_and_the_rest_kept(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     start, end = MARKERS
@@ -61,18 +78,29 @@ def test_readme_without_markers_gets_a_leaderboard_section(tmp_path: Path) -> No
 def test_the_command_trains_every_row_and_writes_the_table_and_plot(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n", encoding="utf-8")
-    run_training("leaderboard", "--profile", "tiny", "--lm-seconds", "3", "--out", str(tmp_path / "checkpoints"),
-                 "--readme", str(readme), "--docs", str(tmp_path / "docs"))
+    run_training("leaderboard", "--profile", "tiny", "--lm-seconds", "3", "--seeds", "2",
+                 "--out", str(tmp_path / "checkpoints"), "--readme", str(readme), "--docs", str(tmp_path / "docs"))
     content = readme.read_text(encoding="utf-8")
     start, end = MARKERS
     table_rows = [line for line in content[content.index(start):content.index(end)].splitlines()
                   if line.startswith("| ") and not line.startswith("| Model")]
     names = [row.split(" | ")[0].removeprefix("| ") for row in table_rows]
-    assert names[:7] == ["TF-IDF + logistic regression (baseline)", "MLP (bag of embeddings)", "TextCNN", "RNN",
-                         "LSTM", "GRU", "BERT (fine-tuned)"]
-    assert sorted(names[7:]) == ["GPT", "GRU LM", "LSTM LM", "RNN LM"]
-    assert (tmp_path / "docs" / "leaderboard_lm.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    networks = [n for arch in ("MLP (bag of embeddings)", "TextCNN", "RNN", "LSTM", "GRU")
+                for n in (arch, f"{arch} + word2vec")]
+    assert names[:12] == ["TF-IDF + logistic regression (baseline)", *networks, "BERT (fine-tuned)"]
+    assert sorted(names[12:]) == ["GPT", "GRU LM", "LSTM LM", "RNN LM"]
+    assert all(" ± " in row for row in table_rows[1:12])
+    for plot in ("leaderboard_lm.png", "leaderboard_classifiers.png"):
+        assert (tmp_path / "docs" / plot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     figures = json.loads((tmp_path / "docs" / "leaderboard.json").read_text(encoding="utf-8"))
-    assert len(figures["classification"]) == 7 and len(figures["language_models"]) == 4
+    assert len(figures["classification"]) == 12 and len(figures["language_models"]) == 4
+    for row in figures["classification"][1:]:
+        assert [r["seed"] for r in row["seeds"]] == [0, 1]
+        assert row["test_macro_f1"] == pytest.approx(sum(r["test_macro_f1"] for r in row["seeds"]) / 2, abs=1e-4)
+    runs = tmp_path / "checkpoints" / ".leaderboard"
+    word2vec = json.loads((runs / "clf-gru-word2vec-seed1" / "config.json").read_text(encoding="utf-8"))
+    assert word2vec["data"]["initialised_from"]["id"] == "word2vec-sg"  # one word2vec for every seed
+    assert "initialised_from" not in json.loads((runs / "clf-gru-seed1" / "config.json").read_text(encoding="utf-8"))[
+        "data"]
     # Everything it trained stays hidden from the service, which lists only <out>/<id>/ directories.
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [".leaderboard"]

@@ -1,19 +1,22 @@
-"""Leaderboard: train the lineage on one task each and write the README table and a loss plot.
+"""Leaderboard: train the lineage on one task each and write the README table and its plots.
 
     python -m training leaderboard                        quick profile, 60 s per language model
     python -m training leaderboard --lm-seconds 120 --profile full
 
 Genre classification (comedy / history / tragedy) of the test plays' passages by the MLP, CNN, RNN,
 LSTM, GRU and BERT classifiers, beside a TF-IDF + logistic-regression baseline fitted on the very same
-passages and split, so every network is measured against what a linear model gets. Language
+passages and split, so every network is measured against what a linear model gets. Each network is
+trained with ``--seeds`` seeds (mean ± standard deviation in the table, every seed in a plot), and each
+word-level one with random embeddings and with embeddings started from word2vec. Language
 modelling: the RNN, LSTM and GRU language models and the GPT, all on characters of the same plays,
 each trained for the same wall-clock budget (``--lm-seconds``), compared in validation bits per
 character, with their validation loss plotted against training time.
 
 Everything it trains goes to ``<out>/.leaderboard/`` (hidden from the service, so served checkpoints
 are never replaced), except that an existing ``<out>/bert`` is fine-tuned rather than pretrained
-again. The table replaces whatever is between ``MARKERS`` in the README (a section is added if they
-are missing); the plot and a JSON of every figure go to ``docs/``.
+again and an existing ``<out>/word2vec-sg`` gives the word2vec vectors. The table replaces whatever is
+between ``MARKERS`` in the README (a section is added if they are missing); the plots and a JSON of every
+figure go to ``docs/``.
 """
 
 from __future__ import annotations
@@ -63,9 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="keep the classifiers (and BERT) an earlier run with the same profile and seed left in "
                         "<out>/.leaderboard; the language models are always trained again, their budget being "
                         "the comparison")
+    g.add_argument("--seeds", type=int, default=3,
+                   help="train every classifier with this many seeds (--seed, --seed + 1, ...) and report the mean "
+                        "and standard deviation; BERT is pretrained once for all of them")
     g.add_argument("--skip", nargs="+", default=[], metavar="ROW",
-                   choices=[*ALL_ARCHITECTURES, "gpt", *(f"lm-{c}" for c in LM_CELLS)],
-                   help="leave these rows out (e.g. bert gpt when their code is not installed)")
+                   choices=[*ALL_ARCHITECTURES, "word2vec", "gpt", *(f"lm-{c}" for c in LM_CELLS)],
+                   help="leave these rows out (e.g. bert gpt when their code is not installed; word2vec: the "
+                        "classifiers whose embeddings start from word2vec)")
 
 
 # ---- running the trainers --------------------------------------------------------------------------
@@ -79,16 +86,23 @@ def _run(argv: list[str]) -> Path:
     return path
 
 
-def _reusable(args: argparse.Namespace, path: Path) -> bool:
+def _reusable(args: argparse.Namespace, path: Path, seed: int) -> bool:
     """With --reuse: a checkpoint an earlier leaderboard run trained with this profile and seed."""
     if not args.reuse or not (path / "config.json").is_file():
         return False
     settings = load_checkpoint(path).config.get("recipe", {}).get("settings", {})
-    return settings.get("profile") == args.profile and settings.get("seed") == args.seed
+    return settings.get("profile") == args.profile and settings.get("seed") == seed
 
 
-def _common(args: argparse.Namespace, runs: Path) -> list[str]:
-    return ["--profile", args.profile, "--seed", str(args.seed), "--out", str(runs), "--device", args.device]
+def _common(args: argparse.Namespace, runs: Path, seed: int | None = None) -> list[str]:
+    return ["--profile", args.profile, "--seed", str(args.seed if seed is None else seed), "--out", str(runs),
+            "--device", args.device]
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    return [args.seed + k for k in range(args.seeds)]
 
 
 # ---- classification --------------------------------------------------------------------------------
@@ -123,30 +137,63 @@ def tfidf_baseline(seed: int) -> dict[str, Any]:
             "C": c, "features": len(vectorizer.vocabulary_), "test": test_metrics}
 
 
+def _pretrained(args: argparse.Namespace, runs: Path, command: str, served: Path) -> Path:
+    """The served checkpoint (``<out>/bert``, ``<out>/word2vec-sg``) if there is one, else one trained once
+    for the leaderboard: every seed of the classifiers that start from it shares it."""
+    if (served / "config.json").is_file():
+        return served
+    mine = runs / served.name
+    return mine if _reusable(args, mine, args.seed) else _run([command, *_common(args, runs)])
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return round(mean, 4), round(math.sqrt(variance), 4)
+
+
+def classifier_row(args: argparse.Namespace, runs: Path, arch: str, model: str, extra: list[str],
+                   name: str, note: str = "") -> dict[str, Any]:
+    """One classifier trained with every seed: the mean and spread of its test figures."""
+    per_seed = []
+    for seed in seeds(args):
+        path = runs / f"clf-{name}-seed{seed}"
+        if not _reusable(args, path, seed):
+            path = _run(["classifier", "--arch", arch, "--name", f"{name}-seed{seed}", *extra,
+                         *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
+                         *_common(args, runs, seed)])
+        m = load_checkpoint(path).metrics
+        per_seed.append({"seed": seed, "id": path.name, **{k: m[k] for k in (
+            "test_accuracy", "test_macro_f1", "val_macro_f1", "train_seconds", "parameters", "test")}})
+    accuracy, accuracy_std = spread([r["test_accuracy"] for r in per_seed])
+    macro_f1, macro_f1_std = spread([r["test_macro_f1"] for r in per_seed])
+    return {"model": model, "id": f"clf-{name}", "test_accuracy": accuracy, "test_accuracy_std": accuracy_std,
+            "test_macro_f1": macro_f1, "test_macro_f1_std": macro_f1_std,
+            "val_macro_f1": spread([r["val_macro_f1"] for r in per_seed])[0],
+            "parameters": per_seed[0]["parameters"],
+            "train_seconds": round(sum(r["train_seconds"] for r in per_seed) / len(per_seed), 1),
+            "note": note, "test": per_seed[0]["test"], "seeds": per_seed}
+
+
 def classification_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
     rows = [{"model": "TF-IDF + logistic regression (baseline)", "id": "tfidf-lr", **tfidf_baseline(args.seed)}]
+    word2vec = None if "word2vec" in args.skip else _pretrained(args, runs, "word2vec",
+                                                                Path(args.out) / "word2vec-sg")
     for arch in ALL_ARCHITECTURES:
         if arch in args.skip:
             continue
-        extra: list[str] = []
-        note = ""
         if arch == "bert":
-            served = Path(args.out) / "bert"
-            if not (served / "config.json").is_file():
-                served = runs / "bert" if _reusable(args, runs / "bert") else _run(["bert", *_common(args, runs)])
-            pretraining = load_checkpoint(served).metrics.get("train_seconds")
-            extra = ["--bert", str(served)]
-            note = f"+ {pretraining:.0f} s pretraining" if pretraining else ""
-        if args.epochs is not None:
-            extra += ["--epochs", str(args.epochs)]
-        path = runs / f"clf-{arch}"
-        if not _reusable(args, path):
-            path = _run(["classifier", "--arch", arch, *extra, *_common(args, runs)])
-        checkpoint = load_checkpoint(path)
-        m = checkpoint.metrics
-        rows.append({"model": NAMES[arch], "id": checkpoint.id, "test_accuracy": m["test_accuracy"],
-                     "test_macro_f1": m["test_macro_f1"], "parameters": m["parameters"],
-                     "train_seconds": m["train_seconds"], "note": note, "test": m["test"]})
+            bert = _pretrained(args, runs, "bert", Path(args.out) / "bert")
+            pretraining = load_checkpoint(bert).metrics.get("train_seconds")
+            rows.append(classifier_row(args, runs, arch, NAMES[arch], ["--bert", str(bert)], arch,
+                                       f"+ {pretraining:.0f} s pretraining" if pretraining else ""))
+            continue
+        rows.append(classifier_row(args, runs, arch, NAMES[arch], ["--embeddings", "random"], arch))
+        if word2vec is not None:
+            linked = ["--embeddings", "word2vec", "--word2vec", str(word2vec),
+                      "--embed-dim", str(load_checkpoint(word2vec).config["model"]["dim"])]
+            rows.append(classifier_row(args, runs, arch, f"{NAMES[arch]} + word2vec", linked, f"{arch}-word2vec"))
     return rows
 
 
@@ -220,7 +267,38 @@ def plot(rows: list[dict[str, Any]], path: Path, budget: float) -> None:
     plt.close(fig)
 
 
+def plot_classifiers(rows: list[dict[str, Any]], path: Path) -> None:
+    """Every seed's test macro-F1 as a dot, the mean as a bar, the baseline as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baseline, networks = rows[0], rows[1:]
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.35 * len(networks)), dpi=120)
+    for y, row in enumerate(networks):
+        ax.barh(y, row["test_macro_f1"], xerr=row.get("test_macro_f1_std", 0.0), color="#9ecae1", capsize=3)
+        values = [r["test_macro_f1"] for r in row.get("seeds", [row])]
+        ax.plot(values, [y] * len(values), "o", color="#08519c", markersize=4)
+    ax.axvline(baseline["test_macro_f1"], color="#d62728", linestyle="--", label=baseline["model"])
+    ax.set_yticks(range(len(networks)), [row["model"] for row in networks])
+    ax.invert_yaxis()
+    lowest = min(min(r["test_macro_f1"] for r in row.get("seeds", [row])) for row in rows)
+    ax.set_xlim(max(0.0, lowest - 0.05), 1.0)
+    ax.set_xlabel("test macro-F1 (dots: seeds; bars: mean ± std)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 # ---- the README table ------------------------------------------------------------------------------
+
+
+def _spread(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.3f} ± {row[key + '_std']:.3f}" if f"{key}_std" in row else f"{row[key]:.3f}"
 
 
 def _seconds(row: dict[str, Any]) -> str:
@@ -231,6 +309,7 @@ def _seconds(row: dict[str, Any]) -> str:
 def table(classifiers: list[dict[str, Any]], lms: list[dict[str, Any]], args: argparse.Namespace,
           plot_path: Path) -> str:
     command = "python -m training leaderboard" + (f" --profile {args.profile}" if args.profile != "quick" else "")
+    command += f" --seeds {args.seeds}" if getattr(args, "seeds", 3) != 3 else ""
     command += f" --lm-seconds {args.lm_seconds:g}" if args.lm_seconds != 60 else ""
     lines = [
         f"Measured with `{command}` ({datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, "
@@ -243,8 +322,14 @@ def table(classifiers: list[dict[str, Any]], lms: list[dict[str, Any]], args: ar
         "|---|---:|---:|---:|---:|",
     ]
     for row in classifiers:
-        lines.append(f"| {row['model']} | {row['test_accuracy']:.3f} | {row['test_macro_f1']:.3f} | "
+        lines.append(f"| {row['model']} | {_spread(row, 'test_accuracy')} | {_spread(row, 'test_macro_f1')} | "
                      f"{row['parameters']:,} | {_seconds(row)} |")
+    n_seeds = max(len(row.get("seeds", [])) for row in classifiers)
+    if n_seeds > 1:
+        image = Path(os.path.relpath(args.docs / "leaderboard_classifiers.png", args.readme.parent)).as_posix()
+        lines += ["", f"Networks: mean ± standard deviation over {n_seeds} seeds (training seconds: the mean of "
+                  "one run); the logistic regression is deterministic.", "",
+                  f"![Test macro-F1 of every seed]({image})"]
     if lms:
         lines += [
             "",
@@ -291,6 +376,9 @@ def train(args: argparse.Namespace) -> list[Path]:
     lms = lm_rows(args, runs)
     plot_path = args.docs / "leaderboard_lm.png"
     written = [args.readme]
+    if len(classifiers) > 1:
+        plot_classifiers(classifiers, args.docs / "leaderboard_classifiers.png")
+        written.append(args.docs / "leaderboard_classifiers.png")
     if lms:
         plot(lms, plot_path, args.lm_seconds)
         written.append(plot_path)
@@ -298,6 +386,6 @@ def train(args: argparse.Namespace) -> list[Path]:
     results = args.docs / "leaderboard.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"classification": classifiers, "language_models": lms,
-                                   "lm_seconds": args.lm_seconds, "profile": args.profile,
+                                   "lm_seconds": args.lm_seconds, "profile": args.profile, "seeds": seeds(args),
                                    "threads": torch.get_num_threads()}, indent=2) + "\n", encoding="utf-8")
     return [*written, results]

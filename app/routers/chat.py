@@ -5,7 +5,8 @@ The conversation is rendered as a scene of the play script the models were train
 (system and developer: Chorus; user: HAMLET; assistant: HORATIO), and the reply is the model's next
 speech, by the last assistant message's speaker, ending where the next speaker's line would begin. The
 rest is ``/v1/completions``'s generation (``app.routers.generate``, ``app.streaming``): the same sampling
-controls, ``n`` choices, streaming, the request timeout and the client's disconnect. OpenAI's rules
+controls, ``n`` choices, streaming, the request timeout and the client's disconnect, and decoding in the
+model's shared batch (``app.scheduler``). OpenAI's rules
 apply (``app.openai_api``): every field of OpenAI's chat request is accepted, those this service cannot
 honour (tools and functions, audio, logprobs, response formats other than text, storage, ...) only at
 their neutral value.
@@ -25,9 +26,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.inference import InferencePool, get_pool
 from app.openai_api import FieldRefused, OpenAIRequest, StreamOptions, openai_errors
-from app.registry import Registry, get_registry
+from app.registry import Registry, Served, get_registry
 from app.routers.generate import STREAMED, FinishReason, Sampling, Usage, check_samples_fit, complete, count_tokens
 from app.routing import JSONRoute
+from app.scheduler import Scheduler, get_scheduler
 from app.schemas import LIMITS, SPACE, SPACES, ModelName, Text
 from app.streaming import Deadline, EventStream, pieces
 from models.pipelines import TextGenerator
@@ -199,7 +201,8 @@ ERRORS = openai_errors({
 @router.post("/chat/completions", response_model=ChatCompletion, responses={**STREAMED, **ERRORS},
              summary="OpenAI-compatible chat: the conversation as a play scene, the reply as the next speech")
 async def chat_completions(body: ChatRequest, request: Request, registry: Annotated[Registry, Depends(get_registry)],
-                           pool: Annotated[InferencePool, Depends(get_pool)]) -> Response:
+                           pool: Annotated[InferencePool, Depends(get_pool)],
+                           scheduler: Annotated[Scheduler, Depends(get_scheduler)]) -> Response:
     body.check_consistent()
     served = registry.get(TextGenerator, body.model)
     generator = served.pipeline
@@ -208,12 +211,12 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Annota
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.id}
     if body.stream:
         admission = pool.admit()
-        return EventStream(_chunks(request, pool, served.id, generator, body, prompt_ids, params, head), admission,
-                           lambda message, kind: {"error": {"message": message, "type": kind, "param": None,
-                                                            "code": None}})
+        chunks = _chunks(request, scheduler, served, body, prompt_ids, params, head, Deadline(pool.timeout))
+        return EventStream(chunks, admission, lambda message, kind: {"error": {"message": message, "type": kind,
+                                                                              "param": None, "code": None}})
     check_samples_fit(generator, params.n, params.max_new_tokens)
     async with pool.slot():
-        results = await complete(request, pool, generator, prompt_ids, params, Deadline(pool.timeout))
+        [results] = await complete(request, scheduler, served, [prompt_ids], params, Deadline(pool.timeout))
     completion_tokens = sum(r.tokens for r in results)
     count_tokens(request, served.id, completion_tokens)
     choices = [ChatChoice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
@@ -222,8 +225,9 @@ async def chat_completions(body: ChatRequest, request: Request, registry: Annota
     return JSONResponse(reply.model_dump())
 
 
-async def _chunks(request: Request, pool: InferencePool, model_id: str, generator: TextGenerator, body: ChatRequest,
-                  prompt_ids: list[int], params: SamplingParams, head: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(request: Request, scheduler: Scheduler, served: Served[TextGenerator], body: ChatRequest,
+                  prompt_ids: list[int], params: SamplingParams, head: dict[str, Any],
+                  deadline: Deadline) -> AsyncIterator[dict[str, Any]]:
     def chunk(index: int, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
         return {**head, "object": "chat.completion.chunk",
                 "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
@@ -231,13 +235,13 @@ async def _chunks(request: Request, pool: InferencePool, model_id: str, generato
     for i in range(params.n):
         yield chunk(i, {"role": "assistant", "content": ""})
     completion_tokens = 0
-    async for piece in pieces(request, pool, generator, prompt_ids, params, Deadline(pool.timeout)):
+    async for _, piece in pieces(None, scheduler, served, [prompt_ids], params, deadline):
         if piece.text:
             yield chunk(piece.index, {"content": piece.text})
         if piece.finish_reason is not None:
             yield chunk(piece.index, {}, piece.finish_reason)
             completion_tokens += piece.tokens
-            count_tokens(request, model_id, piece.tokens)
+            count_tokens(request, served.id, piece.tokens)
     if body.stream_options is not None and body.stream_options.include_usage:
         yield {**head, "object": "chat.completion.chunk", "choices": [],
                "usage": Usage.of(len(prompt_ids), completion_tokens).model_dump()}

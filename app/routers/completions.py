@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.inference import InferencePool, get_pool
 from app.openai_api import FieldRefused, OpenAIRequest, StreamOptions, openai_errors
-from app.registry import Registry, get_registry
+from app.registry import Registry, Served, get_registry
 from app.routers.generate import (
     BYTES_PER_CHARACTER,
     STREAMED,
@@ -40,6 +40,7 @@ from app.routers.generate import (
     count_tokens,
 )
 from app.routing import JSONRoute
+from app.scheduler import Scheduler, get_scheduler
 from app.schemas import LIMITS, ModelName, TokenIds, texts_or_ids
 from app.streaming import Deadline, EventStream, pieces
 from models.pipelines import TextGenerator
@@ -156,7 +157,8 @@ def logprobs_bytes(generator: TextGenerator, tokens: int, top: int) -> int:
 @router.post("/completions", response_model=CompletionResponse, responses={**STREAMED, **ERRORS},
              summary="OpenAI-compatible text completions (streamed with stream=true), and prompt scoring")
 async def completions(body: CompletionRequest, request: Request, registry: Annotated[Registry, Depends(get_registry)],
-                      pool: Annotated[InferencePool, Depends(get_pool)]) -> Response:
+                      pool: Annotated[InferencePool, Depends(get_pool)],
+                      scheduler: Annotated[Scheduler, Depends(get_scheduler)]) -> Response:
     body.check_consistent()
     served = registry.get(TextGenerator, body.model)
     generator = served.pipeline
@@ -167,9 +169,9 @@ async def completions(body: CompletionRequest, request: Request, registry: Annot
             "model": served.id}
     if body.stream:
         admission = pool.admit()
-        return EventStream(_chunks(request, pool, served.id, generator, body, texts, prompt_ids, params, head),
-                           admission, lambda message, kind: {"error": {"message": message, "type": kind, "param": None,
-                                                                       "code": None}})
+        chunks = _chunks(request, scheduler, served, body, texts, prompt_ids, params, head, Deadline(pool.timeout))
+        return EventStream(chunks, admission, lambda message, kind: {"error": {"message": message, "type": kind,
+                                                                              "param": None, "code": None}})
     n = body.samples
     echoed = sum(map(len, texts)) * n if body.echo else 0
     scored = 0
@@ -181,10 +183,12 @@ async def completions(body: CompletionRequest, request: Request, registry: Annot
     completion_tokens = 0
     async with pool.slot():
         deadline = Deadline(pool.timeout)
-        for p, (text, ids) in enumerate(zip(texts, prompt_ids, strict=True)):
-            results = await complete(request, pool, generator, ids, params, deadline) if params else \
-                [Completion("", "length", 0)] * n
-            for i, result in enumerate(results):
+        if params is None:
+            results = [[Completion("", "length", 0)] * n for _ in prompt_ids]
+        else:  # every prompt joins the model's batch at once: they decode together, not one after another
+            results = await complete(request, scheduler, served, prompt_ids, params, deadline)
+        for p, (text, ids, completed) in enumerate(zip(texts, prompt_ids, results, strict=True)):
+            for i, result in enumerate(completed):
                 logprobs = None
                 if body.logprobs is not None:
                     logprobs = await _score(pool, generator, ids, result.text, body.logprobs, bool(body.echo),
@@ -205,27 +209,25 @@ async def _score(pool: InferencePool, generator: TextGenerator, prompt_ids: list
     return Logprobs(**asdict(scores.since(0 if echo else len(prompt_ids))))
 
 
-async def _chunks(request: Request, pool: InferencePool, model_id: str, generator: TextGenerator,
-                  body: CompletionRequest, texts: list[str], prompt_ids: list[list[int]], params: SamplingParams | None,
-                  head: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(request: Request, scheduler: Scheduler, served: Served[TextGenerator], body: CompletionRequest,
+                  texts: list[str], prompt_ids: list[list[int]], params: SamplingParams | None, head: dict[str, Any],
+                  deadline: Deadline) -> AsyncIterator[dict[str, Any]]:
     def chunk(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}]}
 
-    deadline = Deadline(pool.timeout)
     n = body.samples
     completion_tokens = 0
-    for p, (text, ids) in enumerate(zip(texts, prompt_ids, strict=True)):
-        if body.echo:
+    if body.echo:
+        for p, text in enumerate(texts):
             for i in range(n):
                 yield chunk(p * n + i, text, None if params else "length")
-        if params is None:
-            continue
-        async for piece in pieces(request, pool, generator, ids, params, deadline):
+    if params is not None:  # the prompts decode together: their choices' chunks interleave
+        async for p, piece in pieces(None, scheduler, served, prompt_ids, params, deadline):
             if piece.text or piece.finish_reason:
                 yield chunk(p * n + piece.index, piece.text, piece.finish_reason)
             if piece.finish_reason is not None:
                 completion_tokens += piece.tokens
-                count_tokens(request, model_id, piece.tokens)
+                count_tokens(request, served.id, piece.tokens)
     if body.stream_options is not None and body.stream_options.include_usage:
         usage = Usage.of(sum(map(len, prompt_ids)), completion_tokens)
         yield {**head, "choices": [], "usage": usage.model_dump()}

@@ -1,8 +1,8 @@
 """Text generation from GPT and the RNN/LSTM/GRU language models: ``/v1/generate``.
 
 One generator (``models.pipelines.text_generation.TextGenerator``) serves every language model; the
-route runs it through ``app.streaming`` (the pool, the request timeout, the client's disconnect, and
-Server-Sent Events with ``stream: true``). ``Sampling`` holds the sampling controls this route shares
+route runs it through ``app.streaming`` (the model's running batch, the request timeout, the client's
+disconnect, and Server-Sent Events with ``stream: true``). ``Sampling`` holds the sampling controls this route shares
 with the OpenAI-compatible ``/v1/completions`` (``app.routers.completions``).
 """
 
@@ -16,8 +16,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.inference import InferencePool, get_pool
-from app.registry import Registry, get_registry
+from app.registry import Registry, Served, get_registry
 from app.routing import JSONRoute
+from app.scheduler import Scheduler, get_scheduler
 from app.schemas import LIMITS, ModelName, RequestModel, Text, check_reply_size, documented_errors
 from app.streaming import Deadline, EventStream, pieces
 from models.pipelines import TextGenerator
@@ -107,13 +108,13 @@ def count_tokens(request: Request, model_id: str, tokens: int) -> None:
     request.app.state.metrics.generated_tokens.labels(model=model_id).inc(tokens)
 
 
-async def complete(request: Request, pool: InferencePool, generator: TextGenerator, prompt_ids: list[int],
-                   params: SamplingParams, deadline: Deadline) -> list[Completion]:
-    """Every sample in full (not streamed), collected as the pipeline collects them."""
-    collector = Collector(params.n)
-    async for piece in pieces(request, pool, generator, prompt_ids, params, deadline):
-        collector.add(piece)
-    return collector.completions()
+async def complete(request: Request, scheduler: Scheduler, served: Served[TextGenerator], prompts: list[list[int]],
+                   params: SamplingParams, deadline: Deadline) -> list[list[Completion]]:
+    """Every sample of every prompt in full (not streamed), collected as the pipeline collects them."""
+    collectors = [Collector(params.n) for _ in prompts]
+    async for index, piece in pieces(request, scheduler, served, prompts, params, deadline):
+        collectors[index].add(piece)
+    return [collector.completions() for collector in collectors]
 
 
 # ---- POST /v1/generate -----------------------------------------------------------------------------------
@@ -163,29 +164,29 @@ ERRORS = documented_errors({422: "Empty or oversized prompt, out-of-range sampli
 @router.post("/generate", response_model=GenerateResponse, responses={**STREAMED, **ERRORS},
              summary="Continue a prompt; stream=true sends Server-Sent Events")
 async def generate(body: GenerateRequest, request: Request, registry: Annotated[Registry, Depends(get_registry)],
-                   pool: Annotated[InferencePool, Depends(get_pool)]) -> Response:
+                   pool: Annotated[InferencePool, Depends(get_pool)],
+                   scheduler: Annotated[Scheduler, Depends(get_scheduler)]) -> Response:
     if body.stream and body.samples > 1:  # this route's events carry no sample index
         raise HTTPException(status_code=422, detail="stream=true needs n = 1")
     served = registry.get(TextGenerator, body.model)
-    generator = served.pipeline
-    prompt_ids = generator.encode_prompt(body.prompt)
+    prompt_ids = served.pipeline.encode_prompt(body.prompt)
     params = body.params(body.max_new_tokens)
     if body.stream:
         admission = pool.admit()
-        return EventStream(_events(request, pool, served.id, generator, prompt_ids, params), admission,
-                           lambda message, kind: {"error": message})
-    check_samples_fit(generator, params.n, params.max_new_tokens)
+        events = _events(request, scheduler, served, prompt_ids, params, Deadline(pool.timeout))
+        return EventStream(events, admission, lambda message, kind: {"error": message})
+    check_samples_fit(served.pipeline, params.n, params.max_new_tokens)
     async with pool.slot():
-        completions = await complete(request, pool, generator, prompt_ids, params, Deadline(pool.timeout))
+        [completions] = await complete(request, scheduler, served, [prompt_ids], params, Deadline(pool.timeout))
     count_tokens(request, served.id, sum(c.tokens for c in completions))
     return JSONResponse(generated(served.id, completions, len(prompt_ids)).model_dump())
 
 
-async def _events(request: Request, pool: InferencePool, model_id: str, generator: TextGenerator,
-                  prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[dict[str, Any]]:
-    async for piece in pieces(request, pool, generator, prompt_ids, params, Deadline(pool.timeout)):
+async def _events(request: Request, scheduler: Scheduler, served: Served[TextGenerator], prompt_ids: list[int],
+                  params: SamplingParams, deadline: Deadline) -> AsyncIterator[dict[str, Any]]:
+    async for _, piece in pieces(None, scheduler, served, [prompt_ids], params, deadline):
         if piece.text:
             yield {"text": piece.text}
         if piece.finish_reason is not None:
-            count_tokens(request, model_id, piece.tokens)
+            count_tokens(request, served.id, piece.tokens)
             yield {"finish_reason": piece.finish_reason, "usage": Usage.of(len(prompt_ids), piece.tokens).model_dump()}

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 
+from app.batching import Batching, get_batching
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, Served, get_registry
 from app.routing import JSONRoute
@@ -106,15 +107,16 @@ class TranslateResponse(BaseModel):
     direction: str
 
 
-def result(translation: Translation) -> TranslationResult:
+def result(translation: Translation) -> dict[str, Any]:
+    """A ``TranslationResult``, built as the JSON it is sent as."""
     attention = translation.attention
-    return TranslationResult(
-        translation=translation.translation,
-        source_tokens=translation.source_tokens,
-        target_tokens=translation.target_tokens,
-        attention=None if attention is None else [[round(w, ATTENTION_DECIMALS) for w in row] for row in attention],
-        unknown_tokens=translation.unknown_tokens,
-    )
+    return {
+        "translation": translation.translation,
+        "source_tokens": translation.source_tokens,
+        "target_tokens": translation.target_tokens,
+        "attention": None if attention is None else [[round(w, ATTENTION_DECIMALS) for w in row] for row in attention],
+        "unknown_tokens": translation.unknown_tokens,
+    }
 
 
 ERRORS = documented_errors({422: "Empty or too long text, unsupported direction, a model of another direction, "
@@ -142,13 +144,16 @@ def worst_reply(translator: Translator, texts: list[str], options: Options) -> i
 @router.post("", response_model=TranslateResponse, responses=ERRORS,
              summary="Translate, with the attention of every output token over the input")
 async def translate(body: TranslateRequest, registry: Annotated[Registry, Depends(get_registry)],
-                    pool: Annotated[InferencePool, Depends(get_pool)]) -> TranslateResponse:
+                    batching: Annotated[Batching, Depends(get_batching)]) -> Response:
     served = _translator(registry, body)
     translator, texts = served.pipeline, body.inputs
     check_reply_size(worst_reply(translator, texts, body), "send fewer or shorter texts, or a smaller max_length")
-    longest = max(len(translator.source_tokens(t)) for t in texts)
-    translations = await pool.run(lambda: translator.translate(texts, body.decoding(longest)))
-    return TranslateResponse(results=[result(t) for t in translations], model=served.id, direction=body.direction)
+    # Every text of a request may run as long as the longest one's default allows, as when they decode together.
+    options = body.decoding(max(len(translator.source_tokens(t)) for t in texts))
+    queries = [lambda text=text: translator.query(text, options) for text in texts]
+    translations = await batching.submit(served.id, translator.translate_queries, queries)
+    return JSONResponse({"results": [result(t) for t in translations], "model": served.id,
+                         "direction": body.direction})
 
 
 @router.post("/attention.png", response_class=Response, responses={

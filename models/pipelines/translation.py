@@ -1,4 +1,8 @@
-"""Translation: a seq2seq model with its two vocabularies, text in, text and alignment out."""
+"""Translation: a seq2seq model with its two vocabularies, text in, text and alignment out.
+
+``translate`` takes texts that share their decoding options; ``query`` and ``translate_queries`` take texts
+each with its own (texts of many requests, batched), and group those that can decode together.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,14 @@ class TranslationOptions:
             raise ValueError("beam_size must be at least 1")
 
 
+@dataclass(frozen=True)
+class TranslationQuery:
+    """One text to translate with its decoding options: what ``Translator.translate_queries`` batches."""
+
+    text: str
+    options: TranslationOptions
+
+
 @dataclass
 class Translation:
     translation: str  # the target tokens as text, special tokens (an output <unk>) left out
@@ -68,18 +80,47 @@ class Translator:
         """``text`` as the model reads it (characters or words)."""
         return tokenize(text, self.source_language)
 
+    def query(self, text: str, options: TranslationOptions) -> TranslationQuery:
+        """One text with its options, checked: ``InvalidInput`` for a text the model reads as nothing."""
+        if not self.source_tokens(text):
+            raise InvalidInput("the text has no tokens")
+        return TranslationQuery(text, options)
+
+    def translate_queries(self, queries: Sequence[TranslationQuery]) -> list[Translation]:
+        """Each query's translation, in order. Queries that decode alike (beam size and length penalty) share
+        one batch whatever their limits, each cut at its own (its ``max_length``, else the default of its
+        text), so texts of many requests decode together."""
+        groups: dict[tuple[int, float], list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault((query.options.beam_size, query.options.length_penalty), []).append(i)
+        translations: dict[int, Translation] = {}
+        for members in groups.values():
+            texts = [queries[i].text for i in members]
+            limits = [queries[i].options.max_length or default_max_length(len(self.source_tokens(queries[i].text)))
+                      for i in members]
+            translations.update(zip(members, self._decode(texts, queries[members[0]].options, limits), strict=True))
+        return [translations[i] for i in range(len(queries))]
+
     def translate(self, texts: Sequence[str], options: TranslationOptions = TranslationOptions()) -> list[Translation]:
         """Greedy decoding (beam_size 1) runs the batch at once; beam search goes sentence by sentence."""
+        longest = max(len(self.source_tokens(text)) for text in texts)
+        return self._decode(texts, options, [options.max_length or default_max_length(longest)] * len(texts))
+
+    def _decode(self, texts: Sequence[str], options: TranslationOptions, limits: list[int]) -> list[Translation]:
+        """Each text decoded as ``options`` say, to at most its own limit of target tokens."""
         sources = [self.source_tokens(text) for text in texts]
         if empty := [i for i, s in enumerate(sources) if not s]:
             raise InvalidInput(f"text {empty[0]} has no tokens")
-        max_length = options.max_length or default_max_length(max(map(len, sources)))
         ids = [encode(tokens, self.source_vocab) for tokens in sources]
         if options.beam_size == 1:
-            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max_length)
+            # Greedy decoding of a token does not depend on how long the decoding may go on, so one batch
+            # decodes to the largest limit and each text is cut at its own.
+            outputs, maps = self.model.greedy(pad_batch(ids, self.device), max(limits))
+            outputs = [out[:limit] for out, limit in zip(outputs, limits, strict=True)]
+            maps = [alpha[:limit] if alpha is not None else None for alpha, limit in zip(maps, limits, strict=True)]
         else:
-            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), options.beam_size, max_length,
-                                              options.length_penalty) for s in ids]
+            decoded = [self.model.beam_search(torch.tensor([s], device=self.device), options.beam_size, limit,
+                                              options.length_penalty) for s, limit in zip(ids, limits, strict=True)]
             outputs, maps = [d[0] for d in decoded], [d[1] for d in decoded]
         results = []
         for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True):
