@@ -234,6 +234,9 @@ def main() -> int:
                          (*RECIPE, "--max-steps", str(args.iterations)), corpus, args.out, args.threads))
     outside = rows[-1].wall_seconds - rows[-1].train_seconds  # our command's time around its training loop
     budget = args.budget or rows[0].wall_seconds - outside
+    if budget < 1:
+        sys.exit(f"nanoGPT's run took {rows[0].wall_seconds:.1f} s, less than our command's {outside:.1f} s outside "
+                 "training: give --budget")
     print(f"our command's time outside training: {outside:.1f} s; budget {budget:.0f} s", flush=True)
     budgeted = ("--max-seconds", f"{budget:.0f}")
     rows.append(run_ours(f"ours, defaults: --max-seconds {budget:.0f}", "cpu-budget", budgeted, corpus, args.out,
