@@ -13,8 +13,9 @@ import torch
 
 from models.catalog import default_recipes
 from models.checkpoint import load_checkpoint
+from training import gpt
 from training.cli import build_parser, default_fingerprints, family_module, main
-from training.loop import Schedule, state_dir
+from training.loop import Schedule, state_dir, total_steps
 from training.recipe import recipe
 
 from .conftest import interrupted_after_saving, run_training
@@ -29,11 +30,44 @@ def test_schedule_warms_up_then_decays_over_the_steps_or_the_clock_whichever_is_
     linear = Schedule(lr=1.0, warmup_steps=5, decay="linear", hold=0.5)
     assert linear.rate(40, 105) == 1.0 and linear.rate(80, 105) == pytest.approx(0.5)
     assert Schedule(lr=2.0, decay="none").rate(99, 100, time_fraction=1.0) == 2.0
+    assert cosine.rate(5000, None, time_fraction=0.5) == pytest.approx(0.55)  # no step limit: the clock alone
 
 
 def parse(*argv: str):
     args = build_parser().parse_args(list(argv))
     return family_module(args.command).resolve_arguments(args)
+
+
+def test_max_seconds_alone_drops_the_profiles_step_cap_and_max_steps_beside_it_keeps_one():
+    for family in (("gpt",), ("lm", "--cell", "gru")):
+        assert parse(*family).max_steps > 0  # the profile's cap, with the profile's own budget
+        assert total_steps(parse(*family, "--max-seconds", "70"), 100) is None
+        assert parse(*family, "--max-seconds", "70", "--max-steps", "50").max_steps == 50
+
+
+def test_max_seconds_on_the_command_line_shapes_the_gpt_for_the_budget_and_only_there():
+    quick = parse("gpt")
+    assert {k: getattr(quick, k) for k in gpt.PROFILES["quick"]} == gpt.PROFILES["quick"]  # the served GPT
+    for seconds in ("70", "1000"):
+        shaped = parse("gpt", "--max-seconds", seconds)
+        assert {k: getattr(shaped, k) for k in gpt.for_budget(float(seconds))} == gpt.for_budget(float(seconds))
+        assert shaped.max_seconds == float(seconds) and shaped.tokenizer == "bpe"  # the rest: the profile's
+    assert gpt.for_budget(70) != gpt.for_budget(1000)
+    assert gpt.for_budget(70) == gpt.BUDGET_RULE[0][1] and gpt.for_budget(1e9) == gpt.BUDGET_RULE[-1][1]
+    mine = parse("gpt", "--max-seconds", "70", "--n-embd", "96", "--lr", "5e-4")
+    assert (mine.n_embd, mine.lr, mine.n_layer) == (96, 5e-4, gpt.for_budget(70)["n_layer"])  # flags still win
+
+
+def test_a_gpt_run_given_max_seconds_trains_until_the_clock_runs_out_and_decays_with_it(tmp_path: Path):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("".join(f"LINE {i}: to be or not to be, that is the question.\n" for i in range(400)))
+    flags = ("--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "16", "--batch-size", "2")
+    run_training("gpt", "--profile", "tiny", "--corpus", str(corpus), "--tokenizer", "char", "--out", str(tmp_path),
+                 "--name", "clock", "--max-seconds", "3", "--lr", "1e-2", "--min-lr", "1e-3", *flags)
+    metrics = json.loads((tmp_path / "gpt-clock" / "metrics.json").read_text())
+    assert metrics["steps"] > gpt.PROFILES["tiny"]["max_steps"] and metrics["train_seconds"] >= 3
+    lr = json.loads((state_dir(tmp_path, "gpt-clock") / "history.json").read_text())["lr"]
+    assert max(lr) == pytest.approx(1e-2) and lr[-1] < 1.5e-3  # the cosine reached its floor when time ran out
 
 
 def test_a_recipe_is_what_a_run_learns_not_where_or_how_fast_it_runs(tmp_path: Path):

@@ -14,7 +14,9 @@
   however the rows are split, and N processes train as one does.
 - Precision (``--precision``: bf16 autocast where it pays) and ``--compile``.
 - The budget: ``--max-steps`` or ``--max-seconds``, whichever ends first; the learning rate follows
-  whichever is further along, so a run on the clock still ends its decay when time is up.
+  whichever is further along, so a run on the clock still ends its decay when time is up. A
+  ``--max-seconds`` given without ``--max-steps`` is the whole budget: the profile's step cap is dropped
+  and the clock alone ends the run (and the decay).
 - Evaluation every ``--eval-interval`` steps; with a ``Selection`` the best evaluated model is kept and
   the run stops when it has not improved for ``patience`` evaluations. With ``average_last`` k, the
   weights of the last k evaluations are averaged at the end (Vaswani et al., 2017) and the average is
@@ -90,7 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve(args: argparse.Namespace, profile: Mapping[str, Any]) -> argparse.Namespace:
-    """Fill every flag left unset: the trainer's profile first, then the loop's defaults."""
+    """Fill every flag left unset: the trainer's profile first, then the loop's defaults. A ``--max-seconds``
+    given without ``--max-steps`` leaves the profile's step cap out, so the time asked for is the time trained."""
+    if budget_given(args) and args.max_steps is None:
+        args.max_steps = 0
     for values in (profile, DEFAULTS):
         for key, value in values.items():
             if getattr(args, key, None) is None:
@@ -98,11 +103,19 @@ def resolve(args: argparse.Namespace, profile: Mapping[str, Any]) -> argparse.Na
     return args
 
 
-def total_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
-    """``--epochs`` passes over the data, capped by ``--max-steps``; either alone where the other is unset."""
+def budget_given(args: argparse.Namespace) -> bool:
+    """Whether the command line itself set a wall-clock budget (before ``resolve`` fills in the profile's)."""
+    return bool(getattr(args, "max_seconds", None))
+
+
+def total_steps(args: argparse.Namespace, steps_per_epoch: int) -> int | None:
+    """``--epochs`` passes over the data, capped by ``--max-steps``; either alone where the other is unset;
+    None (no step limit) where neither is set and ``--max-seconds`` ends the run."""
     steps = [n for n in (args.epochs and args.epochs * steps_per_epoch, args.max_steps) if n]
     if not steps:
-        raise ValueError("give --epochs or --max-steps")
+        if args.max_seconds:
+            return None
+        raise ValueError("give --epochs, --max-steps or --max-seconds")
     return max(1, min(steps))
 
 
@@ -170,10 +183,11 @@ class Schedule:
     decay: Literal["cosine", "linear", "none"] = "cosine"
     hold: float = 0.0
 
-    def rate(self, step: int, total_steps: int, time_fraction: float = 0.0) -> float:
+    def rate(self, step: int, total_steps: int | None, time_fraction: float = 0.0) -> float:
+        """The rate at ``step`` of ``total_steps`` (None: no step limit) with ``time_fraction`` of the budget spent."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        done = (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps)
+        done = 0.0 if total_steps is None else (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps)
         done = min(1.0, max(done, time_fraction))
         if self.decay == "none" or done <= self.hold:
             return self.lr
@@ -215,7 +229,7 @@ class Settings:
     """A trainer's choices for its run; the shared flags (--precision, --micro-batch-size, ...) come from
     the command line."""
 
-    max_steps: int
+    max_steps: int | None  # None: the wall-clock budget alone ends the run
     schedule: Schedule
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -369,7 +383,9 @@ class Run:
             log.info("%s: resumed at step %d", self.id, run.step)
         model = dist.wrap(raw)  # DDP starts every rank from rank 0's weights
         forward = torch.compile(model) if args.compile else model
-        log.info("%s: %d steps, %s, %d process(es) on %s", self.id, settings.max_steps, self.precision,
+        limit = settings.max_steps
+        log.info("%s: %s, %s, %d process(es) on %s", self.id,
+                 f"{limit} steps" if limit is not None else f"{args.max_seconds:g} s", self.precision,
                  dist.world_size, self.device)
 
         def snapshot() -> dict[str, Any]:
@@ -381,9 +397,9 @@ class Run:
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         started, elapsed, tokens_at_start, losses_since = clock(), 0.0, run.tokens, 0
         budget, interval = args.max_seconds or None, args.eval_interval or settings.eval_interval
-        bar = progress(total=settings.max_steps, initial=run.step, desc=self.id, unit="step")
-        stop = run.step >= settings.max_steps or (settings.selection is not None and self._patience_spent(run,
-                                                                                                         settings))
+        bar = progress(total=limit, initial=run.step, desc=self.id, unit="step")
+        stop = (limit is not None and run.step >= limit) or (settings.selection is not None
+                                                             and self._patience_spent(run, settings))
         while not stop:
             batch = next(batches, None)
             if batch is None:
@@ -402,7 +418,7 @@ class Run:
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{(run.tokens - tokens_at_start) / max(elapsed, 1e-9):,.0f}",
                             lr=f"{lr:.2e}")
-            stop = run.step >= settings.max_steps or bool(budget and elapsed >= budget)
+            stop = (limit is not None and run.step >= limit) or bool(budget and elapsed >= budget)
             due = bool(interval) and run.step % interval == 0
             # A run that selects a model is evaluated where it stops too; one that does not is evaluated in
             # full by its trainer after the loop.
