@@ -21,7 +21,7 @@ from app.inference import InferencePool
 from app.middleware import ApiKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from app.observability import Metrics, ObservabilityMiddleware
 from app.registry import Registry, get_registry
-from app.routers import classify, completions, fill_mask, generate, system, translate, word2vec
+from app.routers import attention, classify, completions, fill_mask, generate, system, translate, word2vec
 from app.schemas import ERROR_DESCRIPTIONS, Error
 from app.settings import Settings, get_settings
 
@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(system.router)
     for router in (system.v1_router, word2vec.router, generate.router, completions.router, fill_mask.router,
-                   translate.router, classify.router):
+                   translate.router, classify.router, attention.router):
         app.include_router(router, dependencies=protected)
     return app
 

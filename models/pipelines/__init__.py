@@ -1,9 +1,10 @@
 """Pipelines: a model with what it needs to answer one kind of question, in the shape callers use.
 
 Each module holds one capability: ``word_vectors`` (gensim's verbs), ``translation`` (and
-``attention_image``, its heatmap), ``fill_mask``, ``next_sentence``, ``text_generation``,
-``classification``. A model file in ``models/`` builds and loads the network; a pipeline tokenizes,
-checks input (``InvalidInput`` for what the model cannot take), runs the network and shapes its answer.
+``attention_image``, its heatmaps), ``fill_mask``, ``next_sentence``, ``text_generation``,
+``classification``, and ``attention_maps`` (every layer's and head's attention of the Transformers).
+A model file in ``models/`` builds and loads the network; a pipeline tokenizes, checks input
+(``InvalidInput`` for what the model cannot take), runs the network and shapes its answer.
 ``load`` gives every pipeline a checkpoint serves.
 """
 
@@ -13,31 +14,49 @@ from collections.abc import Callable
 
 import torch
 
-from models import bert
+from models import bert, gpt
 from models.checkpoint import Checkpoint
 from models.pipelines import classification, text_generation, translation, word_vectors
+from models.pipelines.attention_maps import AttentionMaps, BertAttention, GPTAttention, TranslatorAttention
 from models.pipelines.classification import TextClassifier
 from models.pipelines.fill_mask import FillMask
 from models.pipelines.next_sentence import NextSentence
 from models.pipelines.text_generation import TextGenerator
 from models.pipelines.translation import Translator
 from models.pipelines.word_vectors import WordVectors
+from models.tokenizers import load_text_tokenizer
+from models.transformer import Transformer
 
-Pipeline = WordVectors | Translator | FillMask | NextSentence | TextGenerator | TextClassifier
+Pipeline = WordVectors | Translator | FillMask | NextSentence | TextGenerator | TextClassifier | AttentionMaps
 
 
-def _bert(checkpoint: Checkpoint, device: torch.device) -> tuple[FillMask, NextSentence]:
-    """Both of BERT's pretraining heads, sharing one loaded model."""
+def _bert(checkpoint: Checkpoint, device: torch.device) -> tuple[FillMask, NextSentence, AttentionMaps]:
+    """Both of BERT's pretraining heads and its attention, sharing one loaded model."""
     model, tokenizer = bert.load(checkpoint, device), bert.load_tokenizer(checkpoint)
-    return FillMask(model, tokenizer, device), NextSentence(model, tokenizer, device)
+    return FillMask(model, tokenizer, device), NextSentence(model, tokenizer, device), BertAttention(model, tokenizer,
+                                                                                                   device)
 
 
-# family -> the pipelines its checkpoints serve, and how to load them
+def _gpt(checkpoint: Checkpoint, device: torch.device) -> tuple[TextGenerator, AttentionMaps]:
+    """Generation and attention, sharing one loaded GPT."""
+    model = gpt.load(checkpoint, device)
+    tokenizer = load_text_tokenizer(checkpoint, model.config.vocab_size)
+    return TextGenerator(model, tokenizer), GPTAttention(model, tokenizer)
+
+
+def _seq2seq(checkpoint: Checkpoint, device: torch.device) -> tuple[Translator] | tuple[Translator, AttentionMaps]:
+    """A translator; the Transformer's attention too (a recurrent model has no self-attention)."""
+    translator = translation.load(checkpoint, device)
+    return (translator, TranslatorAttention(translator)) if isinstance(translator.model, Transformer) else (translator,)
+
+
+# family -> the pipelines its checkpoints serve (some of them: a seq2seq model has attention maps only as a
+# Transformer), and how to load them
 PIPELINES: dict[str, tuple[tuple[type[Pipeline], ...], Callable[[Checkpoint, torch.device], tuple[Pipeline, ...]]]] = {
     "word2vec": ((WordVectors,), lambda c, d: (word_vectors.load(c, d),)),
-    "seq2seq": ((Translator,), lambda c, d: (translation.load(c, d),)),
-    "bert": ((FillMask, NextSentence), _bert),
-    "gpt": ((TextGenerator,), lambda c, d: (text_generation.load(c, d),)),
+    "seq2seq": ((Translator, AttentionMaps), _seq2seq),
+    "bert": ((FillMask, NextSentence, AttentionMaps), _bert),
+    "gpt": ((TextGenerator, AttentionMaps), _gpt),
     "lm": ((TextGenerator,), lambda c, d: (text_generation.load(c, d),)),
     "classifier": ((TextClassifier,), lambda c, d: (classification.load(c, d),)),
 }
