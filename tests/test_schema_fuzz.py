@@ -66,6 +66,8 @@ FITTING = {
     "/v1/classify": ["mlp", "cnn", "rnn", "lstm", "gru", "bert", "clf-gru"],
     "/v1/generate": ["gpt", "rnn", "lstm", "gru", "lm-gru"],
     "/v1/completions": ["gpt", "rnn", "lstm", "gru", "lm-lstm"],
+    "/v1/attention": ["bert", "gpt", "zh-en-transformer"],
+    "/v1/attention.png": ["bert", "gpt", "seq2seq-en-zh-transformer"],
 }
 
 

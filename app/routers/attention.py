@@ -12,11 +12,11 @@ filters that would fit. The weights are rounded to ``ATTENTION_DECIMALS`` places
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
 from app.inference import InferencePool, get_pool
 from app.registry import Registry, get_registry
@@ -37,14 +37,22 @@ MAX_INDICES = 256  # more layers or heads than any model here has
 InputText = Text(LIMITS.max_text_length)
 
 
+def _whole_numbers(indices: Any) -> Any:
+    """JSON has one kind of number: 1.0 in the list is the index 1 (``RequestModel`` does this for fields)."""
+    if isinstance(indices, list):
+        return [int(i) if isinstance(i, float) and i.is_integer() else i for i in indices]
+    return indices
+
+
 def _distinct(indices: list[int]) -> list[int]:
     if len(set(indices)) != len(indices):
         raise ValueError("each index at most once")
     return indices
 
 
-Indices = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_INDICES),
-                    AfterValidator(_distinct)]
+Indices = Annotated[list[Annotated[int, Field(ge=0)]],
+                    Field(min_length=1, max_length=MAX_INDICES, json_schema_extra={"uniqueItems": True}),
+                    BeforeValidator(_whole_numbers), AfterValidator(_distinct)]
 
 
 class AttentionRequest(RequestModel):
