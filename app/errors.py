@@ -1,10 +1,10 @@
 """Every error the service answers, in one of two shapes, decided by the route.
 
-The project's own routes answer FastAPI's ``{"detail": ...}``; the OpenAI-compatible routes answer
-OpenAI's ``{"error": {message, type, param, code}}`` with OpenAI's statuses (400 where the project's
-routes say 422), so OpenAI clients raise their usual exceptions. The middleware (401, 413), the request
-validation (malformed bodies), the pipelines (``InvalidInput``) and the routes (``HTTPException``) all
-answer through ``error_response``, so no error escapes in the wrong shape.
+The project's own routes answer FastAPI's ``{"detail": ...}``; the OpenAI-compatible routes
+(``OPENAI_ROUTES``) answer OpenAI's ``{"error": {message, type, param, code}}`` with OpenAI's statuses
+(400 where the project's routes say 422), so OpenAI clients raise their usual exceptions. The middleware
+(401, 413), the request validation (malformed bodies), the pipelines (``InvalidInput``) and the routes
+(``HTTPException``) all answer through ``error_response``, so no error escapes in the wrong shape.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from models.pipelines.errors import InvalidInput
 
 log = logging.getLogger("app")
 
-# The routes that speak OpenAI's dialect, errors included.
-OPENAI_ROUTES = frozenset({"/v1/completions"})
+# The routes that speak OpenAI's dialect (vLLM's, for tokenize and detokenize), errors included.
+OPENAI_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/tokenize",
+                           "/detokenize"})
 
 # OpenAI's error type and code for each status it answers. A 400 from the request schema itself says which
 # rule with its code ("unknown_parameter", "invalid_value"); one the schema cannot state has none.
@@ -47,7 +48,7 @@ class ErrorJSON(JSONResponse):
 
 
 def is_openai(path: str) -> bool:
-    return path in OPENAI_ROUTES
+    return path in OPENAI_ROUTES or path.startswith("/v1/models/")
 
 
 def openai_error(status: int, message: str, param: str | None = None, code: str | None = None,

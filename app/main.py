@@ -21,7 +21,19 @@ from app.inference import InferencePool
 from app.middleware import ApiKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from app.observability import Metrics, ObservabilityMiddleware
 from app.registry import Registry, get_registry
-from app.routers import attention, classify, completions, fill_mask, generate, system, translate, word2vec
+from app.routers import (
+    attention,
+    chat,
+    classify,
+    completions,
+    embeddings,
+    fill_mask,
+    generate,
+    system,
+    tokenize,
+    translate,
+    word2vec,
+)
 from app.schemas import ERROR_DESCRIPTIONS, Error
 from app.settings import Settings, get_settings
 
@@ -35,7 +47,9 @@ MLP/CNN/RNN/LSTM/GRU models before them — each trained from scratch by this pr
 package and served here. Errors come as `{"detail": ...}`: 422 for malformed input (the message names the
 field or the limit), 404 for unknown words or models, 413 for a body too large, 429 when the service is at
 capacity, 503 for a model that is not loaded (the message names the command that trains it), 504 past the
-request timeout. `/v1/completions` answers OpenAI's `{"error": {...}}` instead, with OpenAI's statuses.
+request timeout. The OpenAI-compatible routes (`/v1/completions`, `/v1/chat/completions`, `/v1/embeddings`,
+`/v1/models`, and vLLM's `/tokenize` and `/detokenize`) answer OpenAI's `{"error": {...}}` instead, with
+OpenAI's statuses.
 """
 
 # Declares the bearer scheme in the OpenAPI document of a service with API_KEY, so /docs offers to send the
@@ -102,8 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.include_router(system.router)
-    for router in (system.v1_router, word2vec.router, generate.router, completions.router, fill_mask.router,
-                   translate.router, classify.router, attention.router):
+    for router in (system.v1_router, word2vec.router, generate.router, completions.router, chat.router,
+                   tokenize.router, embeddings.router, fill_mask.router, translate.router, classify.router,
+                   attention.router):
         app.include_router(router, dependencies=protected)
     return app
 

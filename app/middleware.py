@@ -44,8 +44,13 @@ class RequestIdMiddleware:
             request_id.reset(token)
 
 
+# Routes outside /v1 that the key guards like every /v1 route: vLLM's names for them have no /v1.
+KEYED_PATHS = frozenset({"/tokenize", "/detokenize"})
+
+
 class ApiKeyMiddleware:
-    """401 for a /v1 request without ``Authorization: Bearer <API_KEY>``, before its body is read.
+    """401 for a /v1 request (or ``KEYED_PATHS``) without ``Authorization: Bearer <API_KEY>``, before its
+    body is read.
 
     The probes, /metrics, the manual (/docs, /openapi.json) and the playground page stay open.
     """
@@ -55,7 +60,8 @@ class ApiKeyMiddleware:
         self.expected = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["method"] == "OPTIONS":
+        keyed = scope.get("path", "").startswith("/v1/") or scope.get("path") in KEYED_PATHS
+        if scope["type"] != "http" or not keyed or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         scheme, _, credentials = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")

@@ -30,6 +30,7 @@ from models.pipelines import (
     NextSentence,
     Pipeline,
     TextClassifier,
+    TextEmbedder,
     TextGenerator,
     Translator,
     WordVectors,
@@ -37,12 +38,14 @@ from models.pipelines import (
 
 log = logging.getLogger("app.registry")
 
-P = TypeVar("P", WordVectors, Translator, FillMask, NextSentence, TextGenerator, TextClassifier, AttentionMaps)
+P = TypeVar("P", WordVectors, Translator, FillMask, NextSentence, TextGenerator, TextClassifier, TextEmbedder,
+              AttentionMaps)
 
 # What a route calls the models it takes, in its error messages.
-NOUNS: dict[type[Pipeline], str] = {
+NOUNS: dict[type, str] = {
     WordVectors: "word2vec model", Translator: "translation model", FillMask: "fill-mask model",
     NextSentence: "next-sentence model", TextGenerator: "language model", TextClassifier: "classifier",
+    TextEmbedder: "embedding model",
     AttentionMaps: "model with self-attention",
 }
 
@@ -187,6 +190,17 @@ class Registry:
                              [m.id for m, _ in fitting])
         known = {e.id for e in CATALOG if e.family in families} | {m.id for m, _ in fitting}
         raise UnknownModel(NOUNS[kind], name, sorted(known))
+
+    def find(self, name: str) -> LoadedModel:
+        """The loaded model called ``name``, of any kind: its id, or a short name no other model has."""
+        models = self.models
+        found = [m for m in models if m.id == name] or [m for m in models if m.name == name]
+        if len(found) > 1:
+            raise WrongModel(f"'{name}' names several models; ask for one by id", [m.id for m in found])
+        if found:
+            return found[0]
+        self._raise_if_known(name, tuple(ID_PREFIXES))
+        raise UnknownModel("model", name, [m.id for m in models])
 
     def _raise_if_known(self, name: str, families: tuple[str, ...]) -> None:
         """503 for a name of these families that the catalog lists or ``CHECKPOINT_DIR`` holds, not loaded."""

@@ -9,19 +9,20 @@ string and list has a maximum size, from ``Settings``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import HTTPException
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from app.settings import get_settings
+from models.catalog import ID_PATTERN, MAX_ID_LENGTH
 
 LIMITS = get_settings()
 
 # A checkpoint id or short name: letters, digits, '.', '_' and '-', not starting with a dot.
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-MODEL_NAME_LENGTH = 64
+MODEL_NAME_PATTERN = f"^{ID_PATTERN}$"
+MODEL_NAME_LENGTH = MAX_ID_LENGTH
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # What JSON Schema's patterns call a space (ECMAScript's \s), spelt out, so that the validator here, the
@@ -41,9 +42,16 @@ class RequestModel(BaseModel):
     def _json_values(cls, value: Any) -> Any:
         if has_lone_surrogate(value):
             raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not a character")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)  # JSON has one kind of number: 20.0 is the integer 20, as JSON Schema reads it
-        return value
+        return _integers(value)
+
+
+def _integers(value: Any) -> Any:
+    """JSON has one kind of number: 20.0 is the integer 20, as JSON Schema reads it, in lists too (token ids)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integers(item) for item in value]
+    return value
 
 
 class OneOrMany(RequestModel):
@@ -123,6 +131,18 @@ def Word(max_length: int) -> Any:  # noqa: N802 - it names a type, as Annotated 
     return Annotated[str, Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": ONE_WORD},
                                 examples=["king"]),
                      AfterValidator(_one_word)]
+
+
+# A token id: bounded by the largest id any vocabulary could have; a model checks its own vocabulary.
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=LIMITS.max_prompt_tokens)]
+
+def texts_or_ids(value: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The items of an OpenAI field that is one text or one list of token ids, or a list of either (a
+    completion's ``prompt``, an embedding's ``input``)."""
+    if isinstance(value, str) or isinstance(value[0], int):
+        return [cast(str | list[int], value)]
+    return list(cast(list[str] | list[list[int]], value))
 
 
 ModelName = Annotated[str, Field(min_length=1, max_length=MODEL_NAME_LENGTH, pattern=MODEL_NAME_PATTERN,

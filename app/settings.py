@@ -30,10 +30,10 @@ class Settings(BaseSettings):
                                    "stream ends with an error event.")
     max_concurrent_inferences: int = Field(4, ge=1, description="Inferences running at once.")
     max_queued_inferences: int = Field(16, ge=0, description="Inferences waiting for a slot before 429.")
-    max_batch_size: int = Field(32, ge=1, description="Most fill-mask or classify requests answered together by "
-                                "one batched forward pass (1 turns dynamic batching off).")
-    batch_wait_ms: float = Field(5.0, ge=0, description="Longest a fill-mask or classify request waits for others "
-                                 "to share its forward pass (milliseconds).")
+    max_batch_size: int = Field(32, ge=1, description="Most fill-mask, classify or embeddings requests answered "
+                                "together by one batched forward pass (1 turns dynamic batching off).")
+    batch_wait_ms: float = Field(5.0, ge=0, description="Longest a fill-mask, classify or embeddings request waits "
+                                 "for others to share its forward pass (milliseconds).")
     keep_alive_timeout: float = Field(75.0, gt=0, description="Seconds an idle keep-alive connection stays open. "
                                       "Longer than clients' and load balancers' own idle timeouts, so that they, "
                                       "not the service, close idle connections: a request sent just as the "
@@ -54,11 +54,16 @@ class Settings(BaseSettings):
     max_response_bytes: int = Field(4_000_000, ge=1, description="Largest reply a request may need in its worst "
                                     "case (422 before any inference above); streamed replies end at "
                                     "REQUEST_TIMEOUT instead.")
-    max_text_length: int = Field(2000, ge=1, description="Longest prompt, fill-mask text or next-sentence "
-                                 "sentence (characters).")
-    max_new_tokens: int = Field(512, ge=1, description="Most tokens one generated sample may have.")
+    max_text_length: int = Field(2000, ge=1, description="Longest prompt, chat message, text to embed, fill-mask "
+                                 "text or next-sentence sentence (characters).")
+    max_prompt_tokens: int = Field(2048, ge=1, description="Most token ids in one prompt or input given as ids "
+                                   "(completions, embeddings, detokenize).")
+    max_new_tokens: int = Field(512, ge=1, description="Most tokens one generated sample may have (a chat reply's "
+                                "default).")
     max_samples: int = Field(8, ge=1, description="Most samples (n) one generation request may ask for.")
     max_prompts: int = Field(8, ge=1, description="Most prompts one /v1/completions request may carry.")
+    max_messages: int = Field(32, ge=1, description="Most messages one /v1/chat/completions request may carry.")
+    max_embedding_inputs: int = Field(64, ge=1, description="Most inputs one /v1/embeddings request may carry.")
     max_stop_sequences: int = Field(4, ge=1, description="Most stop sequences of one generation request.")
     max_stop_length: int = Field(64, ge=1, description="Longest stop sequence (characters).")
     max_translate_texts: int = Field(32, ge=1, description="Most texts one /v1/translate request may carry.")
@@ -72,8 +77,9 @@ class Settings(BaseSettings):
     max_top_k: int = Field(50, ge=1, description="Most predictions per [MASK] (fill-mask top_k).")
     max_targets: int = Field(50, ge=1, description="Most fill-mask targets one request may name.")
     max_word_length: int = Field(64, ge=1, description="Longest word (word2vec words, fill-mask targets).")
-    max_query_words: int = Field(20, ge=1, description="Most words in each of most-similar's positive and "
-                                 "negative lists.")
+    max_query_words: int = Field(20, ge=1, description="Most words in each list of a word2vec request "
+                                 "(most-similar's positive and negative, n-similarity's, doesnt-match's, "
+                                 "vectors').")
     max_topn: int = Field(100, ge=1, description="Most neighbours one most-similar request may ask for.")
 
 

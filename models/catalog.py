@@ -52,8 +52,16 @@ CATALOG: tuple[CatalogEntry, ...] = (
 # family -> how its checkpoint ids begin: ``<prefix>`` for a family's own default, ``<prefix>-<name>`` else
 ID_PREFIXES: dict[str, str] = {"word2vec": "word2vec", "gpt": "gpt", "bert": "bert", "seq2seq": "seq2seq",
                                "classifier": "clf", "lm": "lm"}
-# The trainers whose --name picks a checkpoint id of one's own (gpt-<name>, seq2seq-<name>).
-NAMED_TRAINERS = ("gpt", "seq2seq")
+# What a checkpoint id (and so a name) may be: what the service's `model` fields accept.
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+MAX_ID_LENGTH = 64
+DEFAULT_IDS = frozenset(e.id for e in CATALOG)
+
+
+def checkpoint_id_of(family: str, name: str) -> str:
+    """The id of the checkpoint called ``name`` in ``family`` (every trainer's ``--name``)."""
+    prefix = ID_PREFIXES[family]
+    return prefix if name == prefix else f"{prefix}-{name}"
 
 
 def family_of(checkpoint_id: str) -> str | None:
@@ -63,7 +71,8 @@ def family_of(checkpoint_id: str) -> str | None:
 
 
 def train_command(checkpoint_id: str) -> str:
-    """The command that trains ``checkpoint_id``: the catalog's, or its trainer's for one named otherwise."""
+    """The command that trains ``checkpoint_id``: the catalog's, or its trainer's with ``--name`` for one named
+    otherwise."""
     known = next((e for e in CATALOG if e.id == checkpoint_id), None)
     if known is not None:
         return known.train_command
@@ -71,7 +80,7 @@ def train_command(checkpoint_id: str) -> str:
     if family is None:
         raise ValueError(f"no family's checkpoint ids look like {checkpoint_id!r}")
     name = checkpoint_id.removeprefix(ID_PREFIXES[family] + "-")
-    return f"python -m training {family}" + (f" --name {name}" if family in NAMED_TRAINERS else "")
+    return f"python -m training {family} --name {name}"
 
 
 # ---- recipes --------------------------------------------------------------------------------------------

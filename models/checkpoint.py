@@ -61,10 +61,6 @@ class Checkpoint:
         return path
 
 
-def checkpoint_id(family: str, name: str) -> str:
-    return f"{family}-{name}"
-
-
 def library_versions() -> dict[str, str]:
     import numpy
 

@@ -232,6 +232,16 @@ class GPT(nn.Module):
         ``recorder`` every block's attention weights are recorded (``models.attention``), keyed by its
         ``attn`` module.
         """
+        x = self.hidden_states(idx, kv_cache, recorder)
+        if targets is None:
+            return self.lm_head(x[:, -1:, :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
+                      recorder: AttentionRecorder | None = None) -> torch.Tensor:
+        """The last block's output, normalised (B, T, n_embd): what the LM head reads at each position."""
         B, T = idx.size()
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -239,12 +249,7 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.position_embedding(start, T, idx.device))
         for i, block in enumerate(self.blocks):
             x = block(x, kv_cache.layers[i] if kv_cache is not None else None, recorder)
-        x = self.ln_f(x)
-        if targets is None:
-            return self.lm_head(x[:, -1:, :]), None
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.ln_f(x)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The state dict without ``lm_head.weight``, which is the token embedding (saved once)."""
@@ -263,6 +268,24 @@ class GPT(nn.Module):
             session.repeat(rows)
             logits = logits.expand(rows, -1)
         return session, logits
+
+    @torch.no_grad()
+    def next_token_logits(self, tokens: list[int]) -> torch.Tensor:
+        """Row t holds the logits for the token that follows ``tokens[:t + 1]`` (len(tokens), vocab).
+
+        Past the context, each token is read with the very context decoding gives it (``GPTSession``):
+        when the context is full, the next window begins with the ``context_kept`` latest tokens, the
+        last of them new, and each window scores the positions it adds.
+        """
+        idx = torch.tensor([tokens], dtype=torch.long, device=self._device())
+        size = self.config.block_size
+        kept = context_kept(size)
+        rows = [self.lm_head(self.hidden_states(idx[:, :size]))[0]]
+        start = size - kept + 1
+        while start + kept - 1 < idx.size(1):
+            rows.append(self.lm_head(self.hidden_states(idx[:, start:start + size])[:, kept - 1:])[0])
+            start += size - kept + 1
+        return torch.cat(rows)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, params: SamplingParams | None = None,
@@ -293,6 +316,12 @@ class GPT(nn.Module):
         return self.wte.weight.device
 
 
+def context_kept(block_size: int) -> int:
+    """How many of the latest positions a full context keeps when it makes room: three quarters of it, so
+    a refill (which reads them again) comes every quarter of the context rather than every token."""
+    return block_size - max(1, block_size // 4)
+
+
 class GPTSession:
     """Incremental decoding with a KV cache: each new token runs through the model alone.
 
@@ -317,8 +346,7 @@ class GPTSession:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.tokens.device)[:, None]
         if self.cache.length == self.block_size:
-            keep = self.block_size - self.block_size // 4
-            self.refill(torch.cat([self.tokens, tokens], dim=1)[:, -keep:])
+            self.refill(torch.cat([self.tokens, tokens], dim=1)[:, -context_kept(self.block_size):])
             return self.logits
         self.tokens = torch.cat([self.tokens, tokens], dim=1)
         logits, _ = self.model(tokens, kv_cache=self.cache)

@@ -266,6 +266,12 @@ class RNNLanguageModel(nn.Module):
         h, state = unroll(cells_of(self.rnn), self.embedding(inputs), state)
         return self.V(h[:, -1]), state
 
+    @torch.no_grad()
+    def next_token_logits(self, tokens: list[int]) -> torch.Tensor:
+        """Row t holds the logits for the token that follows ``tokens[:t + 1]`` (len(tokens), vocab)."""
+        logits, _ = self.run(torch.tensor([tokens], dtype=torch.long, device=self.V.weight.device))
+        return logits[0]
+
     def start(self, prompt: list[int], rows: int = 1) -> tuple[RNNSession, torch.Tensor]:
         """Read ``prompt`` once; return a session continuing it in ``rows`` samples, and first logits.
 

@@ -246,8 +246,13 @@ class DecodingSession(Protocol):
 
 
 class LanguageModel(Protocol):
-    """What a model offers to be sampled from: read a prompt once, continue it in ``rows`` samples."""
+    """What a model offers to be sampled from: read a prompt once, continue it in ``rows`` samples; and,
+    to score a text, its next-token logits at every position from one reading."""
 
     def start(self, prompt: list[int], rows: int) -> tuple[DecodingSession, torch.Tensor]:
         """A session continuing ``prompt`` in ``rows`` rows, and the first next-token logits (rows, vocab)."""
+        ...
+
+    def next_token_logits(self, tokens: list[int]) -> torch.Tensor:
+        """Row t: the logits for the token that follows ``tokens[:t + 1]`` (len(tokens), vocab)."""
         ...

@@ -104,12 +104,27 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.itos[i] for i in ids)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes token ``token_id`` stands for."""
+        return self.itos[token_id].encode()
+
     def to_json(self) -> str:
         return json.dumps({"type": self.type, "chars": self.itos[1:]}, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> CharTokenizer:
         return cls(list(json.loads(text)["chars"]))
+
+
+def byte_symbols() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's): one printable character per byte, so a vocabulary of strings can
+    hold any bytes. Printable Latin-1 bytes stand for themselves; the others, in order, for U+0100 onwards."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+BYTE_OF_SYMBOL = byte_symbols()
 
 
 class ByteBPETokenizer:
@@ -151,6 +166,13 @@ class ByteBPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes token ``token_id`` stands for (one of them may be part of a UTF-8 character)."""
+        token = self.backend.id_to_token(token_id)
+        if token_id == self.eos_id:
+            return token.encode()
+        return bytes(BYTE_OF_SYMBOL[symbol] for symbol in token)
 
     def to_json(self) -> str:
         return self.backend.to_str()

@@ -367,7 +367,7 @@ def test_training_and_evaluation_on_a_users_corpus(tmp_path):
     corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
     out = tmp_path / "ckpt"
     run_training("bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(out), "--max-steps", "5",
-                 "--vocab-size", "200", "--device", "cpu")
+                 "--vocab-size", "200", "--device", "cpu", "--force")
     checkpoint = load_checkpoint(out / "bert")
     assert checkpoint.config["data"]["name"] == "user corpus" and checkpoint.config["training"]["steps"] == 5
     for key in ("mlm_top1", "mlm_top5", "nsp_accuracy"):
@@ -393,7 +393,7 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, mo
             "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / out), "--device", "cpu",
             "--vocab-size", "200", "--short-position", "16", "--long-every", "3", "--dropout", "0.1",
             "--batch-size", "8", "--lr", "1e-3", "--max-steps", "12", "--save-interval", "5",
-            "--precision", "fp32", "--eval-pairs", "16", *extra]))
+            "--precision", "fp32", "--eval-pairs", "16", "--force", *extra]))
         return json.loads((state_dir(tmp_path / out, "bert") / "history.json").read_text())
 
     straight = run("a")

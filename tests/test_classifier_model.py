@@ -166,7 +166,7 @@ def test_training_on_a_labeled_file_writes_a_loadable_checkpoint(tmp_path) -> No
     data = tmp_path / "toy.tsv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     args = build_parser().parse_args(["classifier", "--arch", "mlp", "--labeled", str(data), "--profile", "tiny",
-                                      "--epochs", "8", "--out", str(tmp_path / "ck")])
+                                      "--epochs", "8", "--out", str(tmp_path / "ck"), "--force"])
     from training.classifier import train
 
     (path,) = train(args)

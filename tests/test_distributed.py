@@ -32,10 +32,10 @@ CPU = torch.device("cpu")
 # (--min-lr = --lr), so a run stopped at step 6 and resumed follows the schedule of one run to step 12.
 GPT = ("--profile", "tiny", "--device", "cpu", "--tokenizer", "char", "--train-chars", "60000",
        "--val-chars", "6000", "--block-size", "32", "--batch-size", "8", "--max-seconds", "0",
-       "--precision", "fp32", "--lr", "3e-3", "--min-lr", "3e-3")
+       "--precision", "fp32", "--lr", "3e-3", "--min-lr", "3e-3", "--force")
 # No warm-up and no decay: a constant rate, so a run stopped at step 4 and resumed follows one run to step 8.
 BERT = ("--profile", "tiny", "--device", "cpu", "--vocab-size", "300", "--batch-size", "8", "--max-steps", "8",
-        "--precision", "fp32", "--eval-pairs", "32", "--warmup", "0", "--decay", "0")
+        "--precision", "fp32", "--eval-pairs", "32", "--warmup", "0", "--decay", "0", "--force")
 # Dropout off: each process draws its own masks, so only without it can two processes repeat one.
 SEQ2SEQ = ("--profile", "tiny", "--device", "cpu", "--max-train-pairs", "256", "--batch-size", "32",
            "--epochs", "3", "--patience", "3", "--dropout", "0", "--precision", "fp32")
@@ -162,7 +162,7 @@ def test_the_other_trainers_on_two_processes_match_one(trainer: str, tmp_path: P
     (family, *flags), checkpoint_id = ALSO_ON_THE_LOOP[trainer]
     flags = [*flags, "--profile", "tiny", "--device", "cpu", "--precision", "fp32"]
     if trainer == "classifier":
-        flags += ["--labeled", str(labeled(tmp_path / "toy.tsv"))]
+        flags += ["--labeled", str(labeled(tmp_path / "toy.tsv")), "--force"]
     train(ONE, family, tmp_path / "one", *flags)
     train(TWO, family, tmp_path / "two", *flags, "--micro-batch-size", "3")
     single, double = history(tmp_path / "one", checkpoint_id), history(tmp_path / "two", checkpoint_id)

@@ -210,7 +210,7 @@ def test_openai_client_raises_its_own_errors(openai_client) -> None:  # noqa: AN
 
 @pytest.mark.parametrize("change", [
     {"prompt": ""}, {"prompt": []}, {"max_tokens": 600}, {"temperature": 3}, {"top_p": 0}, {"n": 0},
-    {"logprobs": 2}, {"presence_penalty": 0.5}, {"best_of": 3}, {"suffix": "x"}, {"unknown_field": 1},
+    {"logprobs": 6}, {"presence_penalty": 0.5}, {"best_of": 3}, {"suffix": "x"}, {"unknown_field": 1},
 ])
 def test_completions_errors_have_the_openai_shape(client: httpx.Client, change: dict) -> None:
     response = client.post("/v1/completions", json={"model": "gpt", "prompt": PROMPT, **change})

@@ -332,7 +332,7 @@ def test_training_writes_a_servable_checkpoint_and_resumes(tmp_path: Path) -> No
     corpus = tmp_path / "plays.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     common = ("--profile", "tiny", "--out", str(tmp_path / "ck"), "--corpus", str(corpus), "--tokenizer", "char",
-              "--block-size", "32", "--batch-size", "8", "--max-seconds", "0", "--precision", "fp32")
+              "--block-size", "32", "--batch-size", "8", "--max-seconds", "0", "--precision", "fp32", "--force")
     [path] = trainer.train(parse(*common, "--max-steps", "20"))
     checkpoint = load_checkpoint(path)
     assert checkpoint.config["id"] == "gpt" and checkpoint.config["tokenizer"]["type"] == "char"
@@ -361,7 +361,7 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path: Pa
         trainer.train(parse("--profile", "tiny", "--out", str(tmp_path / out), "--corpus", str(corpus),
                             "--tokenizer", "char", "--block-size", "16", "--batch-size", "4", "--max-seconds", "0",
                             "--precision", "fp32", "--warmup-steps", "2", "--max-steps", "12",
-                            "--eval-interval", "6", "--eval-batches", "1", *extra))
+                            "--eval-interval", "6", "--eval-batches", "1", "--force", *extra))
         return json.loads((loop.state_dir(tmp_path / out, "gpt") / "history.json").read_text())["loss"]
 
     straight = run("a")
@@ -378,7 +378,7 @@ def test_a_run_killed_mid_training_leaves_a_whole_checkpoint_and_resumes(tmp_pat
     out = tmp_path / "ck"
     flags = ("--profile", "tiny", "--out", str(out), "--corpus", str(corpus), "--tokenizer", "char",
              "--block-size", "32", "--batch-size", "8", "--max-seconds", "0", "--precision", "fp32",
-             "--eval-interval", "5", "--eval-batches", "1")
+             "--eval-interval", "5", "--eval-batches", "1", "--force")
     state = loop.state_dir(out, "gpt") / "state.pt"
     with open(tmp_path / "train.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "training", "gpt", *flags, "--max-steps", "100000"],

@@ -103,7 +103,7 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(trainer: str
                                                                    monkeypatch: pytest.MonkeyPatch):
     flags, checkpoint_id, stop = RESUMABLE[trainer]
     if trainer == "classifier":
-        flags = [*flags, "--labeled", str(labeled(tmp_path / "toy.tsv"))]
+        flags = [*flags, "--labeled", str(labeled(tmp_path / "toy.tsv")), "--force"]
 
     def run(out: str, *extra: str) -> dict:
         assert main([*flags, "--profile", "tiny", "--device", "cpu", "--precision", "fp32",

@@ -66,6 +66,13 @@ FITTING = {
     "/v1/classify": ["mlp", "cnn", "rnn", "lstm", "gru", "bert", "clf-gru"],
     "/v1/generate": ["gpt", "rnn", "lstm", "gru", "lm-gru"],
     "/v1/completions": ["gpt", "rnn", "lstm", "gru", "lm-lstm"],
+    "/v1/chat/completions": ["gpt", "lstm", "lm-gru"],
+    "/tokenize": ["gpt", "rnn"],
+    "/detokenize": ["gpt", "gru"],
+    "/v1/embeddings": ["sg", "cbow", "bert", "word2vec-sg"],
+    "/v1/word2vec/n-similarity": ["sg", "cbow"],
+    "/v1/word2vec/doesnt-match": ["sg", "word2vec-cbow"],
+    "/v1/word2vec/vectors": ["sg", "cbow"],
     "/v1/attention": ["bert", "gpt", "zh-en-transformer"],
     "/v1/attention.png": ["bert", "gpt", "seq2seq-en-zh-transformer"],
 }
@@ -114,7 +121,7 @@ def reaching(operation: Any, vocabulary: list[str]) -> st.SearchStrategy[Any]:
         for name in ("word_a", "word_b"):
             if name in body:
                 body[name] = draw(words)
-        for name in ("positive", "negative"):
+        for name in ("positive", "negative", "ws1", "ws2", "words"):
             if body.get(name):
                 body[name] = draw(st.lists(words, min_size=len(body[name]), max_size=len(body[name])))
         case.body = body

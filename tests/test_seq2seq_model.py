@@ -391,7 +391,8 @@ def test_pad_id_is_zero_so_embeddings_of_padding_stay_zero():
 
 def test_grid_table_has_one_line_per_row_with_the_mean_and_std_over_its_seeds():
     runs = [{"row": f"{cell} {attention}", "seed": seed, "bleu": 2.0 + seed, "chrf": 20.0, "steps": 100,
-             "bleu_by_source_length": {"1-7": 1.0 + seed, "8+": 3.0}, "sentences_by_source_length": {"1-7": 10, "8+": 5},
+             "bleu_by_source_length": {"1-7": 1.0 + seed, "8+": 3.0},
+             "sentences_by_source_length": {"1-7": 10, "8+": 5},
              "bleu_by_sentences_joined": {"1": 2.0 + seed, "2": 1.0}}
             for cell, attention in itertools.product(CELLS, ATTENTIONS) for seed in (0, 1, 2)]
     lines = grid_markdown({"runs": runs}).splitlines()
@@ -450,7 +451,7 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, mo
         trainer.train(build_parser().parse_args([
             "seq2seq", "--profile", "tiny", "--pairs", str(pairs), "--out", str(tmp_path / out), "--device", "cpu",
             "--epochs", "4", "--patience", "4", "--batch-size", "8", "--teacher-forcing", "0.8", "--precision", "fp32",
-            *extra]))
+            "--force", *extra]))
         return json.loads((state_dir(tmp_path / out, "seq2seq-zh-en") / "history.json").read_text())
 
     straight = run("a")

@@ -124,6 +124,6 @@ def test_user_corpus_file_trains(tmp_path):
     corpus.write_text("the cat sat on the mat\nthe dog sat on the log\n" * 50)
     run_training("word2vec", "--profile", "tiny", "--corpus", str(corpus), "--min-count", "1",
                  "--out", str(tmp_path / "ck"))
-    checkpoint = load_checkpoint(tmp_path / "ck" / "word2vec-sg")
+    checkpoint = load_checkpoint(tmp_path / "ck" / "word2vec-sg-corpus")  # beside the default, not over it
     assert checkpoint.config["data"]["name"] == "user corpus"
     assert "cat" in load(checkpoint)

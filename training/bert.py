@@ -42,9 +42,10 @@ from models.bert import (
     load,
     load_tokenizer,
 )
+from models.catalog import checkpoint_id_of
 from models.checkpoint import load_checkpoint, update_metrics
 from training import loop
-from training.common import pick_device
+from training.common import add_name_arguments, checkpoint_name, pick_device
 from training.data import (
     SPLIT_SEED,
     plays_in,
@@ -54,7 +55,7 @@ from training.data import (
     user_provenance,
 )
 
-CHECKPOINT_ID = "bert"
+FAMILY = "bert"
 MASK_PROBABILITY = 0.15  # share of (non-special) tokens selected for prediction
 MASK_SPLIT = (0.8, 0.1)  # of the selected: → [MASK], → random token; the remaining 10% stay unchanged
 EVAL_SEED = 1234  # the validation pairs and masks are the same for every checkpoint
@@ -102,11 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=None, help="fraction of steps of linear warm-up")
     parser.add_argument("--decay", type=float, default=None,
                         help="fraction of steps, at the end, of linear decay to zero (constant before)")
+    add_name_arguments(parser, "bert: the id bert; X gives bert-X")
     loop.add_arguments(parser)
     _add_eval_flags(parser)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=FAMILY, help="the checkpoint's name (bert, or X for bert-X)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     _add_eval_flags(parser)
@@ -491,7 +494,8 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
-    with loop.Run(args, CHECKPOINT_ID) as run:
+    name = checkpoint_name(args, FAMILY, FAMILY, args.corpus)
+    with loop.Run(args, checkpoint_id_of(FAMILY, name)) as run:
         run.restore(args, MODEL_FIELDS)
         train_docs, val_docs, provenance = _corpus(args)
         tokenizer_json = run.saved["tokenizer"] if run.saved else None
@@ -515,7 +519,7 @@ def train(args: argparse.Namespace) -> list[Path]:
         log.info("bert: MLM top-1 %.3f, top-5 %.3f, NSP %.3f on validation", metrics["mlm_top1"],
                  metrics["mlm_top5"], metrics["nsp_accuracy"])
         return [run.save(loop.Record({
-            "id": CHECKPOINT_ID, "family": "bert", "name": CHECKPOINT_ID, "architecture": "BertForPreTraining",
+            "id": checkpoint_id_of(FAMILY, name), "family": FAMILY, "name": name, "architecture": "BertForPreTraining",
             "model": config.to_dict(), "tokenizer": {"type": "wordpiece", "file": TOKENIZER_FILE, "lowercase": True},
             "data": provenance, "split_seed": SPLIT_SEED,
         }, {TOKENIZER_FILE: tokenizer.to_str()}), trained, metrics)]
@@ -523,7 +527,7 @@ def train(args: argparse.Namespace) -> list[Path]:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Re-run the validation evaluation of ``checkpoints/bert`` and refresh its metrics.json."""
-    checkpoint = load_checkpoint(args.out / CHECKPOINT_ID)
+    checkpoint = load_checkpoint(args.out / checkpoint_id_of(FAMILY, args.name))
     device = pick_device(args.device)
     model, tokenizer = load(checkpoint, device), load_tokenizer(checkpoint)
     data = checkpoint.config["data"]

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import checkpoint_id, load_checkpoint, update_metrics
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint, update_metrics
 from models.classifier import (
     ARCHITECTURES,
     VOCAB_FILE,
@@ -43,7 +44,7 @@ from models.classifier import (
 )
 from models.tokenizers import words
 from training import loop
-from training.common import length_grouped, pick_device
+from training.common import add_name_arguments, checkpoint_name, length_grouped, pick_device
 from training.data import (
     GENRE_LABELS,
     SPLIT_SEED,
@@ -128,11 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     words_group.add_argument("--num-layers", type=int, default=None, help="rnn/lstm/gru stacked layers")
     parser.add_argument("--bert", type=Path, default=None,
                         help="bert: the pretraining checkpoint to fine-tune (default: <out>/bert)")
+    add_name_arguments(parser, "the architecture, e.g. gru")
     loop.add_arguments(parser)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=ALL_ARCHITECTURES, required=True)
+    parser.add_argument("--name", default=None, help="the checkpoint's name (default: the architecture)")
     parser.add_argument("--labeled", type=Path, default=None, help="the TSV the checkpoint was trained on")
 
 
@@ -333,7 +336,8 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
-    model_id = checkpoint_id("clf", args.arch)
+    name = checkpoint_name(args, FAMILY, args.arch, args.labeled)
+    model_id = checkpoint_id_of(FAMILY, name)
     with loop.Run(args, model_id) as run:
         splits = load_splits(args.labeled)
         if args.max_passages is not None and len(splits.train) > args.max_passages:
@@ -370,7 +374,7 @@ def train(args: argparse.Namespace) -> list[Path]:
                    "val_accuracy": best.get("val_accuracy"), "val_macro_f1": best.get("val_macro_f1"),
                    "best_epoch": round(best.get("step", 0) / epoch, 2), "test": test}
         return [run.save(loop.Record({
-            "id": model_id, "family": FAMILY, "name": args.arch, "architecture": args.arch,
+            "id": model_id, "family": FAMILY, "name": name, "architecture": args.arch,
             "model": parts.hyperparameters, "tokenizer": parts.tokenizer, "labels": splits.labels,
             "data": {**splits.provenance, "passages": {"train": len(train_set[0]), "validation": len(val_set[0]),
                                                        "test": len(test_set[0])},
@@ -383,7 +387,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Score ``clf-<arch>`` on its test passages again and refresh the test figures in metrics.json."""
     from models.pipelines.classification import load
 
-    checkpoint = load_checkpoint(Path(args.out) / checkpoint_id("clf", args.arch))
+    checkpoint = load_checkpoint(Path(args.out) / checkpoint_id_of(FAMILY, args.name or args.arch))
     device = pick_device(args.device)
     classifier = load(checkpoint, device)
     labeled = args.labeled

@@ -1,4 +1,4 @@
-"""Pieces every trainer uses: profiles, seeding, device choice, progress bars."""
+"""Pieces every trainer uses: profiles, checkpoint names, seeding, device choice, progress bars."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import argparse
 import logging
 import os
 import random
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from models.catalog import DEFAULT_IDS, ID_PATTERN, ID_PREFIXES, MAX_ID_LENGTH, checkpoint_id_of
 
 PROFILES = ("tiny", "quick", "full")
 T = TypeVar("T")
@@ -27,6 +31,41 @@ def apply_profile(args: argparse.Namespace, profiles: Mapping[str, Mapping[str, 
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return args
+
+
+# ---- checkpoint names --------------------------------------------------------------------------------
+
+
+def add_name_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--name`` and ``--force``, as every trainer has them; ``default`` says what the name is without one."""
+    parser.add_argument("--name", default=None,
+                        help=f"the checkpoint's name in its family, so its id (default: {default}; trained on your own "
+                             "data file, that name followed by the file's, e.g. word2vec-sg-mytext)")
+    parser.add_argument("--force", action="store_true",
+                        help="train your own data into the default checkpoint itself, overwriting it")
+
+
+def checkpoint_name(args: argparse.Namespace, family: str, default: str, data: Path | None) -> str:
+    """The name of the checkpoint a run trains: ``--name``; else ``default`` on the default data; else, on the
+    user's own ``data`` file, the default checkpoint's id followed by the file's name (``word2vec-sg-mytext``,
+    ``gpt-mytext``), so that it lands beside the default checkpoint. Writing the user's data into a default
+    checkpoint takes ``--force``: it is never done silently."""
+    if args.name is not None:
+        name = args.name
+    elif data is None or args.force:
+        name = default
+    else:
+        stem = re.sub(r"[^a-z0-9._-]+", "-", data.stem.lower()).strip(".-_") or "data"
+        derived = f"{checkpoint_id_of(family, default)}-{stem}"[:MAX_ID_LENGTH].rstrip(".-_")
+        name = derived.removeprefix(ID_PREFIXES[family] + "-")
+    checkpoint = checkpoint_id_of(family, name)
+    if not re.fullmatch(ID_PATTERN, name) or len(checkpoint) > MAX_ID_LENGTH:
+        raise ValueError(f"--name {name!r}: a name is letters, digits, '.', '_' and '-', not beginning with '.', '_' "
+                         f"or '-', and its checkpoint id ({checkpoint}) at most {MAX_ID_LENGTH} characters")
+    if data is not None and checkpoint in DEFAULT_IDS and not args.force:
+        raise ValueError(f"{checkpoint} is a default checkpoint, trained on the project's data: training it on "
+                         f"{data} would replace it. Leave --name out for a checkpoint of its own, or add --force")
+    return name
 
 
 def set_seed(seed: int) -> None:

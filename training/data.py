@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from models.script import scene
+
 SPLIT_SEED = 0
 SHAKESPEARE_SOURCE = {
     "name": "Shakespeare plays",
@@ -63,7 +65,7 @@ class Play:
 
     def render(self) -> str:
         """The play as speaker-labelled text: ``SPEAKER:`` then its lines, a blank line between speeches."""
-        return "\n\n".join(f"{s.speaker}:\n" + "\n".join(s.lines) for s in self.speeches) + "\n"
+        return scene((s.speaker, s.lines) for s in self.speeches) + "\n"
 
 
 @dataclass(frozen=True)

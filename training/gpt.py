@@ -19,10 +19,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from models.catalog import checkpoint_id_of
 from models.checkpoint import load_checkpoint
 from models.gpt import GPT, PRESETS, GPTConfig, load
 from training import loop, text
-from training.common import pick_device
+from training.common import add_name_arguments, checkpoint_name, pick_device
 from training.data import SPLIT_SEED
 
 log = logging.getLogger("training.gpt")
@@ -52,7 +53,6 @@ MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("gpt")
-    g.add_argument("--name", default="gpt", help="checkpoint name: 'gpt' writes checkpoints/gpt, X writes gpt-X")
     g.add_argument("--preset", choices=PRESETS, default=None, help="GPT-2 layer/head/width preset")
     g.add_argument("--n-layer", type=int, default=None)
     g.add_argument("--n-head", type=int, default=None)
@@ -66,11 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int, default=None)
     g.add_argument("--beta2", type=float, default=None, help="AdamW's second-moment decay")
     text.add_arguments(g)
+    add_name_arguments(parser, "gpt: the id gpt; X gives gpt-X")
     loop.add_arguments(parser)
-
-
-def checkpoint_name(name: str) -> str:
-    return FAMILY if name == FAMILY else f"{FAMILY}-{name}"
 
 
 def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
@@ -80,13 +77,14 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
-    with loop.Run(args, checkpoint_name(args.name)) as run:
+    name = checkpoint_name(args, FAMILY, FAMILY, args.corpus)
+    with loop.Run(args, checkpoint_id_of(FAMILY, name)) as run:
         run.restore(args, MODEL_FIELDS)
         data = text.prepare(args, run)
         config = GPTConfig(vocab_size=data.tokenizer.vocab_size, **{k: getattr(args, k) for k in MODEL_FIELDS})
         model = GPT(config).to(run.device)
         record = loop.Record({
-            "id": checkpoint_name(args.name), "family": FAMILY, "name": args.name,
+            "id": checkpoint_id_of(FAMILY, name), "family": FAMILY, "name": name,
             "architecture": "GPT: decoder-only Transformer, pre-LayerNorm, tied input/output embeddings",
             "model": config.to_dict(), "tokenizer": {"type": data.tokenizer.type, "file": data.tokenizer.file_name},
             "data": data.provenance, "split_seed": SPLIT_SEED,
@@ -119,7 +117,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Validation loss and bits per character of a saved checkpoint; refreshes its metrics.json."""
-    checkpoint = load_checkpoint(Path(args.out) / checkpoint_name(args.name))
+    checkpoint = load_checkpoint(Path(args.out) / checkpoint_id_of(FAMILY, args.name))
     device = pick_device(args.device)
     return text.rescore(checkpoint, load(checkpoint, device), args.precision,
                         lambda model, ids: text.window_loss(model, ids, model.config.block_size, device),

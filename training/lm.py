@@ -24,10 +24,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import checkpoint_id, load_checkpoint
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint
 from models.rnn import CELLS, RNNLanguageModel, RNNLanguageModelConfig, load
 from training import loop, text
-from training.common import pick_device
+from training.common import add_name_arguments, checkpoint_name, pick_device
 from training.data import SPLIT_SEED
 
 log = logging.getLogger("training.lm")
@@ -66,11 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the cosine")
     g.add_argument("--warmup-steps", type=int, default=None)
     text.add_arguments(g)
+    add_name_arguments(parser, "the cell, e.g. lstm")
     loop.add_arguments(parser)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cell", choices=CELLS, required=True)
+    parser.add_argument("--name", default=None, help="the checkpoint's name (default: the cell)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
 
 
@@ -108,7 +111,8 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
-    model_id = checkpoint_id(FAMILY, args.cell)
+    name = checkpoint_name(args, FAMILY, args.cell, args.corpus)
+    model_id = checkpoint_id_of(FAMILY, name)
     with loop.Run(args, model_id) as run:
         run.restore(args, MODEL_FIELDS)
         data = text.prepare(args, run)
@@ -127,7 +131,7 @@ def train(args: argparse.Namespace) -> list[Path]:
         log.info("%s: validation %.4f nats/token, %.4f bits/char after %d steps in %.1f s", model_id,
                  metrics["val_loss"], metrics["val_bpc"], trained.steps, trained.seconds)
         return [run.save(loop.Record({
-            "id": model_id, "family": FAMILY, "name": args.cell,
+            "id": model_id, "family": FAMILY, "name": name,
             "architecture": {"rnn": "Elman RNN", "lstm": "LSTM", "gru": "GRU"}[args.cell] + " language model",
             "model": asdict(config), "tokenizer": {"type": data.tokenizer.type, "file": data.tokenizer.file_name},
             "data": data.provenance, "split_seed": SPLIT_SEED,
@@ -136,7 +140,7 @@ def train(args: argparse.Namespace) -> list[Path]:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Validation loss and bits per character of ``lm-<cell>`` on the text it was trained on."""
-    checkpoint = load_checkpoint(Path(args.out) / checkpoint_id(FAMILY, args.cell))
+    checkpoint = load_checkpoint(Path(args.out) / checkpoint_id_of(FAMILY, args.name or args.cell))
     device = pick_device(args.device)
     return text.rescore(checkpoint, load(checkpoint, device), args.precision,
                         lambda model, ids: stateful_nats(model, ids, device))

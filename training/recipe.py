@@ -1,8 +1,9 @@
 """The recipe a checkpoint is trained by, recorded in its config.json so that it knows when it is outdated.
 
 The recipe is every setting of the training command once its profile is applied, less the ones that
-change where or how fast a run trains but not what it learns (``PLACEMENT``). Its fingerprint
-(``models.catalog.fingerprint``) also covers the checkpoint format version. ``models/recipes.json``
+change where or how fast a run trains but not what it learns (``PLACEMENT``; the checkpoint's name, and
+``--force`` to write it, are where). Its fingerprint (``models.catalog.fingerprint``) also covers the
+checkpoint format version. ``models/recipes.json``
 holds the fingerprints of today's default recipes, per profile, for the service to read:
 ``python -m training recipes --write`` rewrites it after a trainer's defaults change (a test fails until
 then). ``python -m training all --missing`` retrains a default checkpoint whose recipe differs from
@@ -18,7 +19,8 @@ from typing import Any
 
 from models.catalog import fingerprint
 
-PLACEMENT = frozenset({"out", "device", "resume", "compile", "micro_batch_size", "save_interval", "clock"})
+PLACEMENT = frozenset({"out", "name", "force", "device", "resume", "compile", "micro_batch_size", "save_interval",
+                       "clock"})
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -38,7 +38,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from models.checkpoint import checkpoint_id, load_checkpoint, update_metrics
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint, update_metrics
 from models.pipelines.attention_image import attention_png
 from models.pipelines.translation import LENGTH_PENALTY, TranslationOptions, Translator, load
 from models.seq2seq import (
@@ -65,7 +66,7 @@ from models.tokenizers import WordVocab
 from models.transformer import Transformer, TransformerConfig
 from models.transformer import weights as transformer_weights
 from training import loop
-from training.common import length_grouped, pick_device
+from training.common import add_name_arguments, checkpoint_name, length_grouped, pick_device
 from training.data import (
     CEDICT_SOURCE,
     HSK_SOURCE,
@@ -222,9 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     _add_units_arguments(parser)
     _add_training_arguments(parser)
-    parser.add_argument("--name", default=None,
-                        help="checkpoint name (id seq2seq-NAME); default: the direction, e.g. zh-en, and "
-                             "zh-en-transformer for --arch transformer")
+    add_name_arguments(parser, "the direction, e.g. zh-en, and zh-en-transformer for --arch transformer")
     loop.add_arguments(parser)
 
 
@@ -682,12 +681,12 @@ def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
     if args.corpus is not None:
         raise ValueError("seq2seq trains on sentence pairs: pass --pairs FILE.tsv, not --corpus")
-    name = args.name or default_name(args.direction, args.arch)
+    name = checkpoint_name(args, FAMILY, default_name(args.direction, args.arch), args.pairs)
     pairs, provenance = load_pairs(args.pairs)
     split = split_pairs(pairs, args.direction, args.split_seed, args.val_fraction, provenance)
     log.info("seq2seq-%s: %d train / %d validation / %d test pairs", name, len(split.train),
              len(split.validation), len(split.test))
-    with loop.Run(args, checkpoint_id(FAMILY, name)) as run:
+    with loop.Run(args, checkpoint_id_of(FAMILY, name)) as run:
         run.restore(args, MODEL_FIELDS[args.arch])
         fitted = fit(run, split, args.direction, args)
         if not run.is_main:
@@ -701,7 +700,7 @@ def train(args: argparse.Namespace) -> list[Path]:
                  metrics["test"]["chrf"])
         files = {UNITS_FILES[key]: content for key, content in fitted.files.items()}
         return [run.save(loop.Record({
-            "id": checkpoint_id(FAMILY, name), "family": FAMILY, "name": name,
+            "id": checkpoint_id_of(FAMILY, name), "family": FAMILY, "name": name,
             "architecture": architecture(args),
             "model": model_record(translator.model, args.direction),
             "tokenizer": {"type": "WordVocab", "file": SOURCE_VOCAB,
@@ -723,7 +722,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.grid:
         return grid(args)
     name = args.name or args.direction
-    path = Path(args.out) / checkpoint_id(FAMILY, name)
+    path = Path(args.out) / checkpoint_id_of(FAMILY, name)
     if not path.is_dir():
         command = f"python -m training seq2seq --direction {args.direction}" + (f" --name {name}" if args.name else "")
         raise FileNotFoundError(f"no checkpoint {path}; train it with `{command}`")
@@ -768,7 +767,7 @@ def grid(args: argparse.Namespace) -> dict[str, Any]:
     run_side_by_side(commands, args.jobs)
     runs = []
     for (row, seed), name in names.items():
-        checkpoint = load_checkpoint(out / checkpoint_id(FAMILY, name))
+        checkpoint = load_checkpoint(out / checkpoint_id_of(FAMILY, name))
         result = checkpoint.metrics["test"]
         run = {"row": row, "seed": seed, "bleu": result["bleu"], "chrf": result["chrf"],
                "validation_bleu": checkpoint.metrics["validation"]["bleu"], "steps": checkpoint.metrics["steps"],

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from models.checkpoint import checkpoint_id, load_checkpoint, save_checkpoint, update_metrics
+from models.catalog import checkpoint_id_of
+from models.checkpoint import load_checkpoint, save_checkpoint, update_metrics
 from models.pipelines.word_vectors import WordVectors, load
 from models.tokenizers import WordVocab, words
 from models.word2vec import VOCAB_FILE, Word2Vec, Word2VecConfig
 from training import data
-from training.common import apply_profile, log, progress, set_seed
+from training.common import add_name_arguments, apply_profile, checkpoint_name, log, progress, set_seed
 from training.recipe import recipe
 
 PROFILES = {
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=None, help="starting learning rate (decays linearly)")
     parser.add_argument("--min-alpha", type=float, default=1e-4, help="final learning rate")
     parser.add_argument("--workers", type=int, default=None, help="threads (default: every core)")
+    add_name_arguments(parser, "the mode, sg or cbow")
 
 
 # ---- corpus --------------------------------------------------------------------------------------
@@ -288,6 +290,7 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
+    name = checkpoint_name(args, "word2vec", args.mode, args.corpus)
     workers = args.workers or os.cpu_count() or 1
     alpha = args.alpha if args.alpha is not None else DEFAULT_ALPHA[args.mode]
     set_seed(args.seed)
@@ -311,11 +314,11 @@ def train(args: argparse.Namespace) -> list[Path]:
                     workers, args.seed, desc=f"word2vec-{args.mode}")
     vectors = WordVectors(vocab, model.input_embeddings.weight.detach().numpy().copy())
     metrics = {**evaluate_vectors(vectors), "training": speed}
-    ckpt_id = checkpoint_id("word2vec", args.mode)
+    ckpt_id = checkpoint_id_of("word2vec", name)
     config_json = {
         "id": ckpt_id,
         "family": "word2vec",
-        "name": args.mode,
+        "name": name,
         "architecture": "skip-gram" if args.mode == "sg" else "cbow",
         "model": asdict(config),
         "tokenizer": {"type": "word", "file": VOCAB_FILE, "pattern": "[a-z]+('[a-z]+)?, lower-cased"},
@@ -372,10 +375,11 @@ def evaluate_vectors(vectors: WordVectors) -> dict:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("sg", "cbow"), default="sg", help="which checkpoint")
+    parser.add_argument("--name", default=None, help="the checkpoint's name (default: the mode)")
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    path = Path(args.out) / checkpoint_id("word2vec", args.mode)
+    path = Path(args.out) / checkpoint_id_of("word2vec", args.name or args.mode)
     checkpoint = load_checkpoint(path)
     metrics = {**checkpoint.metrics, **evaluate_vectors(load(checkpoint))}
     update_metrics(path, metrics)
@@ -387,13 +391,16 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("sg", "cbow"), default="sg", help="which checkpoint")
-    parser.add_argument("--format", choices=("text",), default="text", help="word2vec text format")
-    parser.add_argument("--output", type=Path, default=None, help="file to write (default: <id>.txt)")
+    parser.add_argument("--name", default=None, help="the checkpoint's name (default: the mode)")
+    parser.add_argument("--format", choices=("text", "binary"), default="text",
+                        help="word2vec's text or binary format (gensim reads either: binary=False or True)")
+    parser.add_argument("--output", type=Path, default=None, help="file to write (default: <id>.txt or <id>.bin)")
 
 
 def export(args: argparse.Namespace) -> None:
-    ckpt_id = checkpoint_id("word2vec", args.mode)
+    ckpt_id = checkpoint_id_of("word2vec", args.name or args.mode)
     vectors = load(load_checkpoint(Path(args.out) / ckpt_id))
-    output = args.output or Path(f"{ckpt_id}.txt")
-    vectors.save_word2vec_format(output)
+    binary = args.format == "binary"
+    output = args.output or Path(f"{ckpt_id}.{'bin' if binary else 'txt'}")
+    vectors.save_word2vec_format(output, binary=binary)
     print(f"wrote {len(vectors)} vectors of size {vectors.vector_size} to {output}")

@@ -1,11 +1,16 @@
 """OpenAI's ``/v1/completions``, so the official ``openai`` client pointed at ``<base>/v1`` works unchanged.
 
-It speaks OpenAI's wire format and follows OpenAI's rules: every field of OpenAI's completions request is
-accepted, those this service cannot honour (``logprobs``, ``suffix``, ``best_of`` other than ``n``, the
-presence and frequency penalties, ``logit_bias``) only at their neutral value; any other field, or an
-invalid value, is a 400 in OpenAI's ``{"error": {...}}`` shape naming it (``app.errors``). ``top_k`` and
-``repetition_penalty`` ride along as extra fields, as vLLM takes them. Generation itself is
-``/v1/generate``'s (``app.routers.generate``).
+It speaks OpenAI's wire format and follows OpenAI's rules (``app.openai_api``): every field of OpenAI's
+completions request is accepted, those this service cannot honour (``suffix``, ``best_of`` other than
+``n``, the presence and frequency penalties, ``logit_bias``) only at their neutral value. ``top_k`` and
+``repetition_penalty`` ride along as extra fields, as vLLM takes them. A prompt is text or token ids (a
+list of ints), or a list of several. Generation itself is ``/v1/generate``'s (``app.routers.generate``).
+
+``logprobs`` (0 to 5) scores each choice once it is generated, with one forward pass over prompt and
+choice (``TextGenerator.score``): the model's own log-probabilities, before temperature and the other
+sampling controls, of the choice's text as the tokenizer encodes it. With ``echo`` the prompt's tokens are
+scored too; ``max_tokens: 0`` with ``echo`` scores the prompt alone, as lm-evaluation-harness's
+loglikelihood requests ask.
 """
 
 from __future__ import annotations
@@ -13,15 +18,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from dataclasses import asdict
+from typing import Annotated, Any, ClassVar, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.inference import InferencePool, get_pool
+from app.openai_api import FieldRefused, OpenAIRequest, StreamOptions, openai_errors
 from app.registry import Registry, get_registry
 from app.routers.generate import (
+    BYTES_PER_CHARACTER,
     STREAMED,
     FinishReason,
     Prompt,
@@ -32,46 +40,39 @@ from app.routers.generate import (
     count_tokens,
 )
 from app.routing import JSONRoute
-from app.schemas import LIMITS, ModelName, RequestModel
+from app.schemas import LIMITS, ModelName, TokenIds, texts_or_ids
 from app.streaming import Deadline, EventStream, pieces
 from models.pipelines import TextGenerator
+from models.pipelines.errors import InvalidInput
+from models.pipelines.text_generation import Completion
 from models.sampling import SamplingParams
 
 router = APIRouter(prefix="/v1", tags=["generate"], route_class=JSONRoute)
 
-# OpenAI fields this service does not implement, and the values that ask for nothing.
-NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None,),
-    "suffix": (None, ""),
-    "presence_penalty": (None, 0),
-    "frequency_penalty": (None, 0),
-    "logit_bias": (None, {}),
-}
+MAX_LOGPROBS = 5  # OpenAI's own limit
+BYTES_PER_NUMBER = 25  # a log-probability or an offset in a reply, with its separator
 
 
-class FieldRefused(HTTPException):
-    """400 naming the field, for a value the schema allows but the rest of the request does not."""
+class CompletionRequest(OpenAIRequest, Sampling):
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "suffix": ("",), "presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},)}
 
-    def __init__(self, param: str, message: str):
-        super().__init__(status_code=400, detail=message)
-        self.param = param
-
-
-class StreamOptions(RequestModel):
-    include_usage: bool | None = Field(None, description="Send a last chunk with usage and no choices.")
-
-
-class CompletionRequest(Sampling):
     model: Annotated[ModelName, Field(description="A language model: its id (see /v1/models) or short name.")] = "gpt"
-    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=LIMITS.max_prompts)] = Field(
-        description=f"Text to continue, or a list of up to {LIMITS.max_prompts} texts (each gets n choices).")
-    max_tokens: int | None = Field(None, ge=1, le=LIMITS.max_new_tokens,
-                                   description="Most tokens to generate per choice (default 16).")
-    echo: bool | None = Field(None, description="Put the prompt in front of each choice's text.")
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=LIMITS.max_prompts)] | TokenIds | \
+        Annotated[list[TokenIds], Field(min_length=1, max_length=LIMITS.max_prompts)] = Field(
+            description=f"Text to continue, or its token ids (see /tokenize), or a list of up to "
+                        f"{LIMITS.max_prompts} such prompts (each gets n choices).")
+    max_tokens: int | None = Field(None, ge=0, le=LIMITS.max_new_tokens,
+                                   description="Most tokens to generate per choice (default 16); 0, with echo, "
+                                               "scores the prompt alone.")
+    echo: bool | None = Field(None, description="Put the prompt in front of each choice's text (and its tokens in "
+                                                "front of its logprobs).")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                 description="Score each choice's tokens: their log-probabilities and those of the "
+                                             "this-many likeliest tokens at each position.")
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=LIMITS.max_text_length, description="Accepted and ignored.")
     best_of: int | None = Field(None, ge=1, le=LIMITS.max_samples, description="Must equal n when given.")
-    logprobs: None = Field(None, description="Not supported; must be null.")
     suffix: Literal[""] | None = Field(None, description="Not supported; must be null or empty.")
     presence_penalty: float | None = Field(None, ge=0.0, le=0.0, description="Not supported (use "
                                                                              "repetition_penalty); must be 0.")
@@ -82,15 +83,8 @@ class CompletionRequest(Sampling):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "gpt", "prompt": "ROMEO:\n", "max_tokens": 40, "temperature": 0.8, "seed": 7},
         {"model": "gpt", "prompt": "JULIET:\n", "max_tokens": 60, "n": 2, "stop": ["\n\n"], "stream": True},
+        {"model": "gpt", "prompt": "ROMEO:\nBut soft, what light", "max_tokens": 0, "echo": True, "logprobs": 1},
     ]})
-
-    @field_validator(*NEUTRAL, mode="before")
-    @classmethod
-    def _neutral_only(cls, value: Any, info: ValidationInfo) -> Any:
-        neutral = NEUTRAL[info.field_name or ""]
-        if not any(value == n and type(value) is not bool for n in neutral) and value is not None:
-            raise ValueError(f"{info.field_name} is not supported by this service; leave it out")
-        return value
 
     def check_consistent(self) -> None:
         """What OpenAI's schema cannot state: each is a 400 naming its field."""
@@ -98,16 +92,34 @@ class CompletionRequest(Sampling):
             raise FieldRefused("best_of", "best_of is not supported by this service: leave it out, or make it equal n")
         if self.stream_options is not None and not self.stream:
             raise FieldRefused("stream_options", "stream_options needs stream: true")
+        if self.max_tokens == 0 and not self.echo:
+            raise FieldRefused("max_tokens", "max_tokens 0 generates nothing; with echo: true it scores the prompt")
+        if self.logprobs is not None and self.stream:
+            raise FieldRefused("logprobs", "logprobs is not supported with stream: true; leave one of them out")
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def tokens(self) -> int:
+        return 16 if self.max_tokens is None else self.max_tokens
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """Every prompt: a text or its token ids."""
+        return texts_or_ids(self.prompt)
+
+
+class Logprobs(BaseModel):
+    tokens: list[str] = Field(description="Each token as text.")
+    token_logprobs: list[float | None] = Field(description="log P(token | the tokens before it); null for a "
+                                                           "prompt's first token.")
+    top_logprobs: list[dict[str, float] | None] = Field(description="The likeliest tokens at each position, and "
+                                                                    "the token itself, with theirs.")
+    text_offset: list[int] = Field(description="Where each token begins, in characters from the prompt's start.")
 
 
 class Choice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: Logprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -120,74 +132,97 @@ class CompletionResponse(BaseModel):
     usage: Usage | None = None
 
 
-class OpenAIError(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
+ERRORS = openai_errors({
+    400: "Invalid request: a field outside OpenAI's schema, an unsupported one not at its neutral value, an "
+         "invalid value, a token id outside the vocabulary, a model that is not a language model, or a reply "
+         "larger than MAX_RESPONSE_BYTES",
+    404: "No language model of that name", 503: "The model is not loaded; the message names the training command"})
 
 
-class OpenAIErrorResponse(BaseModel):
-    error: OpenAIError
+def encode_prompts(generator: TextGenerator, prompts: list[str | list[int]]) -> list[list[int]]:
+    try:
+        return [generator.encode_prompt(p) for p in prompts]
+    except InvalidInput as e:
+        raise FieldRefused("prompt", str(e)) from e
 
 
-ERRORS = {status: {"model": OpenAIErrorResponse, "description": text} for status, text in (
-    (400, "Invalid request: a field outside OpenAI's schema, an unsupported one not at its neutral value, an "
-          "invalid value, a model that is not a language model, or a reply larger than MAX_RESPONSE_BYTES"),
-    (401, "Missing or wrong API key (only when the service runs with API_KEY)"),
-    (404, "No language model of that name"), (413, "Request body over MAX_BODY_BYTES"), (429, "At capacity"),
-    (503, "The model is not loaded; the message names the training command"),
-    (504, "Not answered within REQUEST_TIMEOUT"))}
+def logprobs_bytes(generator: TextGenerator, tokens: int, top: int) -> int:
+    """The worst case of one choice's logprobs: each token's text in ``tokens`` and in its ``top + 1``
+    ``top_logprobs`` entries, its number in ``token_logprobs`` and in each entry, and its offset."""
+    per_entry = BYTES_PER_CHARACTER * generator.longest_token + BYTES_PER_NUMBER
+    return tokens * ((top + 2) * per_entry + BYTES_PER_NUMBER)
 
 
 @router.post("/completions", response_model=CompletionResponse, responses={**STREAMED, **ERRORS},
-             summary="OpenAI-compatible text completions (streamed with stream=true)")
+             summary="OpenAI-compatible text completions (streamed with stream=true), and prompt scoring")
 async def completions(body: CompletionRequest, request: Request, registry: Annotated[Registry, Depends(get_registry)],
                       pool: Annotated[InferencePool, Depends(get_pool)]) -> Response:
     body.check_consistent()
     served = registry.get(TextGenerator, body.model)
     generator = served.pipeline
-    prompts = body.prompts
-    prompt_ids = [generator.encode_prompt(p) for p in prompts]
-    params = body.params(body.max_tokens or 16)
+    prompt_ids = encode_prompts(generator, body.prompts)
+    texts = [p if isinstance(p, str) else generator.tokenizer.decode(p) for p in body.prompts]
+    params = body.params(body.tokens) if body.tokens else None
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": served.id}
     if body.stream:
         admission = pool.admit()
-        return EventStream(_chunks(request, pool, served.id, generator, body, prompt_ids, params, head), admission,
-                           lambda message, kind: {"error": {"message": message, "type": kind, "param": None,
-                                                            "code": None}})
-    echoed = sum(map(len, prompts)) * params.n if body.echo else 0
-    check_samples_fit(generator, len(prompts) * params.n, params.max_new_tokens, echoed)
+        return EventStream(_chunks(request, pool, served.id, generator, body, texts, prompt_ids, params, head),
+                           admission, lambda message, kind: {"error": {"message": message, "type": kind, "param": None,
+                                                                       "code": None}})
+    n = body.samples
+    echoed = sum(map(len, texts)) * n if body.echo else 0
+    scored = 0
+    if body.logprobs is not None:
+        scored = sum(logprobs_bytes(generator, (len(ids) if body.echo else 0) + body.tokens, body.logprobs) * n
+                     for ids in prompt_ids)
+    check_samples_fit(generator, len(prompt_ids) * n, body.tokens, echoed, scored)
     choices: list[Choice] = []
     completion_tokens = 0
     async with pool.slot():
         deadline = Deadline(pool.timeout)
-        for p, (prompt, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
-            for i, result in enumerate(await complete(request, pool, generator, ids, params, deadline)):
-                text = prompt + result.text if body.echo else result.text
-                choices.append(Choice(text=text, index=p * params.n + i, finish_reason=result.finish_reason))
+        for p, (text, ids) in enumerate(zip(texts, prompt_ids, strict=True)):
+            results = await complete(request, pool, generator, ids, params, deadline) if params else \
+                [Completion("", "length", 0)] * n
+            for i, result in enumerate(results):
+                logprobs = None
+                if body.logprobs is not None:
+                    logprobs = await _score(pool, generator, ids, result.text, body.logprobs, bool(body.echo),
+                                            deadline)
+                choices.append(Choice(text=text + result.text if body.echo else result.text, index=p * n + i,
+                                      logprobs=logprobs, finish_reason=result.finish_reason))
                 completion_tokens += result.tokens
     count_tokens(request, served.id, completion_tokens)
     usage = Usage.of(sum(map(len, prompt_ids)), completion_tokens)
     return JSONResponse(CompletionResponse(**head, choices=choices, usage=usage).model_dump())
 
 
+async def _score(pool: InferencePool, generator: TextGenerator, prompt_ids: list[int], text: str, top: int,
+                 echo: bool, deadline: Deadline) -> Logprobs:
+    """The logprobs of one choice: its text's tokens after the prompt, the prompt's own first with ``echo``."""
+    ids = prompt_ids + (generator.tokenizer.encode(text) if text else [])
+    scores = await pool.call(lambda: generator.score(ids, top), timeout=deadline.remaining())
+    return Logprobs(**asdict(scores.since(0 if echo else len(prompt_ids))))
+
+
 async def _chunks(request: Request, pool: InferencePool, model_id: str, generator: TextGenerator,
-                  body: CompletionRequest, prompt_ids: list[list[int]], params: SamplingParams,
+                  body: CompletionRequest, texts: list[str], prompt_ids: list[list[int]], params: SamplingParams | None,
                   head: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     def chunk(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}]}
 
     deadline = Deadline(pool.timeout)
+    n = body.samples
     completion_tokens = 0
-    for p, (prompt, ids) in enumerate(zip(body.prompts, prompt_ids, strict=True)):
+    for p, (text, ids) in enumerate(zip(texts, prompt_ids, strict=True)):
         if body.echo:
-            for i in range(params.n):
-                yield chunk(p * params.n + i, prompt)
+            for i in range(n):
+                yield chunk(p * n + i, text, None if params else "length")
+        if params is None:
+            continue
         async for piece in pieces(request, pool, generator, ids, params, deadline):
             if piece.text or piece.finish_reason:
-                yield chunk(p * params.n + piece.index, piece.text, piece.finish_reason)
+                yield chunk(p * n + piece.index, piece.text, piece.finish_reason)
             if piece.finish_reason is not None:
                 completion_tokens += piece.tokens
                 count_tokens(request, model_id, piece.tokens)

@@ -93,11 +93,14 @@ class Usage(BaseModel):
 FinishReason = Literal["stop", "length"]
 
 
-def check_samples_fit(generator: TextGenerator, samples: int, max_new_tokens: int, echoed: int = 0) -> None:
-    """``samples`` samples of ``max_new_tokens`` tokens, each the longest the tokenizer has, must fit in a
-    reply (a stream is not held whole, so only plain replies are measured)."""
+def check_samples_fit(generator: TextGenerator, samples: int, max_new_tokens: int, echoed: int = 0,
+                      extra: int = 0) -> None:
+    """``samples`` samples of ``max_new_tokens`` tokens, each the longest the tokenizer has, ``echoed``
+    characters of prompt and ``extra`` bytes more (logprobs) must fit in a reply (a stream is not held
+    whole, so only plain replies are measured)."""
     per_sample = BYTES_PER_SAMPLE + BYTES_PER_CHARACTER * max_new_tokens * generator.longest_token
-    check_reply_size(samples * per_sample + BYTES_PER_CHARACTER * echoed, "ask for fewer samples or tokens, or stream")
+    check_reply_size(samples * per_sample + BYTES_PER_CHARACTER * echoed + extra,
+                     "ask for fewer samples, tokens or logprobs, or stream")
 
 
 def count_tokens(request: Request, model_id: str, tokens: int) -> None:

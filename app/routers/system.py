@@ -1,20 +1,21 @@
-"""Liveness, readiness and the OpenAI-style model list."""
+"""Liveness, readiness, and the models in OpenAI's shapes: the list, and one model by id or short name."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from app.openai_api import OpenAIErrorResponse
 from app.registry import LoadedModel, Registry, get_registry
-from app.schemas import ERROR_DESCRIPTIONS, Error
+from app.schemas import ERROR_DESCRIPTIONS, MODEL_NAME_LENGTH, MODEL_NAME_PATTERN
 
 router = APIRouter(tags=["system"])
 v1_router = APIRouter(prefix="/v1", tags=["system"],
-                      responses={401: {"model": Error, "description": ERROR_DESCRIPTIONS[401]}})
+                      responses={401: {"model": OpenAIErrorResponse, "description": ERROR_DESCRIPTIONS[401]}})
 
 
 class Health(BaseModel):
@@ -76,6 +77,17 @@ def readiness(registry: Registry) -> Readiness:
 @v1_router.get("/models", response_model=ModelList, summary="Loaded models, in the OpenAI list shape")
 def list_models(registry: Registry = Depends(get_registry)) -> ModelList:
     return ModelList(data=[_card(m) for m in registry.models])
+
+
+@v1_router.get("/models/{model}", response_model=ModelCard, summary="One loaded model, by id or short name",
+                responses={400: {"model": OpenAIErrorResponse, "description": "A malformed name, or a short name "
+                                                                              "several models have"},
+                           404: {"model": OpenAIErrorResponse, "description": "No model of that name"},
+                           503: {"model": OpenAIErrorResponse, "description": ERROR_DESCRIPTIONS[503]}})
+def retrieve_model(model: Annotated[str, Path(min_length=1, max_length=MODEL_NAME_LENGTH, pattern=MODEL_NAME_PATTERN,
+                                              description="A checkpoint id, or a short name.")],
+                   registry: Registry = Depends(get_registry)) -> ModelCard:
+    return _card(registry.find(model))
 
 
 def _card(model: LoadedModel) -> ModelCard:

@@ -1,4 +1,5 @@
-"""Word similarity and nearest neighbours from the word2vec checkpoints, with gensim's verbs."""
+"""The word2vec checkpoints with gensim's verbs: similarity, most_similar, n_similarity, doesnt_match and the
+vectors themselves."""
 
 from __future__ import annotations
 
@@ -65,6 +66,48 @@ class MostSimilarResponse(BaseModel):
     model: str
 
 
+Words = Annotated[list[VocabularyWord], Field(min_length=1, max_length=LIMITS.max_query_words)]
+
+
+class NSimilarityRequest(RequestModel):
+    ws1: Words = Field(description="One set of words.")
+    ws2: Words = Field(description="The other set.")
+    model: Model = "sg"
+
+    model_config = {"json_schema_extra": {"examples": [{"ws1": ["king", "queen"], "ws2": ["lord", "lady"]}]}}
+
+
+class DoesntMatchRequest(RequestModel):
+    words: Annotated[list[VocabularyWord], Field(min_length=2, max_length=LIMITS.max_query_words)] = Field(
+        description="The words to compare.")
+    model: Model = "sg"
+
+    model_config = {"json_schema_extra": {"examples": [{"words": ["king", "queen", "lord", "cheese"]}]}}
+
+
+class DoesntMatchResponse(BaseModel):
+    word: str = Field(description="The word furthest from the mean of them all.")
+    model: str
+
+
+class VectorsRequest(RequestModel):
+    words: Words = Field(description="The words whose vectors to give.")
+    norm: bool = Field(False, description="Unit-length vectors (gensim's get_vector(word, norm=True)).")
+    model: Model = "sg"
+
+    model_config = {"json_schema_extra": {"examples": [{"words": ["king", "queen"], "norm": True}]}}
+
+
+class WordVector(BaseModel):
+    word: str
+    vector: list[float]
+
+
+class VectorsResponse(BaseModel):
+    results: list[WordVector] = Field(description="One per word, in order.")
+    model: str
+
+
 def _require_known(vectors: WordVectors, model_id: str, words: list[str]) -> None:
     missing = vectors.missing(words)
     if missing:
@@ -94,3 +137,34 @@ async def most_similar(body: MostSimilarRequest, registry: Annotated[Registry, D
     _require_known(vectors, served.id, body.positive + body.negative)
     neighbours = await pool.run(lambda: vectors.most_similar(body.positive, body.negative, body.topn))
     return MostSimilarResponse(results=[Neighbour(word=w, score=s) for w, s in neighbours], model=served.id)
+
+
+@router.post("/n-similarity", response_model=SimilarityResponse, responses=ERRORS,
+             summary="Cosine similarity of the mean vectors of two sets of words")
+async def n_similarity(body: NSimilarityRequest, registry: Annotated[Registry, Depends(get_registry)],
+                       pool: Annotated[InferencePool, Depends(get_pool)]) -> SimilarityResponse:
+    served = registry.get(WordVectors, body.model)
+    vectors = served.pipeline
+    _require_known(vectors, served.id, body.ws1 + body.ws2)
+    score = await pool.run(lambda: vectors.n_similarity(body.ws1, body.ws2))
+    return SimilarityResponse(similarity=score, model=served.id)
+
+
+@router.post("/doesnt-match", response_model=DoesntMatchResponse, responses=ERRORS,
+             summary="Which word does not go with the others")
+async def doesnt_match(body: DoesntMatchRequest, registry: Annotated[Registry, Depends(get_registry)],
+                       pool: Annotated[InferencePool, Depends(get_pool)]) -> DoesntMatchResponse:
+    served = registry.get(WordVectors, body.model)
+    vectors = served.pipeline
+    _require_known(vectors, served.id, body.words)
+    word = await pool.run(lambda: vectors.doesnt_match(body.words))
+    return DoesntMatchResponse(word=word, model=served.id)
+
+
+@router.post("/vectors", response_model=VectorsResponse, responses=ERRORS, summary="The vectors of given words")
+async def word_vectors(body: VectorsRequest, registry: Annotated[Registry, Depends(get_registry)]) -> VectorsResponse:
+    served = registry.get(WordVectors, body.model)
+    vectors = served.pipeline
+    _require_known(vectors, served.id, body.words)
+    return VectorsResponse(results=[WordVector(word=w, vector=vectors.get_vector(w, norm=body.norm).tolist())
+                                    for w in body.words], model=served.id)

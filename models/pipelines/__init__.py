@@ -1,11 +1,12 @@
 """Pipelines: a model with what it needs to answer one kind of question, in the shape callers use.
 
 Each module holds one capability: ``word_vectors`` (gensim's verbs), ``translation`` (and
-``attention_image``, its heatmaps), ``fill_mask``, ``next_sentence``, ``text_generation``,
-``classification``, and ``attention_maps`` (every layer's and head's attention of the Transformers).
+``attention_image``, its heatmaps), ``fill_mask``, ``next_sentence``, ``text_generation`` (and ``chat``, a
+conversation rendered as a play script), ``classification``, ``embedding`` (served by word2vec and BERT),
+``attention_maps`` (every layer's and head's attention of BERT, GPT and the Transformer translator).
 A model file in ``models/`` builds and loads the network; a pipeline tokenizes, checks input
-(``InvalidInput`` for what the model cannot take), runs the network and shapes its answer.
-``load`` gives every pipeline a checkpoint serves.
+(``InvalidInput`` for what the model cannot take), runs the network and shapes its answer. ``load`` gives
+every pipeline a checkpoint serves.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from models.checkpoint import Checkpoint
 from models.pipelines import classification, text_generation, translation, word_vectors
 from models.pipelines.attention_maps import AttentionMaps, BertAttention, GPTAttention, TranslatorAttention
 from models.pipelines.classification import TextClassifier
+from models.pipelines.embedding import SentenceEmbedder, TextEmbedder
 from models.pipelines.fill_mask import FillMask
 from models.pipelines.next_sentence import NextSentence
 from models.pipelines.text_generation import TextGenerator
@@ -27,14 +29,17 @@ from models.pipelines.word_vectors import WordVectors
 from models.tokenizers import load_text_tokenizer
 from models.transformer import Transformer
 
-Pipeline = WordVectors | Translator | FillMask | NextSentence | TextGenerator | TextClassifier | AttentionMaps
+Pipeline = (WordVectors | Translator | FillMask | NextSentence | TextGenerator | TextClassifier | SentenceEmbedder
+            | AttentionMaps)
 
 
-def _bert(checkpoint: Checkpoint, device: torch.device) -> tuple[FillMask, NextSentence, AttentionMaps]:
-    """Both of BERT's pretraining heads and its attention, sharing one loaded model."""
+def _bert(checkpoint: Checkpoint, device: torch.device) -> tuple[FillMask, NextSentence, SentenceEmbedder,
+                                                                 AttentionMaps]:
+    """Both of BERT's pretraining heads, its encoder as an embedder, and its attention, sharing one loaded
+    model."""
     model, tokenizer = bert.load(checkpoint, device), bert.load_tokenizer(checkpoint)
-    return FillMask(model, tokenizer, device), NextSentence(model, tokenizer, device), BertAttention(model, tokenizer,
-                                                                                                   device)
+    return (FillMask(model, tokenizer, device), NextSentence(model, tokenizer, device),
+            SentenceEmbedder(model, tokenizer, device), BertAttention(model, tokenizer, device))
 
 
 def _gpt(checkpoint: Checkpoint, device: torch.device) -> tuple[TextGenerator, AttentionMaps]:
@@ -50,19 +55,19 @@ def _seq2seq(checkpoint: Checkpoint, device: torch.device) -> tuple[Translator] 
     return (translator, TranslatorAttention(translator)) if isinstance(translator.model, Transformer) else (translator,)
 
 
-# family -> the pipelines its checkpoints serve (some of them: a seq2seq model has attention maps only as a
-# Transformer), and how to load them
-PIPELINES: dict[str, tuple[tuple[type[Pipeline], ...], Callable[[Checkpoint, torch.device], tuple[Pipeline, ...]]]] = {
-    "word2vec": ((WordVectors,), lambda c, d: (word_vectors.load(c, d),)),
+# family -> the kinds of pipeline its checkpoints serve (word2vec's WordVectors is also its TextEmbedder; a
+# seq2seq model has attention maps only as a Transformer), and how to load them
+PIPELINES: dict[str, tuple[tuple[type, ...], Callable[[Checkpoint, torch.device], tuple[Pipeline, ...]]]] = {
+    "word2vec": ((WordVectors, TextEmbedder), lambda c, d: (word_vectors.load(c, d),)),
     "seq2seq": ((Translator, AttentionMaps), _seq2seq),
-    "bert": ((FillMask, NextSentence, AttentionMaps), _bert),
+    "bert": ((FillMask, NextSentence, TextEmbedder, AttentionMaps), _bert),
     "gpt": ((TextGenerator, AttentionMaps), _gpt),
     "lm": ((TextGenerator,), lambda c, d: (text_generation.load(c, d),)),
     "classifier": ((TextClassifier,), lambda c, d: (classification.load(c, d),)),
 }
 
 
-def families_serving(kind: type[Pipeline]) -> tuple[str, ...]:
+def families_serving(kind: type) -> tuple[str, ...]:
     """The checkpoint families whose models answer as ``kind``."""
     return tuple(family for family, (kinds, _) in PIPELINES.items() if kind in kinds)
 

@@ -172,7 +172,7 @@ class GPTAttention(AttentionMaps):
         self.check_length(len(ids))
         modules = [block.attn for block in self.model.blocks]
         recorder = AttentionRecorder([modules[i] for i in layers])
-        self.model(torch.tensor([ids], device=self.model.wte.weight.device), recorder=recorder)
+        self.model.hidden_states(torch.tensor([ids], device=self.model.wte.weight.device), recorder=recorder)
         tokens = [self.tokenizer.decode([i]) for i in ids]
         return Attention(tokens, layers, heads, {"self": AttentionMap("self", tokens, tokens,
                                                                       _selected(recorder, modules, layers, heads))})

@@ -51,6 +51,27 @@ class Completions:
         self.completion_tokens = sum(r.tokens for r in self.results)
 
 
+@dataclass
+class TokenLogprobs:
+    """How likely a language model finds each token of a text, in OpenAI's completion ``logprobs`` shape.
+
+    ``token_logprobs[t]`` is log P(token t | tokens before it), and ``top_logprobs[t]`` the most likely
+    tokens at that position with theirs, the token itself always among them; both are None for the first
+    token, which has nothing before it. ``text_offset[t]`` is where token t begins, in characters of the
+    text.
+    """
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+    def since(self, start: int) -> TokenLogprobs:
+        """The entries from token ``start`` on (offsets still count from the text's beginning)."""
+        return TokenLogprobs(self.tokens[start:], self.token_logprobs[start:], self.top_logprobs[start:],
+                             self.text_offset[start:])
+
+
 class Collector:
     """Adds up a stream's pieces into one ``Completion`` per sample, however the pieces arrive."""
 
@@ -81,11 +102,53 @@ class TextGenerator:
         # The most characters one token decodes to: with max_new_tokens, it bounds a reply's length.
         self.longest_token = max(len(tokenizer.decode([i])) for i in range(tokenizer.vocab_size))
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt)
+    @property
+    def context(self) -> int | None:
+        """The most tokens the model reads at once (a GPT's positions); None for a recurrent model."""
+        return getattr(self._model.config, "block_size", None)
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        """A prompt's token ids: text is encoded, ids are checked against the vocabulary."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else self.check_ids(prompt)
         if not ids:
             raise InvalidInput("the prompt encodes to no tokens")
         return ids
+
+    def check_ids(self, ids: list[int]) -> list[int]:
+        outside = [i for i in ids if not 0 <= i < self.tokenizer.vocab_size]
+        if outside:
+            raise InvalidInput(f"token id {outside[0]} is outside the vocabulary (ids 0 to "
+                               f"{self.tokenizer.vocab_size - 1})")
+        return ids
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token as text on its own (a token holding part of a UTF-8 character shows U+FFFD)."""
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def text_offsets(self, ids: list[int]) -> list[int]:
+        """Where each token begins in the decoded text, in characters: the characters begun before it."""
+        offsets, characters = [], 0
+        for token_id in ids:
+            offsets.append(characters)
+            characters += sum(1 for b in self.tokenizer.token_bytes(token_id) if b & 0xC0 != 0x80)
+        return offsets
+
+    @torch.no_grad()
+    def score(self, ids: list[int], top: int) -> TokenLogprobs:
+        """The log-probability of each token after those before it, and the ``top`` likeliest tokens at each
+        position, from one forward pass over ``ids``: the model's own distribution, before any sampling
+        control, whatever decoding would have done."""
+        self.check_ids(ids)
+        logprobs = torch.log_softmax(self._model.next_token_logits(ids)[:-1].float(), dim=-1).cpu()
+        following = torch.tensor(ids[1:], dtype=torch.long)
+        chosen = logprobs.gather(1, following[:, None])[:, 0].tolist()
+        best_values, best_ids = logprobs.topk(min(top, logprobs.size(-1)), dim=-1)
+        tokens = self.token_texts(ids)
+        top_logprobs: list[dict[str, float] | None] = [None]
+        for t, (values, candidates) in enumerate(zip(best_values.tolist(), best_ids.tolist(), strict=True)):
+            alternatives = dict(zip(self.token_texts(candidates), values, strict=True))
+            top_logprobs.append({**alternatives, tokens[t + 1]: chosen[t]})
+        return TokenLogprobs(tokens, [None, *chosen], top_logprobs, self.text_offsets(ids))
 
     @torch.no_grad()
     def stream(self, prompt: str | list[int], params: SamplingParams) -> Iterator[Piece]:

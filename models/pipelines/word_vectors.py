@@ -1,4 +1,10 @@
-"""Trained word vectors with the verbs gensim's ``KeyedVectors`` users know."""
+"""Trained word vectors with the verbs gensim's ``KeyedVectors`` users know, and text embeddings from them.
+
+A text's embedding is the mean of its words' unit vectors, scaled to unit length: the words are those of
+the training corpus's word unit (``models.tokenizers.words``: lower-cased, inner apostrophes kept), and a
+word outside the vocabulary is skipped, as gensim's ``get_mean_vector(..., ignore_missing=True)`` skips it;
+a text with no word in the vocabulary has no embedding (``InvalidInput``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ import torch
 
 from models import word2vec
 from models.checkpoint import Checkpoint
-from models.tokenizers import WordVocab
+from models.pipelines.errors import InvalidInput
+from models.tokenizers import WordVocab, words
 
 
 class WordVectors:
@@ -40,6 +47,10 @@ class WordVectors:
     def __getitem__(self, word: str) -> np.ndarray:
         return self.vectors[self.vocab.stoi[word]]
 
+    def get_vector(self, word: str, norm: bool = False) -> np.ndarray:
+        """A word's vector; with ``norm``, scaled to unit length."""
+        return (self.unit_vectors if norm else self.vectors)[self.vocab.stoi[word]]
+
     def similarity(self, word_a: str, word_b: str) -> float:
         """Cosine similarity of two words' vectors."""
         a = self.unit_vectors[self.vocab.stoi[word_a]]
@@ -68,12 +79,65 @@ class WordVectors:
         best = best[np.argsort(-scores[best])]
         return [(self.vocab.itos[i], float(scores[i])) for i in best]
 
-    def save_word2vec_format(self, path: Path) -> None:
-        """The word2vec text format: a ``count dim`` header, then ``word v1 v2 ...`` per line."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(f"{len(self.vocab)} {self.vector_size}\n")
+    def get_mean_vector(self, keys: list[str], pre_normalize: bool = True, post_normalize: bool = False) -> np.ndarray:
+        """The mean of the words' vectors (their unit vectors with ``pre_normalize``), scaled to unit length
+        with ``post_normalize``: gensim's verb, its defaults included."""
+        return self._mean([self.vocab.stoi[w] for w in keys], pre_normalize, post_normalize)
+
+    def _mean(self, ids: list[int], pre_normalize: bool, post_normalize: bool) -> np.ndarray:
+        mean = (self.unit_vectors if pre_normalize else self.vectors)[ids].mean(axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12) if post_normalize else mean
+
+    def n_similarity(self, ws1: list[str], ws2: list[str]) -> float:
+        """Cosine similarity of the mean vectors of two sets of words."""
+        mean1 = self.get_mean_vector(ws1, pre_normalize=False, post_normalize=True)
+        mean2 = self.get_mean_vector(ws2, pre_normalize=False, post_normalize=True)
+        return float(mean1 @ mean2)
+
+    def doesnt_match(self, words: list[str]) -> str:
+        """The word furthest from the mean of them all (cosine to the mean of their unit vectors)."""
+        ids = [self.vocab.stoi[w] for w in words]
+        mean = self.get_mean_vector(words, post_normalize=True)
+        distances = self.unit_vectors[ids] @ mean
+        return min(zip(distances.tolist(), words, strict=True))[1]
+
+    # ---- embeddings: a text in, one unit vector out (models.pipelines.embedding.TextEmbedder) ----------
+
+    @property
+    def dimensions(self) -> int:
+        return self.vector_size
+
+    def encode(self, text: str | list[int]) -> list[int]:
+        """The vocabulary ids of a text's words, unknown words skipped; given ids (a word's row in the
+        vocabulary, as ``export word2vec`` writes them) are checked."""
+        if isinstance(text, str):
+            ids = self.vocab.encode(words(text))
+            if not ids:
+                raise InvalidInput("no word of the text is in the vocabulary, so it has no embedding")
+            return ids
+        outside = [i for i in text if not 0 <= i < len(self.vocab)]
+        if outside:
+            raise InvalidInput(f"word id {outside[0]} is outside the vocabulary (ids 0 to {len(self.vocab) - 1})")
+        return text
+
+    def embed_encoded(self, texts: list[list[int]]) -> list[np.ndarray]:
+        """Each text's embedding: the mean of its words' unit vectors, scaled to unit length."""
+        return [self._mean(ids, pre_normalize=True, post_normalize=True) for ids in texts]
+
+    # ---- files gensim reads ----------------------------------------------------------------------------
+
+    def save_word2vec_format(self, path: Path, binary: bool = False) -> None:
+        """The word2vec format (``KeyedVectors.load_word2vec_format(path, binary=...)`` reads it): a
+        ``count dim`` header line, then per word either ``word v1 v2 ...`` as text, or, ``binary``, the word,
+        a space and its ``dim`` little-endian float32 values, each record ending in a newline as the original
+        word2vec.c writes it."""
+        with open(path, "wb") as f:
+            f.write(f"{len(self.vocab)} {self.vector_size}\n".encode())
             for word, vector in zip(self.vocab.itos, self.vectors, strict=True):
-                f.write(word + " " + " ".join(f"{x:.6f}" for x in vector) + "\n")
+                if binary:
+                    f.write(word.encode() + b" " + vector.astype("<f4").tobytes() + b"\n")
+                else:
+                    f.write((word + " " + " ".join(f"{x:.6f}" for x in vector) + "\n").encode())
 
 
 def load(checkpoint: Checkpoint, device: torch.device | None = None) -> WordVectors:
