@@ -35,12 +35,19 @@ checkpoints: install
 serve: checkpoints
 	CHECKPOINT_DIR=$(CHECKPOINT_DIR) HOST=$(HOST) PORT=$(PORT) $(PY) -m app
 
-# The playground test drives Debian's chromium (with a CJK font for the translation panel); install them
-# where apt can (as root), never fail where not.
+# The playground test drives Debian's chromium, with a CJK font for the translation panel: installed with apt
+# (as root) when missing; where that cannot be done, stop and say what to install.
+BROWSER_PACKAGES := chromium fonts-wqy-zenhei
 browser:
-	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei) \
-		|| echo "chromium unavailable: the browser test will skip"
+	@if command -v chromium >/dev/null && fc-list :lang=zh family | grep -q .; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "make test: the browser test needs Debian's chromium and a CJK font; apt-get is not available here," \
+			"so install chromium and a CJK font ($(BROWSER_PACKAGES) on Debian) by hand" >&2; exit 1; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "make test: the browser test needs $(BROWSER_PACKAGES); run 'sudo apt-get install $(BROWSER_PACKAGES)'" \
+			"or run make test as root" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) \
+		|| { echo "make test: apt-get could not install $(BROWSER_PACKAGES) (see its message above)" >&2; exit 1; }
 
 test: install-dev browser
 	$(PY) -m pytest

@@ -152,6 +152,11 @@ class Registry:
         checkpoint = load_checkpoint(path)
         if checkpoint.id != path.name:
             raise CheckpointError(f"directory {path.name} holds checkpoint id {checkpoint.id!r}")
+        try:
+            loaded = pipelines.load(checkpoint, self.device)
+        except KeyError as e:  # a loader reads config keys and tensors by name: say which one is absent
+            raise CheckpointError(f"{path.name}: missing {e} (a config.json key or a tensor the "
+                                  f"{checkpoint.family} loader reads)") from e
         config = checkpoint.config
         return LoadedModel(
             id=checkpoint.id,
@@ -161,7 +166,7 @@ class Registry:
             config=config,
             metrics=checkpoint.metrics,
             parameters=sum(t.numel() for t in checkpoint.state_dict.values()),
-            pipelines=pipelines.load(checkpoint, self.device),
+            pipelines=loaded,
         )
 
     @property

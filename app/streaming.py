@@ -4,7 +4,8 @@ The pipeline's own stream (``TextGenerator.stream``) is pulled in the inference 
 time. Between pulls the route looks again: past ``REQUEST_TIMEOUT`` the generation ends (504, or an error
 event in a stream), and a client that has gone away stops it after the current pull instead of costing
 the rest. A stream is admitted before its 200 is sent (429 otherwise), holds its place until its last
-event, and always ends with ``data: [DONE]``, after an error event if something failed on the way.
+event, and always ends with ``data: [DONE]``, after an error event if something failed on the way (the text
+decoded before a fault is sent first).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -47,15 +49,27 @@ class Deadline:
         return left
 
 
-def _pull(stream: Iterator[Piece], seconds: float) -> tuple[list[Piece], bool]:
-    """Pieces from the generator for up to ``seconds`` (at least one); True once it is exhausted."""
+@dataclass
+class Pull:
+    """What one pull got: its pieces, whether the generator is exhausted, and the fault that ended it, if any."""
+
+    pieces: list[Piece]
+    done: bool
+    fault: Exception | None = None
+
+
+def _pull(stream: Iterator[Piece], seconds: float) -> Pull:
+    """Pieces from the generator for up to ``seconds`` (at least one, unless it fails first)."""
     until = time.monotonic() + seconds
     pieces: list[Piece] = []
-    for piece in stream:
-        pieces.append(piece)
-        if time.monotonic() >= until:
-            return pieces, False
-    return pieces, True
+    try:
+        for piece in stream:
+            pieces.append(piece)
+            if time.monotonic() >= until:
+                return Pull(pieces, done=False)
+    except Exception as e:  # the pieces decoded before a fault are still sent, then the fault
+        return Pull(pieces, done=True, fault=e)
+    return Pull(pieces, done=True)
 
 
 async def pieces(request: Request, pool: InferencePool, generator: TextGenerator, prompt_ids: list[int],
@@ -64,10 +78,12 @@ async def pieces(request: Request, pool: InferencePool, generator: TextGenerator
     the client leaves. The caller holds the request's admission."""
     stream = generator.stream(prompt_ids, params)
     while True:
-        batch, done = await pool.call(lambda: _pull(stream, PULL_SECONDS), timeout=deadline.remaining())
-        for piece in batch:
+        pulled = await pool.call(lambda: _pull(stream, PULL_SECONDS), timeout=deadline.remaining())
+        for piece in pulled.pieces:
             yield piece
-        if done:
+        if pulled.fault is not None:
+            raise pulled.fault
+        if pulled.done:
             return
         if await request.is_disconnected():
             log.info("client disconnected; generation stopped")

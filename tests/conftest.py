@@ -5,7 +5,10 @@ The server is uvicorn in a subprocess on a free loopback port, started once per 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,8 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+# The test-only dependencies (the `dev` extra) are all needed: a missing one stops the run, saying so.
+if missing := [name for name in ("httpx", "playwright", "schemathesis", "openai")
+               if importlib.util.find_spec(name) is None]:
+    raise pytest.UsageError(f"the tests need {', '.join(missing)}: install them with `pip install -e '.[dev]'` "
+                            "(or run `make test`)")
+
+import httpx  # noqa: E402 - after the check above
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +41,61 @@ def run_training(*args: str, timeout: float = 900) -> subprocess.CompletedProces
     if result.returncode != 0:
         pytest.fail(f"python -m training {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def copy_checkpoint(source: Path, root: Path, checkpoint_id: str, *, name: str | None = None,
+                    config: Callable[[dict], dict] | None = None,
+                    weights: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> Path:
+    """The checkpoint at ``source`` copied to ``root/checkpoint_id`` under that id (and ``name``), its config
+    and weights passed through ``config`` and ``weights`` when given."""
+    target = root / checkpoint_id
+    shutil.copytree(source, target)
+    config_path = target / "config.json"
+    values = {**json.loads(config_path.read_text()), "id": checkpoint_id}
+    if name is not None:
+        values["name"] = name
+    config_path.write_text(json.dumps(config(values) if config else values))
+    if weights:
+        path = target / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in weights(load_file(path)).items()}, path)
+    return target
+
+
+def assert_same_answer(batched: Any, alone: Any) -> None:
+    """Equal structures, floats within tolerance (a padded pass may round differently)."""
+    if isinstance(alone, float):
+        assert batched == pytest.approx(alone, abs=1e-5)
+    elif isinstance(alone, dict):
+        assert batched.keys() == alone.keys()
+        for key in alone:
+            assert_same_answer(batched[key], alone[key])
+    elif isinstance(alone, list):
+        assert len(batched) == len(alone)
+        for b, a in zip(batched, alone, strict=True):
+            assert_same_answer(b, a)
+    else:
+        assert batched == alone
+
+
+def wait_until(condition: Callable[[], bool], message: str, timeout: float = 60) -> None:
+    """Return once ``condition()`` holds; fail with ``message`` if it still does not after ``timeout`` seconds.
+
+    The deadline is generous on purpose: two shared cores can stall any step for seconds, and a test that
+    waits on a condition costs only the time the condition takes.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:g} s: {message}")
+        time.sleep(0.05)
+
+
+def gauge(base_url: str, name: str) -> float:
+    """The value of an unlabelled gauge on the service's /metrics."""
+    for line in httpx.get(base_url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} missing from /metrics")
 
 
 class Interrupted(Exception):
@@ -115,11 +182,17 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of the real service with every tiny checkpoint loaded."""
+def live_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real service with every tiny checkpoint loaded (its log is read by some tests)."""
     srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "server.log")
-    yield srv.url
+    yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(live_server: Server) -> str:
+    """Base URL of the real service with every tiny checkpoint loaded."""
+    return live_server.url
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +208,33 @@ def empty_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
     srv = Server(empty, tmp_path_factory.mktemp("logs") / "empty-server.log")
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         yield c
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service with tight limits: a 1 s REQUEST_TIMEOUT, one inference at a time and none waiting, CORS
+    for one origin, and up to 8,192 new tokens, 256 prompts a completion and replies of 8 MB, so that one request
+    can ask for far more than a second's work (8 samples of 8,192 tokens take the tiny GPT about 8 s of one idle
+    core).
+
+    It serves the GPT, the LSTM language model, word2vec-sg, and ``gpt-faulty``: the GPT with its position
+    embeddings made NaN from position 16 on, so that sampling fails part-way through a text.
+    """
+    root = tmp_path_factory.mktemp("strict-checkpoints")
+    for name in ("gpt", "lm-lstm", "word2vec-sg"):
+        (root / name).symlink_to(checkpoint_dir / name)
+
+    def nan_from_16(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tensors["wpe.weight"][16:] = float("nan")
+        return tensors
+
+    copy_checkpoint(checkpoint_dir / "gpt", root, "gpt-faulty", name="faulty", weights=nan_from_16)
+    srv = Server(root, tmp_path_factory.mktemp("logs") / "strict-server.log", REQUEST_TIMEOUT="1",
+                 MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="0", MAX_NEW_TOKENS="8192", MAX_PROMPTS="256",
+                 MAX_RESPONSE_BYTES="8000000",
+                 CORS_ORIGINS='["http://playground.example"]')
+    yield srv
     srv.stop()
 
 

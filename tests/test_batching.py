@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +20,7 @@ from models.classifier import ARCHITECTURES, SubwordEncoder, WordEncoder, build_
 from models.pipelines import FillMask, TextClassifier
 from training.bert import train_tokenizer
 
-from .conftest import Server
+from .conftest import Server, assert_same_answer
 
 LINES = [f"line {i} of the play, with words such as love and death and {w}" for i, w in
          enumerate(["king", "queen", "lord", "lady", "fool", "sword", "crown", "night"] * 8)]
@@ -40,22 +40,6 @@ def fill(tokenizer) -> FillMask:
                         ffn_dim=64)
     torch.manual_seed(0)
     return FillMask(BertForPreTraining(config), tokenizer, torch.device("cpu"))
-
-
-def assert_same_answer(batched: Any, alone: Any) -> None:
-    """Equal structures, floats within tolerance (a padded pass may round differently)."""
-    if isinstance(alone, float):
-        assert batched == pytest.approx(alone, abs=1e-5)
-    elif isinstance(alone, dict):
-        assert batched.keys() == alone.keys()
-        for key in alone:
-            assert_same_answer(batched[key], alone[key])
-    elif isinstance(alone, list):
-        assert len(batched) == len(alone)
-        for b, a in zip(batched, alone, strict=True):
-            assert_same_answer(b, a)
-    else:
-        assert batched == alone
 
 
 # ---- the batched model entry points --------------------------------------------------------------
@@ -163,44 +147,62 @@ def test_a_failing_input_fails_only_its_own_request():
     asyncio.run(scenario())
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+async def eventually(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Return once ``condition()`` holds; a generous deadline, as two shared cores can stall for seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "the condition did not come true in time"
         await asyncio.sleep(0.01)
 
 
-def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
-    calls: list[list[str]] = []
+class Gate:
+    """Holds each batched pass that contains a "slow" item until the test lets one through."""
 
-    def predict(items: list[str]) -> list[str]:
-        calls.append(items)
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.passes = threading.Semaphore(0)
+
+    def predict(self, items: list[str]) -> list[str]:
+        self.calls.append(items)
         if "slow" in items:
-            time.sleep(0.3)
+            assert self.passes.acquire(timeout=60), "the test never let the pass through"
         return upper(items)
+
+    def let_one_through(self) -> None:
+        self.passes.release()
+
+
+def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
+    gate = Gate()
 
     async def scenario() -> None:
         pool = InferencePool(max_concurrent=1, max_queued=8, timeout=5)
-        batcher = Batcher(predict, pool, max_size=8, wait=0, observe=lambda n: None)
+        batcher = Batcher(gate.predict, pool, max_size=8, wait=0, observe=lambda n: None)
         # Cancelled while waiting for the busy worker: it is left out of the next batch.
         slow = asyncio.create_task(batcher.submit(inputs("slow")))
-        await eventually(lambda: len(calls) == 1)
+        await eventually(lambda: len(gate.calls) == 1)
         gives_up, stays = (asyncio.create_task(batcher.submit(inputs(text))) for text in ("gives up", "stays"))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: pool.admitted == 3)  # both wait behind the slow pass
         gives_up.cancel()
+        await eventually(gives_up.done)
+        gate.let_one_through()
         assert await slow == ["SLOW"] and await stays == ["STAYS"]
-        assert calls == [["slow"], ["stays"]]
+        assert gate.calls == [["slow"], ["stays"]]
         # Cancelled while its batch runs: the others of the batch still get their answers.
         leaves, gets = (asyncio.create_task(batcher.submit(inputs(text))) for text in ("slow", "gets"))
-        await eventually(lambda: len(calls) == 3)
+        await eventually(lambda: len(gate.calls) == 3)
         leaves.cancel()
+        await eventually(leaves.done)
+        gate.let_one_through()
         assert await gets == ["GETS"] and leaves.cancelled()
-        assert calls[2] == ["slow", "gets"]
+        assert gate.calls[2] == ["slow", "gets"]
         check_released(pool)
         # Past the timeout: 504, and the worker slot is back once the pass ends.
         pool.timeout = 0.1
         with pytest.raises(InferenceTimeout):
             await batcher.submit(inputs("slow"))
+        assert pool.limiter.borrowed_tokens == 1  # the pass is still held at the gate
+        gate.let_one_through()
         await eventually(lambda: pool.limiter.borrowed_tokens == 0)
         check_released(pool)
 
@@ -208,15 +210,16 @@ def test_requests_that_give_up_leave_the_batch_and_capacity_intact():
 
 
 def test_requests_past_capacity_are_429_while_a_batch_runs():
-    def predict(items: list[str]) -> list[str]:
-        time.sleep(0.1)
-        return upper(items)
+    gate = Gate()
 
     async def scenario() -> None:
         pool = InferencePool(max_concurrent=1, max_queued=1, timeout=5)
-        batcher = Batcher(predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
-        answers = await asyncio.gather(*(batcher.submit(inputs(t)) for t in "abc"), return_exceptions=True)
-        assert answers[:2] == [["A"], ["B"]] and isinstance(answers[2], OverCapacity)
+        batcher = Batcher(gate.predict, pool, max_size=8, wait=0.05, observe=lambda n: None)
+        first, second, third = (asyncio.create_task(batcher.submit(inputs(t))) for t in ("slow", "b", "c"))
+        await eventually(third.done)
+        assert isinstance(third.exception(), OverCapacity)
+        gate.let_one_through()
+        assert await first == ["SLOW"] and await second == ["B"]
         check_released(pool)
 
     asyncio.run(scenario())

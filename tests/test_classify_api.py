@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
 from models.catalog import CATALOG
 
+from . import reference
+
 PASSAGE = ("KING HENRY: Once more unto the breach, dear friends, once more; or close the wall up with our "
            "English dead. In peace there's nothing so becomes a man as modest stillness and humility.")
 GENRES = {"comedy", "history", "tragedy"}
 WORD_MODELS = ["mlp", "cnn", "rnn", "lstm", "gru"]
+CANDIDATES = [
+    PASSAGE,
+    "ROSALIND: All the world's a stage, and all the men and women merely players.",
+    "HAMLET: To be, or not to be, that is the question.",
+    "FOOL: Nuncle, a fool",
+    "my lord, the king is dead, and all his soldiers fled",
+    "O Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name.",
+    "Good mistress, wed him, and be merry with the jest and the song.",
+    "The crown, the crown! My kingdom for a horse, and the field of battle.",
+    "Murder most foul, the ghost of my father, and the poison, and the grave.",
+]
 
 
 def trained_classifiers() -> list[str]:
@@ -35,13 +50,6 @@ def test_classify_one_text_gives_a_label_and_genre_probabilities(client: httpx.C
     assert result["label"] == max(probabilities, key=probabilities.get)
 
 
-def test_classify_many_texts_answers_each_in_order(client: httpx.Client) -> None:
-    texts = [PASSAGE, "ROSALIND: All the world's a stage", PASSAGE]
-    body = client.post("/v1/classify", json={"texts": texts, "model": "lstm"}).json()
-    assert len(body["results"]) == 3
-    assert body["results"][0] == body["results"][2]  # same text, same answer (no dropout at inference)
-
-
 def test_batched_and_single_answers_agree(client: httpx.Client) -> None:
     short = "FOOL: Nuncle, a fool"
     alone = client.post("/v1/classify", json={"text": short, "model": "cnn"}).json()["results"][0]
@@ -49,6 +57,36 @@ def test_batched_and_single_answers_agree(client: httpx.Client) -> None:
     assert batched["label"] == alone["label"]
     for genre in GENRES:
         assert batched["probabilities"][genre] == pytest.approx(alone["probabilities"][genre], abs=1e-5)
+
+
+def three_different_answers(expected: dict[str, dict[str, float]]) -> list[str]:
+    """Three candidate texts whose answers differ: as many different labels as the model gives, then texts
+    whose probabilities differ from those already chosen."""
+    chosen: list[str] = []
+    for text in CANDIDATES:  # first one text per label
+        label = max(expected[text], key=expected[text].get)
+        if all(max(expected[c], key=expected[c].get) != label for c in chosen):
+            chosen.append(text)
+    for text in CANDIDATES:
+        far = all(max(abs(expected[text][g] - expected[c][g]) for g in GENRES) > 1e-3 for c in chosen)
+        if len(chosen) < 3 and far:
+            chosen.append(text)
+    assert len(chosen) == 3, "the candidates gave fewer than three different answers"
+    return chosen[:3]
+
+
+@pytest.mark.parametrize("model", trained_classifiers())
+def test_a_batch_answers_each_position_as_that_text_alone_and_as_the_checkpoint_does(
+        client: httpx.Client, checkpoint_dir: Path, model: str) -> None:
+    local = reference.text_classifier(checkpoint_dir, f"clf-{model}")
+    expected = {text: reference.class_probabilities(local, text) for text in CANDIDATES}
+    texts = three_different_answers(expected)
+    batch = client.post("/v1/classify", json={"texts": texts, "model": model}).json()["results"]
+    for text, result in zip(texts, batch, strict=True):
+        alone = client.post("/v1/classify", json={"text": text, "model": model}).json()["results"][0]
+        assert result["label"] == alone["label"] == max(expected[text], key=expected[text].get)
+        assert result["probabilities"] == pytest.approx(expected[text], abs=1e-5)
+        assert alone["probabilities"] == pytest.approx(expected[text], abs=1e-5)
 
 
 def test_text_without_known_words_still_gets_an_answer(client: httpx.Client) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,18 @@ def test_gpt_on_two_processes_stopped_and_resumed_repeats_the_uninterrupted_run(
     assert history(tmp_path, "gpt")["step"] == list(range(1, 13))
     assert gpt_losses(tmp_path) == pytest.approx(gpt_losses(gpt_two), abs=1e-6)
     assert load_checkpoint(tmp_path / "gpt").metrics["steps"] == 12
+
+
+def test_gpt_state_saved_by_two_processes_resumes_on_one(tmp_path: Path, plays: Path, gpt_two: Path) -> None:
+    """Another number of processes continues the same batch stream (each process draws fresh dropout)."""
+    out = tmp_path / "out"
+    shutil.copytree(gpt_two, out)
+    train(ONE, "gpt", out, *GPT, "--corpus", str(plays), "--max-steps", "16", "--resume")
+    resumed = history(out, "gpt")
+    assert resumed["step"] == list(range(1, 17))
+    assert resumed["loss"][:12] == gpt_losses(gpt_two)
+    checkpoint = load_checkpoint(out / "gpt")
+    assert checkpoint.metrics["steps"] == 16 and checkpoint.config["training"]["world_size"] == 1
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import pytest
 
 from models.checkpoint import read_config
 
+from . import reference
+
 
 @pytest.fixture(scope="module")
 def max_position(checkpoint_dir: Path) -> int:
@@ -65,7 +67,8 @@ def test_targets_restrict_the_candidates(client: httpx.Client):
     items = response.json()["predictions"][0]
     _check_items(items, 3)
     assert {item["token_str"] for item in items} == {"thou", "the", "and"}  # lower-cased like the vocabulary
-    fewer = _fill(client, text="wherefore art [MASK] Romeo?", targets=["thou", "the", "and"], top_k=1).json()
+    fewer = _fill(client, text="O Romeo, Romeo, wherefore art [MASK] Romeo?", targets=["thou", "the", "and"],
+                  top_k=1).json()
     assert len(fewer["predictions"][0]) == 1
     assert fewer["predictions"][0][0]["token_str"] == items[0]["token_str"]
 
@@ -85,6 +88,29 @@ def test_next_sentence_gives_a_probability(client: httpx.Client):
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == "bert" and 0.0 <= body["is_next_probability"] <= 1.0
+
+
+def test_next_sentence_is_the_nsp_heads_probability_for_the_pair_in_its_order(client: httpx.Client,
+                                                                              checkpoint_dir: Path):
+    model = reference.fill_mask_model(checkpoint_dir)
+    first, second = "But, soft! what light breaks?", "It is the east."
+    expected = {(a, b): reference.is_next_probability(model, a, b) for a, b in ((first, second), (second, first))}
+    assert abs(expected[first, second] - expected[second, first]) > 1e-3  # the order matters to the model
+    for (a, b), probability in expected.items():
+        body = client.post("/v1/next-sentence", json={"text_a": a, "text_b": b}).json()
+        assert body == {"is_next_probability": pytest.approx(probability, abs=1e-5), "model": "bert"}
+
+
+def test_fill_mask_scores_are_the_mlm_heads_probabilities(client: httpx.Client, checkpoint_dir: Path):
+    model = reference.fill_mask_model(checkpoint_dir)
+    text = "My [MASK] is as boundless as the [MASK]."
+    expected = reference.mask_probabilities(model, text)
+    body = client.post("/v1/fill-mask", json={"text": text, "top_k": 4}).json()
+    assert len(body["predictions"]) == len(expected) == 2
+    for items, probabilities in zip(body["predictions"], expected, strict=True):
+        best = probabilities.topk(4)
+        assert [item["token"] for item in items] == best.indices.tolist()
+        assert [item["score"] for item in items] == pytest.approx(best.values.tolist(), abs=1e-5)
 
 
 def test_text_without_a_mask_is_422_saying_so(client: httpx.Client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from training import loop, text
 from training.cli import build_parser
 from training.common import weight_decay_groups
 
+from . import reference
 from .conftest import ROOT, interrupted_after_saving
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
@@ -270,6 +272,55 @@ def scripted(text: str, eos: bool = False) -> TextGenerator:
     return TextGenerator(ScriptedModel(script, tokenizer.vocab_size), tokenizer)
 
 
+class PreferenceSession:
+    """Stand-in rows over a few letter tokens ranked a fixed way, each row preferring its own script's next
+    token: a repetition penalty (dividing a seen token's positive logit) decides between them."""
+
+    def __init__(self, scripts: list[list[int]], letters: list[int], vocab: int):
+        self.scripts, self.letters, self.vocab, self.position = scripts, letters, vocab, 0
+
+    def logits(self) -> torch.Tensor:
+        out = torch.full((len(self.scripts), self.vocab), -10.0)
+        out[:, self.letters] = torch.linspace(2.0, 1.0, len(self.letters))
+        for row, script in enumerate(self.scripts):
+            out[row, script[min(self.position, len(script) - 1)]] = 3.5
+        return out
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.position += 1
+        return self.logits()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.scripts = [self.scripts[r] for r in rows.tolist()]
+
+
+class PreferenceModel:
+    def __init__(self, scripts: list[list[int]], letters: list[int], vocab: int):
+        self.scripts, self.letters, self.vocab = scripts, letters, vocab
+
+    def start(self, prompt: list[int], rows: int) -> tuple[PreferenceSession, torch.Tensor]:
+        session = PreferenceSession(self.scripts, self.letters, self.vocab)
+        return session, session.logits()
+
+
+def test_dropping_a_finished_sample_keeps_each_other_samples_repetition_history() -> None:
+    tokenizer = ByteBPETokenizer.train([TEXT], vocab_size=300)
+    letters = [tokenizer.encode(c)[0] for c in "abcdefgh"]
+    a, b, c = letters[:3]
+    short, long = [a, tokenizer.eos_id], [b, b, c, b, b, c, b, b]
+
+    def preferring(*scripts: list[int]) -> TextGenerator:
+        return TextGenerator(PreferenceModel(list(scripts), letters, tokenizer.vocab_size), tokenizer)
+
+    penalised = SamplingParams(max_new_tokens=8, temperature=0.0, repetition_penalty=3.0)
+    together = preferring(short, long).generate("x", dataclasses.replace(penalised, n=2)).results
+    alone = preferring(long).generate("x", penalised).results
+    assert (together[0].text, together[0].finish_reason) == ("a", "stop")  # dropped after its second token
+    assert together[1] == alone[0]
+    unpenalised = preferring(long).generate("x", dataclasses.replace(penalised, repetition_penalty=1.0)).results
+    assert unpenalised[0].text != alone[0].text  # the penalty (so each row's own history) decides the text
+
+
 def test_generator_finish_reasons_and_usage() -> None:
     generator = scripted("one two three four")
     out = generator.generate("x", SamplingParams(max_new_tokens=50, stop=(" three",), n=2))
@@ -282,16 +333,20 @@ def test_generator_finish_reasons_and_usage() -> None:
     assert ended.results[0].text == "one two" and ended.results[0].finish_reason == "stop"
 
 
-def test_stream_pieces_add_up_to_the_generated_text() -> None:
-    model = small(vocab_size=CharTokenizer.train([TEXT]).vocab_size)
-    generator = TextGenerator(model, CharTokenizer.train([TEXT]))
-    params = SamplingParams(max_new_tokens=40, seed=3, stop=("\n\n",))
-    pieces = list(generator.stream("ROMEO:", params))
-    whole = generator.generate("ROMEO:", params).results[0]
-    assert "".join(p.text for p in pieces) == whole.text
-    assert pieces[-1].finish_reason == whole.finish_reason
-    other = generator.generate("ROMEO:", SamplingParams(max_new_tokens=40, seed=4)).results[0]
-    assert other.text != whole.text
+def test_streamed_greedy_text_is_greedy_decoding_by_full_recomputation() -> None:
+    tokenizer = CharTokenizer.train([TEXT])
+    model = small(vocab_size=tokenizer.vocab_size)  # 32 positions: prompt and output fit, so nothing is cut
+    recomputed = reference.LanguageModel(tokenizer, lambda ids: model(torch.tensor([ids]))[0][0, -1],
+                                         tokenizer.eos_id)
+    expected, tokens, _ = reference.greedy_continuation(recomputed, "ROMEO:", 24)
+    generator = TextGenerator(model, tokenizer)
+    pieces = list(generator.stream("ROMEO:", SamplingParams(max_new_tokens=24, temperature=0.0)))
+    assert "".join(p.text for p in pieces) == expected
+    assert (pieces[-1].finish_reason, pieces[-1].tokens) == ("length", tokens)
+    stop = expected[10:12]
+    cut = list(generator.stream("ROMEO:", SamplingParams(max_new_tokens=24, temperature=0.0, stop=(stop,))))
+    assert "".join(p.text for p in cut) == expected[:expected.find(stop)]
+    assert cut[-1].finish_reason == "stop"
 
 
 # ---- tokenizers ------------------------------------------------------------------------------------

@@ -67,16 +67,6 @@ def test_all_missing_trains_again_only_what_an_earlier_recipe_made(checkpoint_di
     assert load_checkpoint(tmp_path / "lm-gru").config["created"] == kept
 
 
-def test_resume_without_a_state_or_from_another_format_is_an_error_not_a_traceback(tmp_path: Path, capsys):
-    command = ["lm", "--cell", "rnn", "--profile", "tiny", "--out", str(tmp_path), "--resume"]
-    assert main(command) == 2
-    assert "no training state" in capsys.readouterr().err
-    state_dir(tmp_path, "lm-rnn").mkdir()
-    torch.save({"format": 1, "step": 3}, state_dir(tmp_path, "lm-rnn") / "state.pt")
-    assert main(command) == 2
-    assert "has format 1, expected 2" in capsys.readouterr().err
-
-
 def labeled(path: Path) -> Path:
     rng = random.Random(0)
     rows = []

@@ -9,17 +9,21 @@ import json
 import shutil
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from app.inference import InferencePool, InferenceTimeout, OverCapacity
 
-from .conftest import ROOT, Server
+from . import reference
+from .conftest import API_KEY, ROOT, Server, copy_checkpoint, gauge, wait_until
 
 
 @pytest.fixture
@@ -27,20 +31,16 @@ def logs(tmp_path: Path) -> Path:
     return tmp_path / "server.log"
 
 
-def test_api_key_guards_v1_routes_only(checkpoint_dir: Path, logs: Path):
-    server = Server(checkpoint_dir, logs, API_KEY="s3cret")
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            assert c.get("/v1/models").status_code == 401
-            assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
-            response = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"})
-            assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
-            assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-            assert c.post("/v1/admin/reload").status_code == 401
-            for open_path in ("/", "/health", "/ready", "/metrics", "/docs", "/openapi.json"):
-                assert c.get(open_path).status_code == 200, open_path
-    finally:
-        server.stop()
+def test_api_key_guards_v1_routes_only(keyed_server: str):
+    with httpx.Client(base_url=keyed_server, timeout=30) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        response = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"})
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert c.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+        assert c.post("/v1/admin/reload").status_code == 401
+        for open_path in ("/", "/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+            assert c.get(open_path).status_code == 200, open_path
 
 
 def test_idle_keep_alive_connections_outlive_the_clients_expiry(server: str):
@@ -63,11 +63,6 @@ def test_idle_keep_alive_connections_outlive_the_clients_expiry(server: str):
         connection.close()
 
 
-def _admitted(c: httpx.Client) -> float:
-    [line] = [line for line in c.get("/metrics").text.splitlines() if line.startswith("lineage_inferences_admitted ")]
-    return float(line.split()[1])
-
-
 def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Path):
     server = Server(checkpoint_dir, logs)
     try:
@@ -75,9 +70,8 @@ def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Pa
             # Long enough to be caught running: eight samples of the most tokens a request may ask for.
             body = {"prompt": "ROMEO:", "max_new_tokens": 512, "n": 8, "seed": 0}
             reply = background.submit(c.post, "/v1/generate", json=body)
-            deadline = time.monotonic() + 30
-            while _admitted(c) < 1 and not reply.done() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: gauge(server.url, "lineage_inferences_admitted") == 1 or reply.done(),
+                       "the generation never started")
             assert not reply.done(), "the generation ended before the shutdown could start"
             server.process.send_signal(signal.SIGTERM)
             response = reply.result(timeout=60)
@@ -89,6 +83,54 @@ def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Pa
                 c.get("/health")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("trace-42", True),
+    ("x" * 128, True),
+    ("x" * 129, False),  # too long
+    ("two\twords", False),  # not printable
+    ("next\x85line", False),  # a C1 control character, which HTTP parsers let through
+    ("", False),
+])
+def test_a_request_id_is_echoed_only_when_short_and_printable(live_server: Server, given: str, kept: bool):
+    connection = http.client.HTTPConnection("127.0.0.1", live_server.port, timeout=30)
+    try:
+        connection.request("GET", "/v1/models", headers={"X-Request-ID": given})
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    echoed = response.getheader("x-request-id")
+    if kept:
+        assert echoed == given
+    else:
+        assert len(echoed) == 32 and all(c in "0123456789abcdef" for c in echoed)
+    wait_until(lambda: f'"request_id": "{echoed}"' in live_server.log_path.read_text(),
+               "the access log has no line with the request id sent back")
+
+
+def test_cors_answers_the_configured_origin_only(strict_server: Server, server: str):
+    allowed, other = "http://playground.example", "http://elsewhere.example"
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type,authorization"}
+    path = "/v1/word2vec/similarity"
+    body = {"word_a": "king", "word_b": "queen"}
+    with httpx.Client(base_url=strict_server.url, timeout=30) as c:
+        response = c.options(path, headers={**preflight, "Origin": allowed})
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == allowed
+        assert "POST" in response.headers["access-control-allow-methods"]
+        assert "authorization" in response.headers["access-control-allow-headers"].lower()
+        response = c.options(path, headers={**preflight, "Origin": other})
+        assert response.status_code == 400 and "access-control-allow-origin" not in response.headers
+        response = c.post(path, json=body, headers={"Origin": allowed})
+        assert response.status_code == 200 and response.headers["access-control-allow-origin"] == allowed
+        response = c.post(path, json=body, headers={"Origin": other})
+        assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+    with httpx.Client(base_url=server, timeout=30) as c:  # CORS_ORIGINS unset: no origin is answered
+        assert "access-control-allow-origin" not in c.options(path, headers={**preflight, "Origin": allowed}).headers
+        assert "access-control-allow-origin" not in c.post(path, json=body, headers={"Origin": allowed}).headers
 
 
 def test_metrics_count_requests_by_route_status_and_model(client: httpx.Client):
@@ -116,42 +158,94 @@ def test_logs_are_json_lines_carrying_the_request_id(checkpoint_dir: Path, logs:
     assert any(r["logger"] == "app.registry" and "loaded word2vec-sg" in r["message"] for r in records)
 
 
-def _copy(source: Path, target: Path, checkpoint_id: str) -> Path:
-    shutil.copytree(source, target / checkpoint_id)
-    config_path = target / checkpoint_id / "config.json"
-    config = json.loads(config_path.read_text())
-    config["id"] = checkpoint_id
-    config_path.write_text(json.dumps(config))
-    return target / checkpoint_id
+def drop(key: str):  # noqa: ANN201 - a config transformation for copy_checkpoint
+    return lambda config: {k: v for k, v in config.items() if k != key}
 
 
-def test_bad_checkpoints_are_refused_and_the_rest_served(checkpoint_dir: Path, tmp_path: Path, logs: Path):
-    root = tmp_path / "mixed"
-    root.mkdir()
-    shutil.copytree(checkpoint_dir / "word2vec-sg", root / "word2vec-sg")
-    truncated = _copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-cbow")
-    weights = truncated / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
-    pickled = _copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-pickled")
+@pytest.fixture(scope="module")
+def odd_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service on one good word2vec checkpoint, checkpoints it must refuse, two language models that share
+    a short name, and a translation model trained without attention."""
+    root = tmp_path_factory.mktemp("odd-checkpoints")
+    source = checkpoint_dir
+    shutil.copytree(source / "word2vec-sg", root / "word2vec-sg")
+    truncated = copy_checkpoint(source / "word2vec-cbow", root, "word2vec-cbow") / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    pickled = copy_checkpoint(source / "word2vec-cbow", root, "word2vec-pickled")
     torch.save({"input_embeddings.weight": torch.zeros(3, 3)}, pickled / "model.safetensors")
-    (_copy(checkpoint_dir / "word2vec-cbow", root, "word2vec-noconfig") / "config.json").write_text("{oops")
+    (copy_checkpoint(source / "word2vec-cbow", root, "word2vec-noconfig") / "config.json").write_text("{oops")
+    (copy_checkpoint(source / "word2vec-cbow", root, "word2vec-noweights") / "model.safetensors").unlink()
+    (copy_checkpoint(source / "word2vec-cbow", root, "word2vec-badmetrics") / "metrics.json").write_text("{nope")
+    copy_checkpoint(source / "word2vec-cbow", root, "word2vec-nomodel", config=drop("model"))
+    copy_checkpoint(source / "word2vec-cbow", root, "word2vec-noarch", config=drop("architecture"))
+    copy_checkpoint(source / "gpt", root, "gpt-notokenizer", config=drop("tokenizer"))
+    copy_checkpoint(source / "word2vec-cbow", root, "word2vec-notensor", weights=lambda tensors: {})
+    copy_checkpoint(source / "word2vec-cbow", root, "word2vec-elsewhere", config=lambda c: {**c, "id": "word2vec-sg"})
+    copy_checkpoint(source / "word2vec-cbow", root, "glove-x", config=lambda c: {**c, "family": "glove"})
+    shutil.copytree(source / "lm-lstm", root / "lm-lstm")
+    copy_checkpoint(source / "gpt", root, "gpt-lstm", name="lstm")  # a GPT trained with --name lstm
+    plain = copy_checkpoint(source / "seq2seq-zh-en", root, "seq2seq-zh-en-plain", name="zh-en-plain",
+                            config=lambda c: {**c, "model": {**c["model"], "attention": "none"}})
+    weights = reference.untrained_seq2seq_weights(json.loads((plain / "config.json").read_text())["model"])
+    save_file(weights, plain / "model.safetensors")
+    server = Server(root, tmp_path_factory.mktemp("logs") / "odd-server.log")
+    yield server
+    server.stop()
 
-    server = Server(root, logs)
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            ready = c.get("/ready")
-            assert ready.status_code == 200
-            states = {s["id"]: s for s in ready.json()["checkpoints"]}
-            assert states["word2vec-sg"]["status"] == "loaded"
-            for bad in ("word2vec-cbow", "word2vec-pickled", "word2vec-noconfig"):
-                assert states[bad]["status"] == "refused" and states[bad]["reason"], bad
-            assert "model.safetensors" in states["word2vec-pickled"]["reason"]
-            assert c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).status_code == 200
-            cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
-            assert cbow.status_code == 503
-    finally:
-        server.stop()
-    assert "refused checkpoint word2vec-pickled" in logs.read_text()
+
+REFUSED = {
+    "word2vec-cbow": "cannot read model.safetensors",
+    "word2vec-pickled": "cannot read model.safetensors",
+    "word2vec-noconfig": "config.json is not valid JSON",
+    "word2vec-noweights": "no model.safetensors",
+    "word2vec-badmetrics": "metrics.json is not valid JSON",
+    "word2vec-nomodel": "missing 'model'",
+    "word2vec-noarch": "config.json is missing 'architecture'",
+    "gpt-notokenizer": "missing 'tokenizer'",
+    "word2vec-notensor": 'Missing key(s) in state_dict: "input_embeddings.weight"',
+    "word2vec-elsewhere": "directory word2vec-elsewhere holds checkpoint id 'word2vec-sg'",
+    "glove-x": "unknown family 'glove'",
+}
+
+
+def test_bad_checkpoints_are_refused_with_their_reason_and_the_rest_served(odd_server: Server):
+    with httpx.Client(base_url=odd_server.url, timeout=30) as c:
+        ready = c.get("/ready")
+        assert ready.status_code == 200
+        states = {s["id"]: s for s in ready.json()["checkpoints"]}
+        for checkpoint_id, reason in REFUSED.items():
+            assert states[checkpoint_id]["status"] == "refused", checkpoint_id
+            assert reason in states[checkpoint_id]["reason"], states[checkpoint_id]
+        for loaded in ("word2vec-sg", "lm-lstm", "gpt-lstm", "seq2seq-zh-en-plain"):
+            assert states[loaded] == {"id": loaded, "status": "loaded", "reason": None, "outdated": None}
+        served = {m["id"] for m in c.get("/v1/models").json()["data"]}
+        assert served == {"word2vec-sg", "lm-lstm", "gpt-lstm", "seq2seq-zh-en-plain"}
+        assert c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).status_code == 200
+        cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
+        assert cbow.status_code == 503
+    log = odd_server.log_path.read_text()
+    assert all(f"refused checkpoint {checkpoint_id}" in log for checkpoint_id in REFUSED)
+
+
+def test_a_name_two_language_models_share_is_422_naming_both_and_their_ids_still_work(odd_server: Server):
+    with httpx.Client(base_url=odd_server.url, timeout=60) as c:
+        response = c.post("/v1/generate", json={"prompt": "ROMEO:", "model": "lstm", "max_new_tokens": 3})
+        assert response.status_code == 422
+        assert response.json()["detail"] == "'lstm' names several language models; models that fit: gpt-lstm, lm-lstm"
+        for checkpoint_id in ("gpt-lstm", "lm-lstm"):
+            body = c.post("/v1/generate", json={"prompt": "ROMEO:", "model": checkpoint_id, "max_new_tokens": 3})
+            assert body.status_code == 200 and body.json()["model"] == checkpoint_id
+
+
+def test_a_translation_model_without_attention_translates_but_has_no_heatmap(odd_server: Server):
+    with httpx.Client(base_url=odd_server.url, timeout=60) as c:
+        request = {"text": "我们明天见。", "model": "zh-en-plain", "max_length": 5}
+        result = c.post("/v1/translate", json=request).json()["results"][0]
+        assert result["attention"] is None and len(result["target_tokens"]) <= 5
+        response = c.post("/v1/translate/attention.png", json=request)
+        assert response.status_code == 422
+        assert response.json()["detail"] == ("model 'seq2seq-zh-en-plain' was trained without attention; "
+                                             "there is nothing to draw")
 
 
 def test_ready_marks_default_checkpoints_an_earlier_recipe_trained_and_still_serves_them(checkpoint_dir: Path,
@@ -163,12 +257,13 @@ def test_ready_marks_default_checkpoints_an_earlier_recipe_trained_and_still_ser
     config = json.loads((earlier / "config.json").read_text())
     config["recipe"]["fingerprint"] = "0" * 16
     (earlier / "config.json").write_text(json.dumps(config))
-    before = _copy(checkpoint_dir / "lm-rnn", root, "lm-gru")  # a default id, as written before recipes were recorded
+    # a default id, as written before recipes were recorded
+    before = copy_checkpoint(checkpoint_dir / "lm-rnn", root, "lm-gru")
     config = json.loads((before / "config.json").read_text())
     del config["recipe"]
     config["training"] = {"profile": "tiny"}  # where those recorded their profile
     (before / "config.json").write_text(json.dumps(config))
-    _copy(checkpoint_dir / "lm-rnn", root, "lm-mine")  # not a default checkpoint: no recipe to compare with
+    copy_checkpoint(checkpoint_dir / "lm-rnn", root, "lm-mine")  # not a default checkpoint: no recipe to compare with
 
     server = Server(root, logs)
     try:
@@ -213,6 +308,88 @@ def test_reload_adds_new_models_and_keeps_old_ones_whose_update_fails(checkpoint
         server.stop()
 
 
+TEXTS = ["love and death", "the king and the queen of the play, and the fool with his crown at night", "sword"]
+
+
+def served(c: httpx.Client) -> tuple[float, list[dict]]:
+    similarity = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).json()["similarity"]
+    return similarity, c.post("/v1/classify", json={"texts": TEXTS, "model": "cnn"}).json()["results"]
+
+
+def expected(root: Path) -> tuple[float, list[dict]]:
+    classifier = reference.text_classifier(root, "clf-cnn")
+    return (reference.cosine(reference.word_vectors(root, "word2vec-sg"), "king", "queen"),
+            [reference.class_probabilities(classifier, text) for text in TEXTS])
+
+
+def assert_serves(c: httpx.Client, root: Path) -> None:
+    similarity, results = served(c)
+    cosine, probabilities = expected(root)
+    assert similarity == pytest.approx(cosine, abs=1e-5)
+    assert [r["probabilities"] for r in results] == [pytest.approx(p, abs=1e-5) for p in probabilities]
+
+
+def test_reload_drops_deleted_checkpoints_and_serves_new_weights_through_new_batchers(checkpoint_dir: Path,
+                                                                                       tmp_path: Path, logs: Path):
+    root = tmp_path / "live"
+    for checkpoint_id in ("word2vec-sg", "word2vec-cbow", "clf-cnn"):
+        shutil.copytree(checkpoint_dir / checkpoint_id, root / checkpoint_id)
+    server = Server(root, logs)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert_serves(c, root)  # the classifier's batcher now exists
+            before = served(c)
+            shutil.rmtree(root / "word2vec-cbow")
+            # Other weights under the same ids: CBOW's vectors as word2vec-sg, the LSTM classifier as clf-cnn.
+            for checkpoint_id, other in (("word2vec-sg", "word2vec-cbow"), ("clf-cnn", "clf-lstm")):
+                shutil.rmtree(root / checkpoint_id)
+                copy_checkpoint(checkpoint_dir / other, root, checkpoint_id, name=checkpoint_id.split("-")[1])
+            reloaded = c.post("/v1/admin/reload")
+            assert reloaded.status_code == 200
+            states = reloaded.json()["checkpoints"]
+            assert [(s["id"], s["status"], s["reason"]) for s in states] == [("clf-cnn", "loaded", None),
+                                                                             ("word2vec-sg", "loaded", None)]
+            # each now holds what another default checkpoint's recipe trained
+            assert all(s["outdated"].startswith("trained by recipe ") for s in states), states
+            assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {"clf-cnn", "word2vec-sg"}
+            cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
+            assert cbow.status_code == 503
+            assert_serves(c, root)
+            assert served(c) != before
+    finally:
+        server.stop()
+
+
+def test_a_stream_in_flight_during_a_reload_keeps_the_weights_it_started_with(checkpoint_dir: Path,
+                                                                             tmp_path: Path, logs: Path):
+    root = tmp_path / "live"
+    shutil.copytree(checkpoint_dir / "gpt", root / "gpt")
+    server = Server(root, logs, MAX_NEW_TOKENS="20000")
+    body = {"prompt": "ROMEO:\n", "seed": 5}
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            # The first 1,500 tokens of the stream below, as the weights it starts with give them (about 1 s
+            # of work on an idle core: the reload lands well inside them).
+            old = c.post("/v1/generate", json={**body, "max_new_tokens": 1500}).json()["results"][0]["text"]
+            with c.stream("POST", "/v1/generate", json={**body, "max_new_tokens": 20000, "stream": True}) as stream:
+                lines = stream.iter_lines()  # kept: a dropped iterator closes the response
+                text = json.loads(next(line for line in lines if line.startswith("data: "))[6:])["text"]
+                shutil.rmtree(root / "gpt")
+                copy_checkpoint(checkpoint_dir / "gpt", root, "gpt",
+                                weights=lambda tensors: {**tensors, "wte.weight": tensors["wte.weight"] * 2})
+                assert c.post("/v1/admin/reload").status_code == 200
+                for line in lines:
+                    if line.startswith("data: "):
+                        text += json.loads(line[6:]).get("text", "")
+                    if len(text) >= len(old):
+                        break
+            assert text[:len(old)] == old
+            new = c.post("/v1/generate", json={**body, "max_new_tokens": 1500}).json()["results"][0]["text"]
+            assert new != old
+    finally:
+        server.stop()
+
+
 def test_docker_entrypoint_serves_the_checkpoints(checkpoint_dir: Path, logs: Path):
     server = Server(checkpoint_dir, logs, command=["sh", str(ROOT / "docker" / "entrypoint.sh")],
                     PYTHON=sys.executable)
@@ -225,14 +402,17 @@ def test_docker_entrypoint_serves_the_checkpoints(checkpoint_dir: Path, logs: Pa
 
 def test_pool_answers_429_past_capacity_and_504_past_the_timeout():
     async def scenario() -> None:
-        pool = InferencePool(max_concurrent=1, max_queued=0, timeout=0.2)
+        pool = InferencePool(max_concurrent=1, max_queued=0, timeout=60)
         async with pool.slot():
             with pytest.raises(OverCapacity) as refused:
                 await pool.run(lambda: 1)
             assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "1"
         assert await pool.run(lambda: 41 + 1) == 42
+        pool.timeout = 0.2
+        release = threading.Event()  # the work never ends before the timeout: it waits for this
         with pytest.raises(InferenceTimeout) as late:
-            await pool.run(lambda: time.sleep(1.0))
+            await pool.run(lambda: release.wait(60))
+        release.set()
         assert late.value.status_code == 504
         assert pool.admitted == 0
 

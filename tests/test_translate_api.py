@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
+import torch
+
+from training.data import load_hsk_pairs
+
+from . import reference
 
 
 def assert_alignment(result: dict) -> None:
@@ -36,6 +42,47 @@ def test_translates_english_to_chinese_in_a_batch_with_beam_search(client):
     assert results[0]["source_tokens"] == ["i", "like", "tea", "."]
     for result in results:
         assert_alignment(result)
+
+
+@pytest.mark.parametrize(("direction", "texts"), [
+    ("zh-en", ["我们明天见。", "他是我的老师。", "你好", "我爱龘。"]),
+    ("en-zh", ["I like tea.", "See you tomorrow, my teacher.", "Thank you."]),
+])
+def test_each_translation_in_a_batch_is_the_models_own_greedy_decoding_of_it_alone(
+        client, checkpoint_dir: Path, direction: str, texts: list[str]):
+    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}")
+    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12})
+    assert response.status_code == 200, response.text
+    for text, result in zip(texts, response.json()["results"], strict=True):
+        tokens, attention = reference.greedy_translation(model, text, max_length=12)
+        assert result["target_tokens"] == tokens, text
+        torch.testing.assert_close(torch.tensor(result["attention"]), attention, atol=1e-4, rtol=0, msg=text)
+
+
+def beam_beats_greedy(model, texts: list[str], beam_size: int, max_length: int) -> tuple[str, list[str], list[str]]:
+    """The first text whose beam search output differs from its greedy one and scores higher, with both outputs."""
+    for text in texts:
+        greedy, _ = reference.greedy_translation(model, text, max_length)
+        beam = reference.beam_translation(model, text, beam_size, max_length, length_penalty=0.6)
+        if beam != greedy:
+            scores = [reference.translation_score(model, text, out, len(out) < max_length, length_penalty=0.6)
+                      for out in (beam, greedy)]
+            if scores[0] > scores[1]:
+                return text, beam, greedy
+    raise AssertionError("beam search agrees with greedy decoding on every candidate")
+
+
+@pytest.mark.parametrize("direction", ["zh-en", "en-zh"])
+def test_beam_search_finds_a_better_translation_than_greedy_where_they_differ(client, checkpoint_dir: Path,
+                                                                                direction: str):
+    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}")
+    candidates = [zh if direction == "zh-en" else en for zh, en in load_hsk_pairs()[:50]]
+    text, beam, greedy = beam_beats_greedy(model, candidates, beam_size=4, max_length=12)
+    request = {"text": text, "direction": direction, "max_length": 12, "length_penalty": 0.6}
+    served_beam = client.post("/v1/translate", json={**request, "beam_size": 4}).json()["results"][0]
+    served_greedy = client.post("/v1/translate", json={**request, "beam_size": 1}).json()["results"][0]
+    assert served_greedy["target_tokens"] == greedy
+    assert served_beam["target_tokens"] == beam != greedy
 
 
 def test_direction_defaults_to_chinese_to_english(client):

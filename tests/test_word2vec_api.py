@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
+
+from . import reference
 
 
 def test_health_and_ready_list_every_checkpoint(client: httpx.Client):
@@ -37,6 +41,38 @@ def test_similarity_is_a_cosine(client: httpx.Client, model: str):
     assert same.json() == {"similarity": pytest.approx(1.0, abs=1e-5), "model": f"word2vec-{model}"}
     other = client.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": model}).json()
     assert -1.0 <= other["similarity"] <= 1.0
+
+
+@pytest.mark.parametrize("model", ["sg", "cbow"])
+def test_similarity_is_the_cosine_of_the_checkpoints_vectors(client: httpx.Client, checkpoint_dir: Path, model: str):
+    vectors = reference.word_vectors(checkpoint_dir, f"word2vec-{model}")
+    pairs = [("king", "queen"), ("love", "death"), ("lord", "lady"), ("man", "sword")]
+    expected = [reference.cosine(vectors, a, b) for a, b in pairs]
+    assert len({round(e, 4) for e in expected}) == len(pairs)  # distinct values: a constant answer cannot pass
+    for (a, b), cosine in zip(pairs, expected, strict=True):
+        body = client.post("/v1/word2vec/similarity", json={"word_a": a, "word_b": b, "model": model}).json()
+        assert body == {"similarity": pytest.approx(cosine, abs=1e-5), "model": f"word2vec-{model}"}, (a, b)
+
+
+@pytest.mark.parametrize(("model", "positive", "negative"), [
+    ("sg", ["love"], []),
+    ("cbow", ["king"], []),
+    ("sg", ["king", "woman"], ["man"]),
+    ("cbow", ["lord"], ["lady", "night"]),
+])
+def test_most_similar_is_the_brute_force_nearest_neighbours(client: httpx.Client, checkpoint_dir: Path, model: str,
+                                                             positive: list[str], negative: list[str]):
+    vectors = reference.word_vectors(checkpoint_dir, f"word2vec-{model}")
+    expected = reference.nearest(vectors, positive, negative, topn=10)
+    body = client.post("/v1/word2vec/most-similar",
+                       json={"positive": positive, "negative": negative, "topn": 10, "model": model}).json()
+    served = [(r["word"], r["score"]) for r in body["results"]]
+    # Position by position the scores agree; each served word has the score the brute force gives it (so two
+    # words whose scores tie within float rounding may come in either order).
+    assert [s for _, s in served] == pytest.approx([s for _, s in expected], abs=1e-5)
+    everyone = dict(reference.nearest(vectors, positive, negative, topn=len(vectors.words)))
+    for word, score in served:
+        assert everyone[word] == pytest.approx(score, abs=1e-5), word
 
 
 def test_most_similar_excludes_query_words_and_sorts(client: httpx.Client):

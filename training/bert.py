@@ -125,22 +125,38 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
 
 def train_tokenizer(lines: Sequence[str], vocab_size: int) -> Tokenizer:
     """WordPiece on the training text, lower-cased like bert-base-uncased (a small corpus cannot spare
-    vocabulary for capitalised duplicates); specials first so [PAD] = 0."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+    vocabulary for capitalised duplicates); specials first so [PAD] = 0. The same lines give the same
+    vocabulary with the same ids every time."""
+    trained = _uncased(models.WordPiece(unk_token="[UNK]"))
+    # The trainer numbers each "##" continuation piece when it first meets it, walking the corpus's words in
+    # hash-map order, and breaks ties between equally frequent merges by those numbers, so the vocabulary
+    # differed from run to run (measured on the training plays at 8,000 tokens: 8 distinct vocabularies in
+    # 20 runs; 7 with RAYON_NUM_THREADS=1 or TOKENIZERS_PARALLELISM=false). Naming every continuation piece
+    # up front, in sorted order, numbers them the same way every time: 1 vocabulary in 20 runs.
+    words = (word for line in lines
+             for word, _ in trained.pre_tokenizer.pre_tokenize_str(trained.normalizer.normalize_str(line)))
+    continuations = sorted({f"##{c}" for word in words for c in word[1:]})
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *continuations],
                                         min_frequency=2, show_progress=False)
-    tokenizer.train_from_iterator(lines, trainer)
-    # The trainer numbers "##" pieces in hash-map order, different on every run (huggingface/tokenizers
-    # issue 1794); numbering the tokens in sorted order gives the same vocabulary the same ids every time.
-    ordered = [*SPECIAL_TOKENS, *sorted(set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS))]
-    tokenizer.model = models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]")
+    trained.train_from_iterator(lines, trainer)
+    # Built afresh (the trainer made the continuation pieces special tokens of the tokenizer it trained),
+    # numbered in sorted order so that one vocabulary always gets the same ids.
+    ordered = [*SPECIAL_TOKENS, *sorted(set(trained.get_vocab()) - set(SPECIAL_TOKENS))]
+    tokenizer = _uncased(models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]"))
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
         special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+    return tokenizer
+
+
+def _uncased(model: models.WordPiece) -> Tokenizer:
+    """``model`` behind BERT's uncased normalizer and pre-tokenizer, with the WordPiece decoder."""
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
     return tokenizer
 
 

@@ -259,8 +259,10 @@ def load_state(directory: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"--resume: no training state at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: torch raises several error types
-        raise ValueError(f"--resume: cannot read {path} ({e})") from e
+    except Exception as e:  # a truncated or foreign file: torch raises several error types, whose messages
+        # speak of torch.load's arguments (one suggests weights_only=False, which would run the file's code)
+        raise ValueError(f"--resume: {path} is not a training state ({type(e).__name__}); "
+                         "train again without --resume") from e
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"--resume: {path} has format {found!r}, expected {STATE_FORMAT}; "
