@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models import bert, classifier, gpt, rnn, seq2seq, word2vec
+from models.beam import BeamOptions
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.tokenizers import WordVocab, load_text_tokenizer
 
@@ -184,9 +185,10 @@ def untrained_seq2seq_weights(model_config: dict, seed: int = 0) -> dict[str, to
 @torch.no_grad()
 def beam_translation(model: Translator, text: str, beam_size: int, max_length: int,
                      length_penalty: float) -> list[str]:
-    """The model's own beam search on one sentence: its target tokens."""
+    """The model's own beam search on one sentence, at least one token long as the service asks: its target
+    tokens."""
     source = torch.tensor([seq2seq.encode(seq2seq.tokenize(text, model.source_language), model.source_vocab)])
-    ids, _ = model.model.beam_search(source, beam_size, max_length, length_penalty)
+    ids, _ = model.model.beam_search(source, BeamOptions(beam_size, max_length, 1, length_penalty))
     return [model.target_vocab.itos[i] for i in ids]
 
 
