@@ -5,22 +5,65 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numba import njit
 
 from models.checkpoint import load_checkpoint
 from models.pipelines.word_vectors import WordVectors, load
 from models.tokenizers import WordVocab
 from models.word2vec import Word2Vec, Word2VecConfig
-from training.word2vec import flatten, keep_probabilities, noise_table, train_block
+from training.word2vec import (
+    MAX_EXP,
+    FitOptions,
+    Sampling,
+    _draw_noise,
+    _next_random,
+    _sigmoid,
+    fit,
+    flatten,
+    keep_probabilities,
+    merge_private_rows,
+    noise_alias_tables,
+    sigmoid_table,
+    train_job,
+)
 
 from .conftest import run_training
 
 
-def test_noise_table_follows_unigram_to_three_quarters():
-    counts = np.array([1000, 100, 10, 1])
-    table = noise_table(counts, size=1_000_000)
-    observed = np.bincount(table, minlength=4) / len(table)
+def test_alias_tables_give_each_word_its_unigram_to_three_quarters_share():
+    counts = np.array([5000, 1000, 100, 10, 10, 1, 0])
+    threshold, alias = noise_alias_tables(counts)
+    # Word w owns share[w] of its own column and 1 - share[c] of every column c aliased to it.
+    share = threshold / 2.0**32
+    implied = (share + np.bincount(alias, weights=1 - share, minlength=len(counts))) / len(counts)
+    # Shares are held to 2^-32.
+    np.testing.assert_allclose(implied, counts**0.75 / (counts**0.75).sum(), rtol=0, atol=1e-9)
+
+
+@njit
+def _noise_counts(draws: int, threshold: np.ndarray, alias: np.ndarray) -> np.ndarray:
+    counts = np.zeros(threshold.shape[0], dtype=np.int64)
+    state = np.uint64(1)
+    for _ in range(draws):
+        state = _next_random(state)
+        counts[_draw_noise(state, threshold, alias)] += 1
+    return counts
+
+
+def test_compiled_noise_draws_follow_the_alias_tables():
+    counts = np.array([5000, 1000, 100, 10, 1])
+    observed = _noise_counts(2_000_000, *noise_alias_tables(counts)) / 2_000_000
     expected = counts**0.75 / (counts**0.75).sum()
-    np.testing.assert_allclose(observed, expected, atol=1e-5)
+    np.testing.assert_allclose(observed, expected, rtol=0.02, atol=1e-4)
+
+
+def test_sigmoid_table_is_within_its_resolution_of_the_sigmoid():
+    table = sigmoid_table()
+    scale = np.float32((len(table) - 1) / (2 * MAX_EXP))
+    for f in np.linspace(-10, 10, 2001, dtype=np.float32):
+        # Half a step of the table times σ's steepest slope (1/4); beyond ±MAX_EXP, σ(MAX_EXP)'s distance from 1.
+        bound = max(0.25 * MAX_EXP / (len(table) - 1), 1 / (1 + np.exp(MAX_EXP))) + 1e-6
+        assert abs(_sigmoid(f, table, scale) - 1 / (1 + np.exp(-float(f)))) <= bound, f
 
 
 def test_subsampling_drops_frequent_words_and_keeps_rare_ones():
@@ -33,11 +76,12 @@ def test_subsampling_drops_frequent_words_and_keeps_rare_ones():
     assert np.all(keep_probabilities(counts, sample=0) == 1.0)
 
 
-def _one_update(mode: str) -> tuple[Word2Vec, Word2Vec]:
-    """The compiled loop on the sentence [0, 1] (window 1, one negative always word 2) and the same
-    two updates done as SGD steps on Word2Vec.forward's loss through autograd."""
+def _one_update(mode: str, private_rows: int) -> tuple[Word2Vec, Word2Vec]:
+    """The compiled loop on the sentence [0, 1, 2] (window 1, one negative always word 3), with the
+    output vectors of words below ``private_rows`` in a thread's private copy merged afterwards, and
+    the same updates done as SGD steps on Word2Vec.forward's loss through autograd."""
     torch.manual_seed(0)
-    config = Word2VecConfig(vocab_size=3, dim=8, mode=mode, window=1, negative=1, sample=0)
+    config = Word2VecConfig(vocab_size=4, dim=8, mode=mode, window=1, negative=1, sample=0)
     compiled = Word2Vec(config)
     torch.nn.init.normal_(compiled.output_embeddings.weight, std=0.3)
     torch.nn.init.normal_(compiled.input_embeddings.weight, std=0.3)
@@ -45,29 +89,61 @@ def _one_update(mode: str) -> tuple[Word2Vec, Word2Vec]:
     reference.load_state_dict(compiled.state_dict())
 
     alpha = 0.1
-    corpus = np.array([0, 1], dtype=np.int32)
-    starts = np.array([0, 2], dtype=np.int64)
-    train_block(compiled.input_embeddings.weight.data.numpy(), compiled.output_embeddings.weight.data.numpy(),
-                corpus, starts, np.ones(3, np.float32), np.array([2], np.int32), mode == "cbow", 1, 1,
-                alpha, alpha, 0, 2, np.array([1], np.uint64))
+    corpus = np.array([0, 1, 2], dtype=np.int32)
+    starts = np.array([0, 3], dtype=np.int64)
+    # Every word kept, noise word 3 alone, and a table fine enough that σ is exact to 1e-6.
+    sampling = Sampling.build(np.array([0, 0, 0, 1]), sample=0)._replace(sigmoid=sigmoid_table(1_000_001))
+    w_out = compiled.output_embeddings.weight.data.numpy()
+    private_out = w_out[:private_rows].copy()
+    start = private_out.copy()
+    train_job(compiled.input_embeddings.weight.data.numpy(), w_out, private_out, corpus, starts, sampling,
+              mode == "cbow", 1, 1, alpha, alpha, np.uint64(1))
+    merge_private_rows(w_out[:private_rows], private_out, start)
 
-    # Position 0 then position 1; skip-gram's input is the context word, predicting the centre.
-    for centre, context in ((0, 1), (1, 0)):
+    def sgd_step(inputs: torch.Tensor, centre: int, input_scale: float = 1.0) -> None:
         reference.zero_grad()
-        inputs = torch.tensor([context]) if mode == "sg" else torch.tensor([[context]])
-        loss = reference(inputs, torch.tensor([centre]), torch.tensor([[2]]))
-        loss.backward()
+        reference(inputs, torch.tensor([centre]), torch.tensor([[3]])).backward()
         with torch.no_grad():
-            for p in reference.parameters():
-                p -= alpha * p.grad
+            reference.output_embeddings.weight -= alpha * reference.output_embeddings.weight.grad
+            reference.input_embeddings.weight -= alpha * input_scale * reference.input_embeddings.weight.grad
+
+    for centre, contexts in ((0, [1]), (1, [0, 2]), (2, [1])):
+        if mode == "sg":  # each context word's input vector predicts the centre, one pair at a time
+            for context in contexts:
+                sgd_step(torch.tensor([context]), centre)
+        else:  # the mean predicts the centre; each context vector takes h's whole step, as in the reference code
+            sgd_step(torch.tensor([contexts]), centre, input_scale=len(contexts))
     return compiled, reference
 
 
+@pytest.mark.parametrize("private_rows", [0, 2])
 @pytest.mark.parametrize("mode", ["sg", "cbow"])
-def test_compiled_update_is_the_gradient_step_of_the_objective(mode):
-    compiled, reference = _one_update(mode)
+def test_compiled_update_is_the_gradient_step_of_the_objective(mode, private_rows):
+    compiled, reference = _one_update(mode, private_rows)
     for (name, a), (_, b) in zip(compiled.state_dict().items(), reference.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_merge_adds_a_jobs_changes_to_the_shared_rows_and_refreshes_the_threads_copy():
+    shared = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=np.float32)  # another thread moved row 0
+    start = np.array([[0.5, 2.0], [3.0, 4.0]], dtype=np.float32)
+    private = np.array([[1.0, 2.0], [3.0, 3.0]], dtype=np.float32)  # this job moved rows 0 and 1
+    merge_private_rows(shared[:2], private, start)
+    np.testing.assert_array_equal(shared, [[1.5, 2.0], [3.0, 3.0], [5.0, 6.0]])
+    np.testing.assert_array_equal(private, shared[:2])
+    np.testing.assert_array_equal(start, shared[:2])
+
+
+def test_two_workers_merge_every_threads_private_output_rows_into_the_model():
+    vocab = WordVocab.build([["the", "cat", "sat", "on", "the", "mat"]] * 400, min_count=1)
+    sentences = [["the", "cat", "sat", "on", "the", "mat"], ["the", "mat", "sat", "on", "the", "cat"]] * 3000
+    corpus, starts = flatten(vocab, sentences)
+    model = Word2Vec(Word2VecConfig(vocab_size=len(vocab), dim=16, window=2, negative=2, sample=0))
+    with torch.no_grad():
+        figures = fit(model, corpus, starts, np.array(vocab.counts), FitOptions(epochs=2, alpha=0.025, workers=2))
+    # Output vectors start at zero, and every word's is in the threads' private copies (5 rows < 4 MB).
+    assert torch.all(model.output_embeddings.weight.abs().sum(dim=1) > 0)
+    assert figures["effective_words"] == 2 * len(corpus)
 
 
 def test_flatten_drops_unknown_words_and_marks_sentence_starts():
