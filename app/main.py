@@ -22,6 +22,7 @@ from app.middleware import ApiKeyMiddleware, BodySizeLimitMiddleware, RequestIdM
 from app.observability import Metrics, ObservabilityMiddleware
 from app.registry import Registry, get_registry
 from app.routers import (
+    attention,
     chat,
     classify,
     completions,
@@ -118,7 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(system.router)
     for router in (system.v1_router, word2vec.router, generate.router, completions.router, chat.router,
-                   tokenize.router, embeddings.router, fill_mask.router, translate.router, classify.router):
+                   tokenize.router, embeddings.router, fill_mask.router, translate.router, classify.router,
+                   attention.router):
         app.include_router(router, dependencies=protected)
     return app
 

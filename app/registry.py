@@ -25,6 +25,7 @@ from models import pipelines
 from models.catalog import CATALOG, ID_PREFIXES, family_of, outdated, train_command
 from models.checkpoint import CheckpointError, find_checkpoints, load_checkpoint
 from models.pipelines import (
+    AttentionMaps,
     FillMask,
     NextSentence,
     Pipeline,
@@ -37,13 +38,15 @@ from models.pipelines import (
 
 log = logging.getLogger("app.registry")
 
-P = TypeVar("P", WordVectors, Translator, FillMask, NextSentence, TextGenerator, TextClassifier, TextEmbedder)
+P = TypeVar("P", WordVectors, Translator, FillMask, NextSentence, TextGenerator, TextClassifier, TextEmbedder,
+              AttentionMaps)
 
 # What a route calls the models it takes, in its error messages.
 NOUNS: dict[type, str] = {
     WordVectors: "word2vec model", Translator: "translation model", FillMask: "fill-mask model",
     NextSentence: "next-sentence model", TextGenerator: "language model", TextClassifier: "classifier",
     TextEmbedder: "embedding model",
+    AttentionMaps: "model with self-attention",
 }
 
 
@@ -193,8 +196,11 @@ class Registry:
             note_model(model.id)
             return Served(model.id, pipeline)
         families = pipelines.families_serving(kind)
-        self._raise_if_known(name, families)
         other = next((m for m in models if m.names(name)), None)
+        if other is not None and other.family in families:  # a family only some of whose models answer this
+            raise WrongModel(f"model '{name}' is not a {NOUNS[kind]}: {other.id} is a {other.architecture}",
+                             [m.id for m, _ in fitting])
+        self._raise_if_known(name, families)
         if other is not None:
             raise WrongModel(f"model '{name}' is not a {NOUNS[kind]}: {other.id} is a {other.family} model",
                              [m.id for m, _ in fitting])

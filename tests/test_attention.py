@@ -12,11 +12,15 @@ import torch
 from models.attention import AttentionRecorder, CrossAttention, SelfAttention, causal_mask, scaled_dot_product
 from models.bert import BertConfig, BertForPreTraining
 from models.gpt import GPT, GPTConfig, KVCache
+from models.seq2seq import BOS_ID, PAD_ID
+from models.transformer import Transformer, TransformerConfig
 
 torch.set_num_threads(1)
 
 BERT = BertConfig(vocab_size=50, max_position=16, dim=32, n_layers=2, n_heads=4, ffn_dim=64, dropout=0.0)
 GPT_CONFIG = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32)
+TRANSLATOR = TransformerConfig(source_vocab_size=30, target_vocab_size=40, dim=32, n_layers=2, n_heads=4, ffn_dim=64,
+                               dropout=0.0)
 
 
 def by_hand(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -155,3 +159,36 @@ def test_bert_and_gpt_keep_their_parameter_names() -> None:
     gpt = GPT(GPT_CONFIG).state_dict()
     assert {k: tuple(v.shape) for k, v in gpt.items() if k.startswith("blocks.0.attn.")} == {
         "blocks.0.attn.c_attn.weight": (96, 32), "blocks.0.attn.c_proj.weight": (32, 32)}
+
+
+def test_the_translator_returns_every_layers_weights_without_changing_its_output() -> None:
+    """Encoder self-attention, the decoder's causal self-attention and its attention over the source, each
+    recorded in the same forward pass whose logits equal the fused path's, and each softmax(QKᵀ/√d + M)."""
+    torch.manual_seed(0)
+    model = Transformer(TRANSLATOR).eval()
+    source = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, PAD_ID, PAD_ID]])
+    target = torch.tensor([[BOS_ID, 13, 14, 15, 16], [BOS_ID, 17, 18, 19, 20]])
+    plain, _ = model(source, target)
+    recorder = AttentionRecorder()
+    recorded, _ = model(source, target, recorder=recorder)
+    torch.testing.assert_close(recorded, plain, atol=1e-5, rtol=1e-5)
+    encoder, decoder = model.encoder[1], model.decoder[1]
+    inputs: dict[str, torch.Tensor] = {}
+    encoder.self_attention.register_forward_pre_hook(lambda _, args: inputs.update(encoder=args[0]))
+    decoder.self_attention.register_forward_pre_hook(lambda _, args: inputs.update(decoder=args[0]))
+    decoder.cross_attention.register_forward_pre_hook(lambda _, args: inputs.update(cross=args[0], memory=args[1]))
+    model(source, target)
+    keep = (source != PAD_ID)[:, None, None, :]
+    q, k, _ = encoder.self_attention.qkv(inputs["encoder"]).split(TRANSLATOR.dim, dim=2)
+    torch.testing.assert_close(recorder.of(encoder.self_attention), by_hand(heads(q, 4), heads(k, 4), keep),
+                               atol=1e-5, rtol=1e-5)
+    q, k, _ = decoder.self_attention.qkv(inputs["decoder"]).split(TRANSLATOR.dim, dim=2)
+    weights = recorder.of(decoder.self_attention)
+    torch.testing.assert_close(weights, by_hand(heads(q, 4), heads(k, 4), causal_mask(4, 4, q.device)),
+                               atol=1e-5, rtol=1e-5)
+    assert torch.all(weights.triu(diagonal=1) == 0)
+    q = heads(decoder.cross_attention.q(inputs["cross"]), 4)
+    memory_keys, _ = inputs["memory"]
+    cross = recorder.of(decoder.cross_attention)
+    torch.testing.assert_close(cross, by_hand(q, memory_keys, keep), atol=1e-5, rtol=1e-5)
+    assert torch.all(cross[1, :, :, 3:] == 0)

@@ -104,7 +104,7 @@ NUMBER_FIELDS = {"/v1/word2vec/most-similar": "topn", "/v1/translate": "beam_siz
                  "/v1/generate": "temperature", "/v1/completions": "top_p"}
 TEXT_FIELDS = {"/v1/word2vec/similarity": "word_a", "/v1/translate": "texts", "/v1/translate/attention.png": "text",
                "/v1/fill-mask": "text", "/v1/next-sentence": "text_b", "/v1/classify": "texts",
-               "/v1/generate": "prompt", "/v1/completions": "prompt"}
+               "/v1/generate": "prompt", "/v1/completions": "prompt", "/v1/attention": "text_b"}
 
 
 @pytest.mark.parametrize("route", [r for r in ROUTES if r.path in NUMBER_FIELDS and not r.body.get("stream")],

@@ -165,6 +165,53 @@ def classification(page: Page) -> None:
     assert bar_labels(page, "#clf-results")[0] == label  # bars are ranked, the winner first
 
 
+def hover_weights(page: Page, query: int) -> list[list[float]]:
+    """Hover the ``query``-th token on the left; each token on the right's weights, one per head shown."""
+    page.hover(f"#att-view .att-queries li:nth-child({query + 1})")
+    expect(page.locator("#att-view")).to_have_attribute("data-query", str(query))
+    weights = page.locator("#att-view .att-keys li").evaluate_all("items => items.map(i => i.dataset.weights)")
+    return [[float(w) for w in item.split(",")] for item in weights]
+
+
+def attention_view(page: Page) -> None:
+    page.select_option("#att-model", "bert")
+    page.fill("#att-text", "To be, or not to be.")
+    page.fill("#att-text-b", "That is the question.")
+    body = submit(page, "attention-form", "/v1/attention")
+    tokens = body["tokens"]
+    assert page.locator("#att-view .att-queries li").all_inner_texts() == tokens
+    assert page.locator("#att-view .att-keys li").all_inner_texts() == tokens
+    page.select_option("#att-layer", "1")
+    page.select_option("#att-head", "all")
+    expected = [[body["attention"][1][h][3][k] for h in range(len(body["heads"]))] for k in range(len(tokens))]
+    assert hover_weights(page, 3) == expected  # exactly the numbers the API sent
+    page.select_option("#att-head", "0")
+    assert hover_weights(page, 5) == [[row] for row in body["attention"][1][0][5]]
+    expect(page.locator("#att-view .att-keys li.segment-1").first).to_have_text(tokens[body["segment_ids"].index(1)])
+
+    page.select_option("#att-model", "gpt")
+    expect(page.locator("#att-text-b-label")).to_be_hidden()
+    page.fill("#att-text", "ROMEO:\nBut soft")
+    body = submit(page, "attention-form", "/v1/attention")
+    page.select_option("#att-layer", "0")
+    page.select_option("#att-head", "1")
+    shown = hover_weights(page, 2)
+    assert shown == [[w] for w in body["attention"][0][1][2]]
+    assert all(w == [0] for w in shown[3:])  # causal: nothing after the hovered token
+
+    page.select_option("#att-model", "seq2seq-zh-en-transformer")
+    page.fill("#att-text", "我们明天见。")
+    body = submit(page, "attention-form", "/v1/attention")
+    expect(page.locator("#att-meta")).to_contain_text(body["model"])
+    page.select_option("#att-kind", "cross")
+    page.select_option("#att-head", "all")
+    assert page.locator("#att-view .att-queries li").all_inner_texts() == body["target_tokens"]
+    assert page.locator("#att-view .att-keys li").all_inner_texts() == body["tokens"]
+    heads = range(len(body["heads"]))
+    assert hover_weights(page, 0) == [[body["cross_attention"][0][h][0][k] for h in heads]
+                                      for k in range(len(body["tokens"]))]
+
+
 PANELS: dict[str, Callable[[Page], None]] = {
     "similar words": similar_words,
     "translation": translation,
@@ -172,6 +219,7 @@ PANELS: dict[str, Callable[[Page], None]] = {
     "next sentence": next_sentence,
     "generation": generation,
     "classification": classification,
+    "attention": attention_view,
 }
 
 

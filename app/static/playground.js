@@ -316,6 +316,144 @@ handle($("#classify-form"), async () => {
   $("#clf-results").replaceChildren(...ranked.map(([label, p]) => barRow(label, p, percent(p), label === result.label)));
 });
 
+// ---- inside the attention: every layer and head, hover a token to see where it looks -------------------
+
+// One colour per head (Tableau's ten), as in bertviz's head view: with all heads shown, each draws its own.
+const HEAD_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+  "#9c755f", "#bab0ac"];
+const TOKEN_HEIGHT = 24; // pixels per token row: the lines between the columns are drawn at these heights
+const LINE_GAP = 150; // pixels between the two columns of tokens
+
+let attentionReply = null; // the last /v1/attention answer
+
+// The attentions a reply holds, each with its queries (left column) and keys (right column).
+function attentionKinds(body) {
+  if (!body.cross_attention) {
+    return { self: { label: "self-attention", queries: body.tokens, keys: body.tokens, maps: body.attention } };
+  }
+  return {
+    encoder: { label: "encoder self-attention", queries: body.tokens, keys: body.tokens, maps: body.attention },
+    decoder: { label: "decoder self-attention", queries: body.target_tokens, keys: body.decoder_tokens,
+      maps: body.decoder_attention },
+    cross: { label: "cross-attention (target → source)", queries: body.target_tokens, keys: body.tokens,
+      maps: body.cross_attention },
+  };
+}
+
+function fillOptions(select, options) {
+  const current = select.value;
+  select.replaceChildren(...options.map(([value, text]) => element("option", { value, text })));
+  if (options.some(([value]) => value === current)) select.value = current;
+}
+
+function svgElement(tag, attributes) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
+// The heads on show: one, or every head of the reply ("all").
+function shownHeads() {
+  const choice = $("#att-head").value;
+  return choice === "all" ? attentionReply.heads.map((_, h) => h) : [Number(choice)];
+}
+
+function headColour(h) {
+  return HEAD_COLOURS[attentionReply.heads[h] % HEAD_COLOURS.length];
+}
+
+// Lay out the chosen attention as two columns of tokens with the lines between them; hovering a token on
+// the left highlights its attention (highlightAttention) without rebuilding the columns.
+function drawAttention() {
+  const kind = attentionKinds(attentionReply)[$("#att-kind").value];
+  const heads = shownHeads();
+  const rows = Math.max(kind.queries.length, kind.keys.length);
+  const segment = (tokens, i) => (attentionReply.segment_ids && tokens === attentionReply.tokens
+    ? ` segment-${attentionReply.segment_ids[i]}` : "");
+  const column = (tokens, side, label) => element("ol", { class: `att-column att-${side}`, "aria-label": label },
+    ...tokens.map((token, i) => element("li", { class: `att-token${segment(tokens, i)}`, "data-index": i, text: token })));
+  const queries = column(kind.queries, "queries", "Tokens attending (hover one)");
+  const keys = column(kind.keys, "keys", "Tokens attended to");
+  const lines = svgElement("svg", { class: "att-lines", width: LINE_GAP, height: rows * TOKEN_HEIGHT,
+    "aria-hidden": "true" });
+  for (const item of queries.children) {
+    item.addEventListener("mouseenter", () => highlightAttention(Number(item.dataset.index)));
+  }
+  queries.addEventListener("mouseleave", () => highlightAttention(null));
+  const legend = heads.length > 1 ? element("p", { class: "meta att-legend" }, ...heads.map((h) => element("span",
+    { class: "att-swatch", style: `--swatch: ${headColour(h)}`, text: `head ${attentionReply.heads[h]}` }))) : "";
+  $("#att-view").replaceChildren(element("div", { class: "att-columns", style: `--token-height: ${TOKEN_HEIGHT}px` },
+    queries, lines, keys), legend);
+  highlightAttention(null);
+}
+
+// Show where token `query` of the left column looks (every token at once, lighter, for null): one line per
+// head to each token on the right, as opaque as its weight, and the weights on the right-hand tokens.
+function highlightAttention(query) {
+  const kind = attentionKinds(attentionReply)[$("#att-kind").value];
+  const layer = kind.maps[Number($("#att-layer").value)];
+  const heads = shownHeads();
+  const view = $("#att-view");
+  const lines = $(".att-lines", view);
+  const drawn = query === null ? kind.queries.map((_, q) => q) : [query];
+  const faint = query === null ? 0.35 : 1;
+  lines.replaceChildren(...drawn.flatMap((q) => heads.flatMap((h) => layer[h][q].flatMap((weight, k) => (
+    weight < 0.01 ? [] : [svgElement("line", { x1: 2, y1: (q + 0.5) * TOKEN_HEIGHT, x2: LINE_GAP - 2,
+      y2: (k + 0.5) * TOKEN_HEIGHT, stroke: headColour(h), "stroke-width": 2,
+      "stroke-opacity": (weight * faint).toFixed(3) })])))));
+  view.querySelectorAll(".att-queries li").forEach((item, q) => item.classList.toggle("active", q === query));
+  view.querySelectorAll(".att-keys li").forEach((item, k) => {
+    item.classList.remove("dark");
+    if (query === null) {
+      delete item.dataset.weights;
+      item.removeAttribute("title");
+      item.style.background = "";
+      return;
+    }
+    const weights = heads.map((h) => layer[h][query][k]);
+    item.dataset.weights = weights.join(",");
+    item.title = heads.map((h, i) => `head ${attentionReply.heads[h]}: ${weights[i].toFixed(3)}`).join(" · ");
+    item.style.background = heads.length === 1 ? attentionColour(weights[0])
+      : `linear-gradient(to right, ${heads.map((h, i) => {
+        const alpha = Math.round(255 * Math.min(1, weights[i])).toString(16).padStart(2, "0");
+        return `${headColour(h)}${alpha} ${(100 * i) / heads.length}% ${(100 * (i + 1)) / heads.length}%`;
+      }).join(", ")})`;
+    if (heads.length === 1 && weights[0] > 0.6) item.classList.add("dark");
+  });
+  view.dataset.query = query === null ? "" : String(query);
+}
+
+function showAttentionControls() {
+  const kinds = attentionKinds(attentionReply);
+  fillOptions($("#att-kind"), Object.entries(kinds).map(([name, kind]) => [name, kind.label]));
+  fillOptions($("#att-layer"), attentionReply.layers.map((layer, i) => [String(i), `layer ${layer}`]));
+  fillOptions($("#att-head"), [["all", "all heads"],
+    ...attentionReply.heads.map((head, i) => [String(i), `head ${head}`])]);
+  $("#att-controls").hidden = false;
+}
+
+for (const id of ["#att-kind", "#att-layer", "#att-head"]) {
+  $(id).addEventListener("change", () => attentionReply && drawAttention());
+}
+
+$("#att-model").addEventListener("change", () => {
+  $("#att-text-b-label").hidden = !$("#att-model").value.startsWith("bert");
+});
+
+handle($("#attention-form"), async () => {
+  $("#att-controls").hidden = true;
+  attentionReply = null;
+  const payload = { model: $("#att-model").value, text: $("#att-text").value };
+  const textB = $("#att-text-b").value.trim();
+  if (textB && !$("#att-text-b-label").hidden) payload.text_b = textB;
+  const body = await postJSON("/v1/attention", payload);
+  attentionReply = body;
+  $("#att-meta").replaceChildren(element("span", { text: body.translation !== null ? `→ ${body.translation}` : "" }),
+    element("span", { class: "meta", text: ` ${body.model} · ${body.layers.length} layers × ${body.heads.length} heads` }));
+  showAttentionControls();
+  drawAttention();
+});
+
 // ---- which panels this service can answer ------------------------------------------------------------
 
 function setNotice(panel, text) {
@@ -373,6 +511,10 @@ async function survey() {
     if (generators.length) fillSelect($("#gen-model"), generators, (m) => m.id);
     const classifiers = models.filter((m) => m.family === "classifier");
     if (classifiers.length) fillSelect($("#clf-model"), classifiers, (m) => m.name);
+    // The models with self-attention: BERT, GPT and the Transformer translators (their architecture says so).
+    const attending = models.filter((m) => m.family === "bert" || m.family === "gpt"
+      || (m.family === "seq2seq" && /transformer/i.test(m.architecture)));
+    if (attending.length) fillSelect($("#att-model"), attending, (m) => m.id);
   }
 }
 

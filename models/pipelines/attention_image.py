@@ -1,10 +1,13 @@
-"""The attention of one translation drawn as a heatmap: source tokens across, target tokens down."""
+"""Attention drawn as heatmaps: one translation's (source tokens across, target tokens down), and a
+Transformer's layers and heads (``attention_maps``): one layer's heads side by side with the tokens, or
+every layer × head as a sheet of thumbnails."""
 
 from __future__ import annotations
 
 import io
 from functools import cache
 
+from models.pipelines.attention_maps import AttentionMap
 from models.pipelines.errors import InvalidInput
 from models.pipelines.translation import Translation
 
@@ -52,3 +55,48 @@ def attention_png(result: Translation, title: str | None = None) -> bytes:
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
+
+
+# One layer's heads are drawn with their tokens, about a third of an inch each; a sheet of several layers
+# draws each (layer, head) as a thumbnail this many inches wide, without them. Both within 24 inches.
+INCHES_PER_TOKEN = 0.3
+THUMBNAIL_INCHES = 1.6
+MAX_INCHES = 24.0
+
+
+def attention_maps_png(attention: AttentionMap, layers: list[int], heads: list[int], title: str | None = None) -> bytes:
+    """``attention.weights`` (layers, heads, queries, keys) as PNG bytes: queries down, keys across. One layer:
+    its heads in a row, each labelled with the tokens; several: a grid of thumbnails, a row per layer."""
+    from matplotlib.figure import Figure
+
+    family = _cjk_font_family()
+    font = {"family": [family, "sans-serif"]} if family else {}
+    weights = attention.weights
+    rows, cols = len(layers), len(heads)
+    labelled = rows == 1
+    if labelled:
+        side = max(2.0, INCHES_PER_TOKEN * max(len(attention.queries), len(attention.keys)) + 1.2)
+        size = (min(side * cols, MAX_INCHES), min(side + 0.8, MAX_INCHES))
+    else:
+        size = (min(THUMBNAIL_INCHES * cols + 0.6, MAX_INCHES), min(THUMBNAIL_INCHES * rows + 0.8, MAX_INCHES))
+    figure = Figure(figsize=size, dpi=100, layout="constrained")
+    grid = figure.subplots(rows, cols, squeeze=False)
+    for i, layer in enumerate(layers):
+        for j, head in enumerate(heads):
+            axes = grid[i][j]
+            image = axes.imshow(weights[i, j].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto",
+                        interpolation="nearest")
+            axes.set_title(f"layer {layer} head {head}", fontsize=9)
+            if labelled:
+                axes.set_xticks(range(len(attention.keys)), attention.keys, rotation=90, fontdict=font, fontsize=8)
+                axes.set_yticks(range(len(attention.queries)), attention.queries if j == 0 else [],
+                                fontdict=font, fontsize=8)
+            else:
+                axes.set_xticks([])
+                axes.set_yticks([])
+    figure.colorbar(image, ax=grid, shrink=0.8 if labelled else 1.0)
+    if title:
+        figure.suptitle(title, fontfamily=font.get("family", "sans-serif"))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
