@@ -53,6 +53,28 @@ def test_all_missing_trains_only_the_absent_or_unreadable_and_only_restricts_to_
     assert "lm-lstm: trained in" in caplog.text and "lm-rnn" not in caplog.text
 
 
+def test_all_trains_both_translation_directions_side_by_side_in_processes_of_their_own(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PROGRESS", "0")
+    monkeypatch.delenv("TORCH_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    caplog.set_level(logging.INFO, logger="training")
+    started = []
+    popen = subprocess.Popen
+
+    def spy(command: list[str], **kwargs) -> subprocess.Popen:
+        started.append(command[command.index("--direction") + 1])
+        return popen(command, cwd=ROOT, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    out = tmp_path / "checkpoints"
+    assert main(["all", "--profile", "tiny", "--only", "seq2seq-zh-en", "seq2seq-en-zh", "--out", str(out)]) == 0
+    assert started == ["zh-en", "en-zh"]
+    for direction in ("zh-en", "en-zh"):
+        assert load_checkpoint(out / f"seq2seq-{direction}").config["name"] == direction
+        assert f"seq2seq-{direction}: trained in" in caplog.text
+
+
 def test_all_only_with_an_unknown_id_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as exit_:
         main(["all", "--profile", "tiny", "--only", "lm-lstm", "gpt-huge", "--out", str(tmp_path)])

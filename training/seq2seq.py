@@ -453,6 +453,10 @@ class Batches:
 # ---- training -----------------------------------------------------------------------------------------
 
 
+# `python -m training all` trains this family's checkpoints side by side, one process per core.
+ONE_THREAD = True
+
+
 def one_thread_unless_asked(command: Callable[[argparse.Namespace], T]) -> Callable[[argparse.Namespace], T]:
     """Run ``command`` with one intra-op thread unless TORCH_THREADS says otherwise.
 
