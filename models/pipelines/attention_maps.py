@@ -23,7 +23,6 @@ from models.attention import AttentionRecorder
 from models.bert import BertForPreTraining
 from models.gpt import GPT
 from models.pipelines.errors import InvalidInput
-from models.pipelines.fill_mask import check_length
 from models.pipelines.translation import Translator, default_max_length
 from models.seq2seq import BOS, BOS_ID, SPECIALS, encode
 from models.tokenizers import TextTokenizer
@@ -132,7 +131,7 @@ class BertAttention(AttentionMaps):
     def attention(self, text: str, text_b: str | None = None, selection: Selection = Selection()) -> Attention:
         layers, heads = selection.resolve(*self.shape)
         encoding = self.tokenizer.encode(text, text_b)
-        check_length(len(encoding.ids), self.max_tokens)
+        self.check_length(len(encoding.ids))
         modules = [layer.attention for layer in self.model.bert.layers]
         recorder = AttentionRecorder([modules[i] for i in layers])
         self.model.bert(torch.tensor([encoding.ids], device=self.device),
