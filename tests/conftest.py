@@ -27,6 +27,7 @@ if missing := [name for name in ("httpx", "playwright", "schemathesis", "openai"
                             "(or run `make test`)")
 
 import httpx  # noqa: E402 - after the check above
+import openai  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -193,6 +194,12 @@ def live_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def server(live_server: Server) -> str:
     """Base URL of the real service with every tiny checkpoint loaded."""
     return live_server.url
+
+
+@pytest.fixture(scope="session")
+def openai_client(server: str) -> openai.OpenAI:
+    """OpenAI's own client, pointed at the real service."""
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
 
 
 @pytest.fixture(scope="session")

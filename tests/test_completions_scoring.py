@@ -33,12 +33,6 @@ def tokenize(client: httpx.Client, **body: object) -> dict:
     return response.json()
 
 
-@pytest.fixture(scope="module")
-def openai_client(server: str):  # noqa: ANN201 - the openai package is a test-only dependency
-    openai = pytest.importorskip("openai")
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
-
-
 # ---- the forward pass: every position's next-token logits ---------------------------------------------------
 
 

@@ -27,12 +27,6 @@ def vectors(reply: dict) -> np.ndarray:
     return np.array([item["embedding"] for item in reply["data"]], dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def openai_client(server: str):  # noqa: ANN201 - the openai package is a test-only dependency
-    openai = pytest.importorskip("openai")
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
-
-
 def test_the_reply_has_openai_shape_one_unit_vector_per_input_in_order(client: httpx.Client):
     reply = embed(client, model="sg", input=["the king is dead", "long live the queen", "my lord"])
     assert reply["object"] == "list" and reply["model"] == "word2vec-sg"

@@ -173,11 +173,6 @@ def test_a_model_that_is_not_a_language_model_is_422(client: httpx.Client) -> No
 # ---- /v1/completions with the official openai client ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def openai_client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
-
-
 def test_openai_client_completion(openai_client: openai.OpenAI) -> None:
     completion = openai_client.completions.create(model="gpt", prompt=PROMPT, max_tokens=12, n=2, seed=3,
                                                   temperature=0.9, top_p=0.95, stop=["\n\n"])

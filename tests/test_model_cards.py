@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
 
 
@@ -39,10 +40,8 @@ def test_a_catalog_model_not_loaded_is_503_naming_its_training_command(empty_cli
     assert "python -m training word2vec --mode cbow" in response.json()["error"]["message"]
 
 
-def test_the_openai_client_lists_and_retrieves_models(server: str):
-    openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
-    ids = [m.id for m in client.models.list()]
-    assert "gpt" in ids and client.models.retrieve("gpt").id == "gpt"
+def test_the_openai_client_lists_and_retrieves_models(openai_client: openai.OpenAI):
+    ids = [m.id for m in openai_client.models.list()]
+    assert "gpt" in ids and openai_client.models.retrieve("gpt").id == "gpt"
     with pytest.raises(openai.NotFoundError):
-        client.models.retrieve("nope")
+        openai_client.models.retrieve("nope")
