@@ -1,4 +1,5 @@
-"""Beam search over any decoder that can step a set of hypotheses, as Hugging Face's ``generate`` runs it.
+"""Beam search over any decoder that can step a set of hypotheses, as Hugging Face's ``generate`` runs it,
+and greedy search over a batch of sentences, for the recurrent and the Transformer translators alike.
 
 A hypothesis is scored by its log-probability over a length penalty, log p(Y) / lp(|Y|), with
 lp(|Y|) = ((5 + |Y|) / 6) ** length_penalty (Wu et al., 2016): 0 ranks by raw log-probability, which
@@ -25,6 +26,10 @@ import torch
 # of each row of its previous step named in ``parents``, feeds it the token in ``tokens``, and returns
 # each new row's distribution over the next token.
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# tokens (B,) -> (logits (B, V), the step's attention over the source or None): the decoder reads one
+# token per row and keeps its own state.
+GreedyStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass(frozen=True)
@@ -117,3 +122,26 @@ def beam_search(step: Step, bos: int, eos: int, options: BeamOptions, device: to
     if len(finished) == 0:  # max_length 0
         return Hypothesis(0.0, 0.0, [], [], False)
     return finished.best()
+
+
+def greedy_search(step: GreedyStep, batch: int, bos: int, eos: int, max_length: int, min_length: int = 0,
+                  device: torch.device | None = None) -> tuple[list[list[int]], torch.Tensor | None]:
+    """Every row's likeliest next token, until every row has produced ``eos`` or ``max_length`` steps: per row
+    its tokens (``eos`` excluded, at least ``min_length`` of them unless ``max_length`` cuts first), and the
+    steps' attention stacked along dimension 1, (B, T, ...), or None when the decoder has none."""
+    y = torch.full((batch,), bos, dtype=torch.long, device=device)
+    done = torch.zeros_like(y, dtype=torch.bool)
+    tokens, attention = [], []
+    for t in range(max_length):
+        logits, weights = step(y)
+        if t < min_length:
+            logits[:, eos] = float("-inf")
+        y = logits.argmax(-1)
+        tokens.append(y)
+        attention.append(weights)
+        done |= y == eos
+        if done.all():
+            break
+    ids = torch.stack(tokens, 1).tolist()
+    maps = torch.stack(attention, 1).float().cpu() if attention[0] is not None else None
+    return [row[:row.index(eos)] if eos in row else row for row in ids], maps

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.beam import BeamOptions, beam_search
+from models.beam import BeamOptions, beam_search, greedy_search
 from models.checkpoint import Checkpoint
 from models.tokenizers import WordVocab
 
@@ -427,30 +427,16 @@ class Seq2Seq(nn.Module):
         unless ``max_length`` cuts first) and alpha (T, S) or None."""
         memory, keys, mask, state, feed = self.start(source)
         fixed = hidden(state)
-        batch = source.size(0)
-        y = torch.full((batch,), BOS_ID, dtype=torch.long, device=source.device)
-        done = torch.zeros(batch, dtype=torch.bool, device=source.device)
-        tokens, alphas = [], []
-        for t in range(max_length):
+
+        def step(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            nonlocal state, feed
             state, feed, alpha = self.decoder.step(y, state, feed, memory, keys, mask, fixed)
-            logits = self.decoder.logits(feed)
-            if t < min_length:
-                logits[:, EOS_ID] = float("-inf")
-            y = logits.argmax(-1)
-            tokens.append(y)
-            alphas.append(alpha)
-            done |= y == EOS_ID
-            if done.all():
-                break
-        ids = torch.stack(tokens, 1).tolist()
-        attention = torch.stack(alphas, 1).float().cpu() if alphas[0] is not None else None
-        results, maps = [], []
-        for i, row in enumerate(ids):
-            n = row.index(EOS_ID) if EOS_ID in row else len(row)
-            length = int(mask[i].sum())
-            results.append(row[:n])
-            maps.append(attention[i, :n, :length] if attention is not None else None)
-        return results, maps
+            return self.decoder.logits(feed), alpha
+
+        ids, attention = greedy_search(step, source.size(0), BOS_ID, EOS_ID, max_length, min_length, source.device)
+        lengths = mask.sum(1).tolist()
+        return ids, [attention[i, :len(row), :lengths[i]] if attention is not None else None
+                     for i, row in enumerate(ids)]
 
     @torch.no_grad()
     def beam_search(self, source: torch.Tensor, options: BeamOptions) -> tuple[list[int], torch.Tensor | None]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import AttentionRecorder, CrossAttention, SelfAttention
-from models.beam import BeamOptions, beam_search
+from models.beam import BeamOptions, beam_search, greedy_search
 from models.checkpoint import Checkpoint
 from models.gpt import sinusoidal_positions
 from models.seq2seq import BOS_ID, EOS_ID, PAD_ID
@@ -222,25 +222,10 @@ class Transformer(nn.Module):
                ) -> tuple[list[list[int]], list[torch.Tensor]]:
         """Batched greedy decoding: per sentence, the token ids (no ``<eos>``, at least ``min_length`` of them
         unless ``max_length`` cuts first) and its attention over the source, (T, layers, heads, S)."""
-        session = self.start(source)
-        y = torch.full((source.size(0),), BOS_ID, dtype=torch.long, device=source.device)
-        done = torch.zeros_like(y, dtype=torch.bool)
-        tokens, attention = [], []
-        for t in range(max_length):
-            logits, cross = session.step(y)
-            if t < min_length:
-                logits[:, EOS_ID] = float("-inf")
-            y = logits.argmax(-1)
-            tokens.append(y)
-            attention.append(cross)
-            done |= y == EOS_ID
-            if done.all():
-                break
-        ids, maps = torch.stack(tokens, 1).tolist(), torch.stack(attention, 1).float().cpu()
+        ids, maps = greedy_search(self.start(source).step, source.size(0), BOS_ID, EOS_ID, max_length, min_length,
+                                  source.device)
         lengths = (source != PAD_ID).sum(1).tolist()
-        ends = [row.index(EOS_ID) if EOS_ID in row else len(row) for row in ids]
-        return ([row[:n] for row, n in zip(ids, ends, strict=True)],
-                [maps[i, :n, ..., :lengths[i]] for i, n in enumerate(ends)])
+        return ids, [maps[i, :len(row), ..., :lengths[i]] for i, row in enumerate(ids)]
 
     @torch.no_grad()
     def beam_search(self, source: torch.Tensor, options: BeamOptions) -> tuple[list[int], torch.Tensor]:
