@@ -253,19 +253,12 @@ def predict(model: nn.Module, encoded: list[list[int]], device: torch.device, pa
 # ---- model and encoder per architecture --------------------------------------------------------------
 
 
-def _word2vec_checkpoint_path(args: argparse.Namespace) -> Path:
-    path = args.word2vec if args.word2vec is not None else Path(args.out) / "word2vec-sg"
+def _pretrained_checkpoint_path(given: Path | None, out: str | Path, checkpoint_id: str, instead: str) -> Path:
+    """The checkpoint a classifier starts from: the one ``given``, else ``out/<checkpoint_id>``, which must exist."""
+    path = given if given is not None else Path(out) / checkpoint_id
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no word2vec checkpoint at {path}; train it first with `python -m training "
-                                "word2vec`, point --word2vec at one, or give --embeddings random")
-    return path
-
-
-def _bert_checkpoint_path(args: argparse.Namespace) -> Path:
-    path = args.bert if args.bert is not None else Path(args.out) / "bert"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no BERT checkpoint at {path}; train it first with `python -m training bert`"
-                                " (or point --bert at one)")
+        raise FileNotFoundError(f"no {checkpoint_id} checkpoint at {path}; train it first with `python -m training "
+                                f"{checkpoint_id.split('-')[0]}`, {instead}")
     return path
 
 
@@ -286,7 +279,7 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
     if args.arch == "bert":
         from models.bert import BertForSequenceClassification, load_tokenizer
 
-        pretrained = load_checkpoint(_bert_checkpoint_path(args))
+        pretrained = load_checkpoint(_pretrained_checkpoint_path(args.bert, args.out, "bert", "or point --bert at one"))
         tokenizer = load_tokenizer(pretrained)
         model = BertForSequenceClassification.from_pretrained(pretrained, n_classes, classifier_dropout=args.dropout)
         encoder = SubwordEncoder(tokenizer, pretrained.config["model"]["max_position"])
@@ -304,7 +297,8 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
         hyperparameters["cell"] = args.arch
     model = build_model(args.arch, {**hyperparameters, "vocab_size": len(vocab), "num_classes": n_classes})
     if args.embeddings == "word2vec":
-        vectors = load_checkpoint(_word2vec_checkpoint_path(args))
+        vectors = load_checkpoint(_pretrained_checkpoint_path(args.word2vec, args.out, "word2vec-sg",
+                                                             "point --word2vec at one, or give --embeddings random"))
         found = initialise_embeddings(model.embedding, vocab, vectors, torch.Generator().manual_seed(args.seed))
         model.embedding.weight.requires_grad_(not args.freeze_embeddings)
         log.info("embeddings from %s: %d of %d words", vectors.id, found, len(vocab) - 2)
