@@ -13,9 +13,11 @@ from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_voc
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
 from models.pipelines.classification import load
+from models.subword import SubwordEmbedding, char_ngrams, ngram_bucket
 from models.tokenizers import words
 from training.classifier import (
     MIN_PASSAGE_WORDS,
+    Augmentation,
     class_weights,
     classification_metrics,
     genre_passages,
@@ -261,3 +263,111 @@ def test_word2vec_embeddings_need_vectors_of_their_dimension(tmp_path, toy_word2
         arguments("--freeze-embeddings")
     with pytest.raises(ValueError, match="--word2vec is for the word2vec vectors"):
         arguments("--embeddings", "random", "--word2vec", str(vectors_path))
+
+
+# ---- character n-grams and training augmentation ---------------------------------------------------
+
+
+def test_a_words_ngrams_are_its_marked_pieces_of_three_to_five_characters_in_stable_buckets() -> None:
+    assert char_ngrams("the", (3, 5)) == ["<th", "the", "he>", "<the", "the>", "<the>"]
+    assert char_ngrams("", (3, 5)) == []
+    # CRC-32, not Python's salted hash: a saved checkpoint's n-gram rows mean the same in every process.
+    assert [ngram_bucket(g, 1000) for g in char_ngrams("the", (3, 5))] == [439, 79, 300, 818, 831, 241]
+
+
+def test_a_words_vector_is_its_own_plus_the_sum_of_its_ngram_vectors() -> None:
+    torch.manual_seed(0)
+    embedding = SubwordEmbedding(4, 6, (3, 4), buckets=50, padding_idx=0)
+    torch.nn.init.normal_(embedding.ngrams.weight)
+    with torch.no_grad():
+        embedding.ngrams.weight[0].zero_()
+    spelled = ["", "", "thee", "thou"]
+    with pytest.raises(RuntimeError, match="spell"):
+        embedding(torch.tensor([[2]]))
+    embedding.spell(spelled)
+    vectors = embedding(torch.tensor([[2, 3, 3, 0], [1, 2, 0, 0]]))
+    assert vectors.shape == (2, 4, 6)
+    for word_id in (2, 3):
+        buckets = [ngram_bucket(g, 50) for g in char_ngrams(spelled[word_id], (3, 4))]
+        expected = embedding.weight[word_id] + embedding.ngrams.weight[buckets].sum(dim=0)
+        torch.testing.assert_close(vectors[0, word_id - 2], expected)
+    assert not vectors[0, 3].any()  # padding stays zero
+    torch.testing.assert_close(vectors[1, 0], embedding.weight[1])  # unknown: no spelling, its own vector
+
+
+def test_ngram_vectors_learn_so_a_rare_word_moves_with_the_words_it_shares_pieces_with() -> None:
+    embedding = SubwordEmbedding(4, 3, (3, 5), buckets=100, padding_idx=0)
+    embedding.spell(["", "", "kingdom", "kingly"])
+    embedding(torch.tensor([[2]])).sum().backward()  # a gradient through "kingdom" alone
+    shared = ngram_bucket("<ki", 100)
+    assert embedding.ngrams.weight.grad[shared].abs().sum() > 0
+    assert embedding.ngrams.weight.grad[0].abs().sum() == 0  # the padding bucket never learns
+
+
+def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> None:
+    rng = random.Random(0)
+    ids = list(range(10, 30))
+    window = Augmentation(crop_words=5).apply(ids, rng)
+    assert len(window) == 5 and window == list(range(window[0], window[0] + 5))
+    assert Augmentation(crop_words=50).apply(ids, rng) == ids
+    kept = Augmentation(word_dropout=0.5).apply(ids, rng)
+    assert 0 < len(kept) < len(ids) and kept == sorted(kept) and set(kept) <= set(ids)
+    assert len(Augmentation(word_dropout=0.999).apply(ids, rng)) >= 1
+    assert Augmentation().apply(ids, rng) == ids
+
+
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--char-ngrams", "5-3"], SystemExit),
+    (["--char-ngrams", "three"], SystemExit),
+    (["--char-ngrams", "3-5", "--ngram-buckets", "0"], "--ngram-buckets must be at least 1"),
+    (["--word-dropout", "1.0"], r"--word-dropout must be in \[0, 1\)"),
+    (["--crop-words", "-1"], "--crop-words must be 0"),
+])
+def test_bad_ngram_and_augmentation_values_are_refused(tmp_path, flags: list[str], error) -> None:
+    from training.classifier import resolve_arguments
+
+    command = ["classifier", "--arch", "cnn", "--profile", "tiny", "--out", str(tmp_path), *flags]
+    if error is SystemExit:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(command)
+        return
+    with pytest.raises(ValueError, match=error):
+        resolve_arguments(build_parser().parse_args(command))
+
+
+def test_word_level_flags_are_refused_for_bert(tmp_path) -> None:
+    from training.classifier import resolve_arguments
+
+    with pytest.raises(ValueError, match="--char-ngrams is for the word-level classifiers"):
+        resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--char-ngrams", "3-5"]))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "gru"])
+def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_same_scores(tmp_path, arch) -> None:
+    from training.classifier import load_splits, train
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(160):
+        label = rng.choice(["sea", "land"])
+        stems = ["wave", "ship", "salt", "tide"] if label == "sea" else ["hill", "field", "stone", "road"]
+        rows.append(f"{label}\t" + " ".join(rng.choice(stems) + rng.choice(["", "s", "ward"]) for _ in range(8)))
+    data = tmp_path / "toy.tsv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (path,) = train(build_parser().parse_args(
+        ["classifier", "--arch", arch, "--labeled", str(data), "--profile", "tiny", "--epochs", "4",
+         "--char-ngrams", "3-5", "--ngram-buckets", "500", "--word-dropout", "0.1", "--crop-words", "6",
+         "--out", str(tmp_path / "ck"), "--force"]))
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.config["model"]["char_ngrams"] == [3, 5] and checkpoint.config["model"]["ngram_buckets"] == 500
+    assert "embedding.ngrams.weight" in checkpoint.state_dict
+    # The saved weights are the best validated epoch's, and the reloaded network (spelled again from the
+    # vocabulary) scores the validation passages exactly as that evaluation did.
+    evaluations = [e["val_macro_f1"] for e in checkpoint.metrics["evaluations"] if "val_macro_f1" in e]
+    assert len(evaluations) == 4 and checkpoint.metrics["val_macro_f1"] == max(evaluations)
+    classifier = load(checkpoint, torch.device("cpu"))
+    validation = load_splits(data).validation
+    predicted = classifier.probabilities([text for _, text in validation]).argmax(dim=-1).tolist()
+    gold = [classifier.labels.index(label) for label, _ in validation]
+    assert classification_metrics(gold, predicted, classifier.labels)["macro_f1"] == checkpoint.metrics["val_macro_f1"]
