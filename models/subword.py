@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NGRAM_PAD = 0  # bucket ids start at 1; 0 pads a word's short list of n-grams
 
 
 def char_ngrams(word: str, lengths: tuple[int, int]) -> list[str]:
@@ -32,8 +31,8 @@ def char_ngrams(word: str, lengths: tuple[int, int]) -> list[str]:
 
 
 def ngram_bucket(ngram: str, buckets: int) -> int:
-    """A bucket in 1..buckets; CRC-32 rather than ``hash`` so that it is the same in every process."""
-    return 1 + zlib.crc32(ngram.encode("utf-8")) % buckets
+    """A bucket in 0..buckets - 1; CRC-32 rather than ``hash`` so that it is the same in every process."""
+    return zlib.crc32(ngram.encode("utf-8")) % buckets
 
 
 class SubwordEmbedding(nn.Embedding):
@@ -48,11 +47,12 @@ class SubwordEmbedding(nn.Embedding):
         if not 1 <= lengths[0] <= lengths[1] or buckets < 1:
             raise ValueError(f"n-gram lengths must be 1 <= min <= max and buckets positive, got {lengths}, {buckets}")
         self.lengths, self.buckets = lengths, buckets
-        self.ngrams = nn.Embedding(buckets + 1, dim, padding_idx=NGRAM_PAD)
+        self.ngrams = nn.Embedding(buckets, dim)
         nn.init.zeros_(self.ngrams.weight)
-        # (words, most n-grams of a word): each vocabulary word's buckets, padded with NGRAM_PAD. Rebuilt from the
-        # vocabulary, so not saved with the weights.
-        self.register_buffer("spellings", torch.zeros(num_words, 1, dtype=torch.long), persistent=False)
+        # Each vocabulary word's buckets, one after another, and where each word's start and how many it has:
+        # rebuilt from the vocabulary, so not saved with the weights.
+        for name in ("flat", "starts", "counts"):
+            self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
         self.spelled = False
 
     def spell(self, words: Sequence[str]) -> None:
@@ -60,16 +60,22 @@ class SubwordEmbedding(nn.Embedding):
         if len(words) != self.num_embeddings:
             raise ValueError(f"{len(words)} words for an embedding of {self.num_embeddings}")
         rows = [[ngram_bucket(g, self.buckets) for g in char_ngrams(w, self.lengths)] for w in words]
-        table = torch.full((len(rows), max(1, *map(len, rows))), NGRAM_PAD, dtype=torch.long)
-        for i, row in enumerate(rows):
-            table[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        self.spellings, self.spelled = table.to(self.weight.device), True
+        device = self.weight.device
+        self.counts = torch.tensor([len(r) for r in rows], dtype=torch.long, device=device)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        self.flat = torch.tensor([b for r in rows for b in r], dtype=torch.long, device=device)
+        self.spelled = True
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.spelled:
             raise RuntimeError("spell the vocabulary first: SubwordEmbedding.spell(words)")
         present, where = torch.unique(ids, return_inverse=True)
-        ngrams = F.embedding_bag(self.spellings[present], self.ngrams.weight, mode="sum", padding_idx=NGRAM_PAD)
+        # One bag per distinct word of the batch, gathered from the flat spellings without padding.
+        counts, starts = self.counts[present], self.starts[present]
+        offsets = torch.cumsum(counts, 0) - counts
+        positions = torch.repeat_interleave(starts - offsets, counts) + torch.arange(int(counts.sum()),
+                                                                                     device=ids.device)
+        ngrams = F.embedding_bag(self.flat[positions], self.ngrams.weight, offsets, mode="sum")
         return (F.embedding(present, self.weight, self.padding_idx) + ngrams)[where]
 
 

@@ -272,15 +272,13 @@ def test_a_words_ngrams_are_its_marked_pieces_of_three_to_five_characters_in_sta
     assert char_ngrams("the", (3, 5)) == ["<th", "the", "he>", "<the", "the>", "<the>"]
     assert char_ngrams("", (3, 5)) == []
     # CRC-32, not Python's salted hash: a saved checkpoint's n-gram rows mean the same in every process.
-    assert [ngram_bucket(g, 1000) for g in char_ngrams("the", (3, 5))] == [439, 79, 300, 818, 831, 241]
+    assert [ngram_bucket(g, 1000) for g in char_ngrams("the", (3, 5))] == [438, 78, 299, 817, 830, 240]
 
 
 def test_a_words_vector_is_its_own_plus_the_sum_of_its_ngram_vectors() -> None:
     torch.manual_seed(0)
     embedding = SubwordEmbedding(4, 6, (3, 4), buckets=50, padding_idx=0)
     torch.nn.init.normal_(embedding.ngrams.weight)
-    with torch.no_grad():
-        embedding.ngrams.weight[0].zero_()
     spelled = ["", "", "thee", "thou"]
     with pytest.raises(RuntimeError, match="spell"):
         embedding(torch.tensor([[2]]))
@@ -299,9 +297,10 @@ def test_ngram_vectors_learn_so_a_rare_word_moves_with_the_words_it_shares_piece
     embedding = SubwordEmbedding(4, 3, (3, 5), buckets=100, padding_idx=0)
     embedding.spell(["", "", "kingdom", "kingly"])
     embedding(torch.tensor([[2]])).sum().backward()  # a gradient through "kingdom" alone
-    shared = ngram_bucket("<ki", 100)
-    assert embedding.ngrams.weight.grad[shared].abs().sum() > 0
-    assert embedding.ngrams.weight.grad[0].abs().sum() == 0  # the padding bucket never learns
+    spelled = {ngram_bucket(g, 100) for g in char_ngrams("kingdom", (3, 5))}
+    assert embedding.ngrams.weight.grad[ngram_bucket("<ki", 100)].abs().sum() > 0  # shared with "kingly"
+    untouched = [b for b in range(100) if b not in spelled]
+    assert embedding.ngrams.weight.grad[untouched].abs().sum() == 0
 
 
 def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> None:
@@ -343,31 +342,34 @@ def test_word_level_flags_are_refused_for_bert(tmp_path) -> None:
             ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--char-ngrams", "3-5"]))
 
 
-@pytest.mark.parametrize("arch", ["mlp", "gru"])
-def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_same_scores(tmp_path, arch) -> None:
+def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_same_scores(tmp_path) -> None:
     from training.classifier import load_splits, train
 
-    rng = random.Random(0)
+    # A noisy toy task (each word from the passage's side with probability 0.6), so that validation
+    # macro-F1 goes up and down and the best epoch is not the last.
+    rng = random.Random(3)
     rows = []
     for _ in range(160):
         label = rng.choice(["sea", "land"])
-        stems = ["wave", "ship", "salt", "tide"] if label == "sea" else ["hill", "field", "stone", "road"]
-        rows.append(f"{label}\t" + " ".join(rng.choice(stems) + rng.choice(["", "s", "ward"]) for _ in range(8)))
+        sides = [["wave", "ship", "salt", "tide"], ["hill", "field", "stone", "road"]]
+        mine, other = sides if label == "sea" else sides[::-1]
+        rows.append(f"{label}\t" + " ".join(rng.choice(mine if rng.random() < 0.6 else other)
+                                            + rng.choice(["", "s", "ward"]) for _ in range(4)))
     data = tmp_path / "toy.tsv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     (path,) = train(build_parser().parse_args(
-        ["classifier", "--arch", arch, "--labeled", str(data), "--profile", "tiny", "--epochs", "4",
-         "--char-ngrams", "3-5", "--ngram-buckets", "500", "--word-dropout", "0.1", "--crop-words", "6",
+        ["classifier", "--arch", "mlp", "--labeled", str(data), "--profile", "tiny", "--epochs", "6", "--lr", "1e-2",
+         "--char-ngrams", "3-5", "--ngram-buckets", "500", "--word-dropout", "0.1", "--crop-words", "3",
          "--out", str(tmp_path / "ck"), "--force"]))
     checkpoint = load_checkpoint(path)
     assert checkpoint.config["model"]["char_ngrams"] == [3, 5] and checkpoint.config["model"]["ngram_buckets"] == 500
     assert "embedding.ngrams.weight" in checkpoint.state_dict
-    # The saved weights are the best validated epoch's, and the reloaded network (spelled again from the
-    # vocabulary) scores the validation passages exactly as that evaluation did.
     evaluations = [e["val_macro_f1"] for e in checkpoint.metrics["evaluations"] if "val_macro_f1" in e]
-    assert len(evaluations) == 4 and checkpoint.metrics["val_macro_f1"] == max(evaluations)
+    assert len(evaluations) == 6 and checkpoint.metrics["val_macro_f1"] == max(evaluations) != evaluations[-1]
+    # The saved weights are the best epoch's: the reloaded network (spelled again from its vocabulary)
+    # scores the validation passages as that epoch did.
     classifier = load(checkpoint, torch.device("cpu"))
     validation = load_splits(data).validation
     predicted = classifier.probabilities([text for _, text in validation]).argmax(dim=-1).tolist()
     gold = [classifier.labels.index(label) for label, _ in validation]
-    assert classification_metrics(gold, predicted, classifier.labels)["macro_f1"] == checkpoint.metrics["val_macro_f1"]
+    assert classification_metrics(gold, predicted, classifier.labels)["macro_f1"] == max(evaluations)
