@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 def char_ngrams(word: str, lengths: tuple[int, int]) -> list[str]:
     """The n-grams of ``<word>`` of ``lengths[0]`` to ``lengths[1]`` characters, in order, repeats kept.
     The empty word (padding, unknown) has none."""
