@@ -308,6 +308,7 @@ def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> N
     ids = list(range(10, 30))
     window = Augmentation(crop_words=5).apply(ids, rng)
     assert len(window) == 5 and window == list(range(window[0], window[0] + 5))
+    assert len({Augmentation(crop_words=5).apply(ids, rng)[0] for _ in range(20)}) > 1  # anywhere in the passage
     assert Augmentation(crop_words=50).apply(ids, rng) == ids
     kept = Augmentation(word_dropout=0.5).apply(ids, rng)
     assert 0 < len(kept) < len(ids) and kept == sorted(kept) and set(kept) <= set(ids)
