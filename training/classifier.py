@@ -372,13 +372,15 @@ class Augmentation:
     crop_words: int = 0
     word_dropout: float = 0.0
 
-    def apply(self, ids: list[int], rng: random.Random) -> list[int]:
+    def apply(self, ids: list[int], generator: torch.Generator | None = None) -> list[int]:
+        """``ids`` cropped and thinned; the draws come from torch's random state (``generator``, else the
+        global one, which the training state saves, so a resumed run draws what the uninterrupted one did)."""
         if 0 < self.crop_words < len(ids):
-            start = rng.randrange(len(ids) - self.crop_words + 1)
+            start = int(torch.randint(len(ids) - self.crop_words + 1, (), generator=generator))
             ids = ids[start:start + self.crop_words]
         if self.word_dropout:
-            kept = [i for i in ids if rng.random() >= self.word_dropout]
-            ids = kept or [rng.choice(ids)]  # a passage keeps at least one word
+            keep = (torch.rand(len(ids), generator=generator) >= self.word_dropout).tolist()
+            ids = [i for i, kept in zip(ids, keep, strict=True) if kept] or ids[:1]  # at least one word
         return ids
 
 
@@ -392,7 +394,6 @@ class ClassificationTask:
         self.model, self.train, self.validation, self.labels = model, train, validation, splits.labels
         self.pad_id, self.device, self.batch_size, self.seed = pad_id, device, args.batch_size, args.seed
         self.augmentation = Augmentation(args.crop_words or 0, args.word_dropout or 0.0)
-        self.rng = random.Random(args.seed + 1)  # the augmentation's draws, apart from the batches' order
         weights = class_weights(train[1], len(splits.labels), args.class_weights)
         self.weights = weights.to(device) if weights is not None else None
 
@@ -407,7 +408,7 @@ class ClassificationTask:
         batch's weighted mean."""
         encoded, targets = self.train
         mine = [indices[r] for r in rows]
-        passages = [self.augmentation.apply(encoded[i], self.rng) for i in mine]
+        passages = [self.augmentation.apply(encoded[i]) for i in mine]
         logits, _ = model(pad_batch(passages, self.pad_id).to(self.device))
         batch_targets = torch.tensor([targets[i] for i in indices], device=self.device)
         total = self.weights[batch_targets].sum() if self.weights is not None else len(indices)
