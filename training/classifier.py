@@ -143,6 +143,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              help="with --embeddings word2vec: keep them as initialised (Kim's 'static')")
     parser.add_argument("--bert", type=Path, default=None,
                         help="bert: the pretraining checkpoint to fine-tune (default: <out>/bert)")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="bert: read a passage as up to this many windows of the model's positions, their "
+                             "logits averaged")
     add_name_arguments(parser, "the architecture, e.g. gru")
     loop.add_arguments(parser)
 
@@ -282,10 +285,11 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
         pretrained = load_checkpoint(_pretrained_checkpoint_path(args.bert, args.out, "bert", "or point --bert at one"))
         tokenizer = load_tokenizer(pretrained)
         model = BertForSequenceClassification.from_pretrained(pretrained, n_classes, classifier_dropout=args.dropout)
-        encoder = SubwordEncoder(tokenizer, pretrained.config["model"]["max_position"])
+        encoder = SubwordEncoder(tokenizer, pretrained.config["model"]["max_position"], args.windows)
         return Setup(model, encoder,
                      {**pretrained.config["model"], "num_classes": n_classes, "classifier_dropout": args.dropout},
-                     {"type": "wordpiece", "file": "tokenizer.json", "max_len": encoder.max_len},
+                     {"type": "wordpiece", "file": "tokenizer.json", "max_len": encoder.max_len,
+                      "windows": encoder.windows},
                      {"tokenizer.json": tokenizer.to_str()},
                      {"initialised_from": {"id": pretrained.id, "data": pretrained.config.get("data")}})
     vocab = build_vocab((text for _, text in splits.train), args.min_count)
