@@ -98,11 +98,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # is small and its pretraining short.
     "bert": {
         "tiny": {"epochs": 1, "max_passages": 200, "batch_size": 16, "lr": 5e-4, "class_weights": "balanced",
-                 "weight_decay": 0.01, "dropout": 0.1},
+                 "weight_decay": 0.01, "dropout": 0.1, "windows": 2},
         "quick": {"epochs": 1, "batch_size": 32, "lr": 5e-4, "class_weights": "balanced", "weight_decay": 0.01,
-                  "dropout": 0.1},
+                  "dropout": 0.1, "windows": 1},
         "full": {"epochs": 3, "batch_size": 32, "lr": 1e-4, "class_weights": "balanced", "weight_decay": 0.01,
-                 "dropout": 0.1},
+                 "dropout": 0.1, "windows": 4},
     },
 }
 log = logging.getLogger("training.classifier")
