@@ -194,6 +194,27 @@ def test_masking_is_reproducible_and_selects_at_least_one():
     assert ((a[1] != IGNORE).sum(dim=1) == 1).all()
 
 
+def test_training_masks_at_its_own_rate_and_the_evaluation_at_fifteen_percent(tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    documents = [[e.ids for e in tokenizer.encode_batch(LINES[i:i + 16], add_special_tokens=False)]
+                 for i in range(0, len(LINES), 16)]
+    config = BertConfig(vocab_size=ids.vocab_size, max_position=32, dim=32, n_layers=1, n_heads=2, ffn_dim=64)
+    model = BertForPreTraining(config)
+    args = argparse.Namespace(batch_size=8, seed=0, eval_pairs=None, mask_probability=0.4)
+    task = trainer.PretrainingTask(model, tokenizer, documents, documents, [32] * 3, args, torch.device("cpu"))
+
+    def rounded(batch: dict[str, torch.Tensor], rate: float) -> torch.Tensor:
+        maskable = batch["attention_mask"] & (batch["input_ids"] != ids.cls) & (batch["input_ids"] != ids.sep)
+        return (maskable.sum(dim=1) * rate).round()
+
+    batch = next(task.batches()).data  # masking replaces no [CLS] or [SEP] and draws none
+    assert ((batch["mlm_labels"] != IGNORE).sum(dim=1) == rounded(batch, 0.4)).all()
+    pairs = make_pairs(documents, config.max_position, random.Random(trainer.EVAL_SEED))
+    evaluation = collate(pairs, ids, torch.Generator())
+    metrics = trainer.evaluate_model(model, tokenizer, documents, torch.device("cpu"))
+    assert metrics["masked_tokens"] == rounded(evaluation, 0.15).clamp(min=1).sum().item()
+
+
 def _documents() -> list[list[list[int]]]:
     # Lines are unique token runs, so a pair's text tells where it came from.
     return [[[100 * d + 10 * i + k for k in range(3)] for i in range(9)] for d in range(1, 5)]
