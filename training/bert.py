@@ -79,7 +79,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              "dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024, "dropout": 0.1, "batch_size": 128,
              "lr": 5e-4, "eval_pairs": None},
 }
-DEFAULTS: dict[str, Any] = {"mask_probability": MASK_PROBABILITY, "weight_decay": 0.01, "warmup": 0.06, "decay": 0.2, "save_interval": 500}
+DEFAULTS: dict[str, Any] = {"mask_probability": MASK_PROBABILITY, "weight_decay": 0.01, "warmup": 0.06, "decay": 0.2,
+                             "save_interval": 500}
 
 log = logging.getLogger("training.bert")
 
