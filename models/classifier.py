@@ -87,10 +87,9 @@ class SubwordEncoder:
         self.pad_id = tokenizer.token_to_id("[PAD]")
         self.cls_id, self.sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
         self.window_tokens = max_len - 2  # text per window, between its [CLS] and [SEP]
-        tokenizer.enable_truncation(self.window_tokens * windows)
 
     def encode(self, text: str) -> list[int]:
-        pieces = self.tokenizer.encode(text, add_special_tokens=False).ids
+        pieces = self.tokenizer.encode(text, add_special_tokens=False).ids[:self.window_tokens * self.windows]
         starts = range(0, max(1, len(pieces)), self.window_tokens)
         return [i for start in starts for i in (self.cls_id, *pieces[start:start + self.window_tokens], self.sep_id)]
 
