@@ -265,9 +265,28 @@ class BertForSequenceClassification(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``input_ids`` (B, T) -> (logits (B, num_labels), cross-entropy loss or None)."""
-        _, pooled = self.bert(input_ids, segment_ids, attention_mask)
-        logits = self.classifier(self.dropout(pooled))
+        """``input_ids`` (B, T) -> (logits (B, num_labels), cross-entropy loss or None).
+
+        A row longer than the model's positions is consecutive windows of ``max_position`` ids, each its own
+        ``[CLS] … [SEP]`` (``models.classifier.SubwordEncoder`` cuts a long text so): its logits are the mean
+        of its windows' logits. A window of padding only (the tail of a row shorter than the batch's
+        longest) is not read.
+        """
+        rows, width = input_ids.shape
+        size = min(width, self.config.max_position)
+        n_windows = -(-width // size)
+
+        def windows(values: torch.Tensor, fill: int = 0) -> torch.Tensor:  # (B, T) -> (B · n_windows, size)
+            return F.pad(values.long(), (0, n_windows * size - width), value=fill).reshape(rows * n_windows, size)
+
+        window_ids = windows(input_ids, self.config.pad_id)
+        read = window_ids[:, 0] != self.config.pad_id
+        _, pooled = self.bert(window_ids[read], None if segment_ids is None else windows(segment_ids)[read],
+                              None if attention_mask is None else windows(attention_mask)[read])
+        window_logits = pooled.new_zeros(rows * n_windows, self.num_labels)
+        window_logits[read] = self.classifier(self.dropout(pooled)).to(window_logits.dtype)
+        counts = read.reshape(rows, n_windows).sum(dim=1, keepdim=True).clamp(min=1)
+        logits = window_logits.reshape(rows, n_windows, -1).sum(dim=1) / counts
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return logits, loss
 

@@ -84,17 +84,22 @@ class WordEncoder:
 
 
 class SubwordEncoder:
-    """Text → ``[CLS] … [SEP]`` WordPiece ids, cut to the model's positions (BERT)."""
+    """Text → WordPiece ids read by BERT as up to ``windows`` consecutive windows of ``max_len`` (the model's
+    positions), each its own ``[CLS] … [SEP]``, concatenated: every window but the last is exactly ``max_len``
+    long, which is how ``BertForSequenceClassification`` tells them apart. Text beyond them is cut."""
 
-    def __init__(self, tokenizer: Tokenizer, max_len: int):
+    def __init__(self, tokenizer: Tokenizer, max_len: int, windows: int = 1):
         self.tokenizer = tokenizer
         self.max_len = max_len
+        self.windows = windows
         self.pad_id = tokenizer.token_to_id("[PAD]")
-        # Truncation keeps [CLS] and [SEP]: the post-processor adds them within max_len.
-        tokenizer.enable_truncation(max_len)
+        self.cls_id, self.sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        self.window_tokens = max_len - 2  # text per window, between its [CLS] and [SEP]
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        pieces = self.tokenizer.encode(text, add_special_tokens=False).ids[:self.window_tokens * self.windows]
+        starts = range(0, max(1, len(pieces)), self.window_tokens)
+        return [i for start in starts for i in (self.cls_id, *pieces[start:start + self.window_tokens], self.sep_id)]
 
 
 def pad_batch(encoded: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -108,7 +113,9 @@ def load_encoder(checkpoint: Checkpoint) -> WordEncoder | SubwordEncoder:
     """The text-to-ids encoder a ``clf-<arch>`` checkpoint names in ``config["tokenizer"]``."""
     spec = checkpoint.config["tokenizer"]
     if spec["type"] == "wordpiece":
-        return SubwordEncoder(Tokenizer.from_file(str(checkpoint.file(spec["file"]))), spec["max_len"])
+        # A checkpoint from before windows reads the first window only.
+        return SubwordEncoder(Tokenizer.from_file(str(checkpoint.file(spec["file"]))), spec["max_len"],
+                              spec.get("windows", 1))
     return WordEncoder(WordVocab.from_file(checkpoint.file(spec["file"])), spec["max_len"])
 
 

@@ -73,9 +73,10 @@ def test_fill_mask_scores_are_the_full_mlm_heads_probabilities(fill: FillMask):
 def test_batched_classification_equals_each_text_alone(arch: str, tokenizer):
     torch.manual_seed(0)
     if arch == "bert":
-        hyper = {"vocab_size": tokenizer.get_vocab_size(), "max_position": 32, "dim": 32, "n_layers": 2,
+        # 8 positions, 3 windows: the longest text is read as three windows, the others as one
+        hyper = {"vocab_size": tokenizer.get_vocab_size(), "max_position": 8, "dim": 32, "n_layers": 2,
                  "n_heads": 2, "ffn_dim": 64, "num_classes": 3}
-        encoder: WordEncoder | SubwordEncoder = SubwordEncoder(tokenizer, max_len=32)
+        encoder: WordEncoder | SubwordEncoder = SubwordEncoder(tokenizer, max_len=8, windows=3)
     else:
         vocab = build_vocab(LINES, min_count=1)
         hyper = {"vocab_size": len(vocab.itos), "num_classes": 3, "embed_dim": 16, "dropout": 0.0}

@@ -25,6 +25,7 @@ from models.bert import (
     load_tokenizer,
 )
 from models.checkpoint import load_checkpoint
+from models.classifier import SubwordEncoder, pad_batch
 from models.pipelines import FillMask, NextSentence
 from models.pipelines.errors import InvalidInput
 from training import bert as trainer
@@ -193,6 +194,27 @@ def test_masking_is_reproducible_and_selects_at_least_one():
     assert ((a[1] != IGNORE).sum(dim=1) == 1).all()
 
 
+def test_training_masks_at_its_own_rate_and_the_evaluation_at_fifteen_percent(tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    documents = [[e.ids for e in tokenizer.encode_batch(LINES[i:i + 16], add_special_tokens=False)]
+                 for i in range(0, len(LINES), 16)]
+    config = BertConfig(vocab_size=ids.vocab_size, max_position=32, dim=32, n_layers=1, n_heads=2, ffn_dim=64)
+    model = BertForPreTraining(config)
+    args = argparse.Namespace(batch_size=8, seed=0, eval_pairs=None, mask_probability=0.4)
+    task = trainer.PretrainingTask(model, tokenizer, documents, documents, [32] * 3, args, torch.device("cpu"))
+
+    def rounded(batch: dict[str, torch.Tensor], rate: float) -> torch.Tensor:
+        maskable = batch["attention_mask"] & (batch["input_ids"] != ids.cls) & (batch["input_ids"] != ids.sep)
+        return (maskable.sum(dim=1) * rate).round()
+
+    batch = next(task.batches()).data  # masking replaces no [CLS] or [SEP] and draws none
+    assert ((batch["mlm_labels"] != IGNORE).sum(dim=1) == rounded(batch, 0.4)).all()
+    pairs = make_pairs(documents, config.max_position, random.Random(trainer.EVAL_SEED))
+    evaluation = collate(pairs, ids, torch.Generator())
+    metrics = trainer.evaluate_model(model, tokenizer, documents, torch.device("cpu"))
+    assert metrics["masked_tokens"] == rounded(evaluation, 0.15).clamp(min=1).sum().item()
+
+
 def _documents() -> list[list[list[int]]]:
     # Lines are unique token runs, so a pair's text tells where it came from.
     return [[[100 * d + 10 * i + k for k in range(3)] for i in range(9)] for d in range(1, 5)]
@@ -313,6 +335,31 @@ def test_classifier_starts_from_the_pretrained_encoder(tmp_path, tokenizer):
         assert torch.equal(value, checkpoint.state_dict["bert." + name])
     logits, loss = classifier(torch.tensor([[2, 10, 11, 3, 0]]), labels=torch.tensor([1]))
     assert logits.shape == (1, 3) and loss.item() > 0
+
+
+def test_a_long_text_is_encoded_as_windows_each_cls_text_sep(tokenizer):
+    text = " ".join(LINES[:3])
+    pieces = tokenizer.encode(text, add_special_tokens=False).ids
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    assert len(pieces) > 3 * 6
+    encoded = SubwordEncoder(tokenizer, max_len=8, windows=3).encode(text)
+    assert encoded == [cls, *pieces[:6], sep, cls, *pieces[6:12], sep, cls, *pieces[12:18], sep]
+    assert SubwordEncoder(tokenizer, max_len=8).encode(text) == [cls, *pieces[:6], sep]  # one window: cut
+    short = SubwordEncoder(tokenizer, max_len=8, windows=3).encode("love")
+    assert short == [cls, *tokenizer.encode("love", add_special_tokens=False).ids, sep]
+
+
+def test_a_long_rows_logits_are_the_mean_of_its_windows_logits():
+    torch.manual_seed(0)
+    classifier = BertForSequenceClassification(SMALL, num_labels=3).eval()  # 16 positions
+    first, second, short = ([2, *range(5 + k, 19 + k), 3] for k in (0, 20, 10))
+    tail = [2, 30, 31, 3]
+    rows = pad_batch([first + second + tail, short], pad_id=0)  # 3 windows; 1 window and 2 of padding
+    logits, _ = classifier(rows)
+    alone, _ = classifier(pad_batch([first, second, tail], pad_id=0))
+    torch.testing.assert_close(logits[0], alone.mean(dim=0))
+    short_alone, _ = classifier(torch.tensor([short]))
+    torch.testing.assert_close(logits[1], short_alone[0])
 
 
 @pytest.fixture

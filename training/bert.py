@@ -56,7 +56,7 @@ from training.data import (
 )
 
 FAMILY = "bert"
-MASK_PROBABILITY = 0.15  # share of (non-special) tokens selected for prediction
+MASK_PROBABILITY = 0.15  # share of (non-special) tokens selected for prediction: BERT's, and the evaluation's
 MASK_SPLIT = (0.8, 0.1)  # of the selected: → [MASK], → random token; the remaining 10% stay unchanged
 EVAL_SEED = 1234  # the validation pairs and masks are the same for every checkpoint
 USER_DOCUMENT_LINES = 100  # a user's corpus is cut into documents of this many lines for random NSP pairs
@@ -79,7 +79,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              "dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024, "dropout": 0.1, "batch_size": 128,
              "lr": 5e-4, "eval_pairs": None},
 }
-DEFAULTS: dict[str, Any] = {"weight_decay": 0.01, "warmup": 0.06, "decay": 0.2, "save_interval": 500}
+DEFAULTS: dict[str, Any] = {"mask_probability": MASK_PROBABILITY, "weight_decay": 0.01, "warmup": 0.06, "decay": 0.2,
+                             "save_interval": 500}
 
 log = logging.getLogger("training.bert")
 
@@ -100,6 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-heads", type=int, default=None, help="attention heads per layer")
     parser.add_argument("--ffn-dim", type=int, default=None, help="feed-forward inner size")
     parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--mask-probability", type=float, default=None,
+                        help="share of tokens selected for prediction in training (the evaluation's stays 0.15)")
     parser.add_argument("--warmup", type=float, default=None, help="fraction of steps of linear warm-up")
     parser.add_argument("--decay", type=float, default=None,
                         help="fraction of steps, at the end, of linear decay to zero (constant before)")
@@ -309,6 +312,7 @@ def collate(
     pairs: Sequence[Pair],
     ids: SpecialIds,
     generator: torch.Generator,
+    probability: float = MASK_PROBABILITY,
     split: tuple[float, float] = MASK_SPLIT,
 ) -> dict[str, torch.Tensor]:
     """Pad ``[CLS] A [SEP] B [SEP]`` to the batch's longest pair and mask it: the model's keyword inputs."""
@@ -321,7 +325,7 @@ def collate(
         segment_ids[row, len(pair.a) + 2:len(sequence)] = 1
     attention_mask = input_ids != ids.pad
     maskable = attention_mask & (input_ids != ids.cls) & (input_ids != ids.sep)
-    corrupted, mlm_labels = mask_tokens(input_ids, maskable, ids, generator, split=split)
+    corrupted, mlm_labels = mask_tokens(input_ids, maskable, ids, generator, probability, split)
     return {
         "input_ids": corrupted,
         "segment_ids": segment_ids,
@@ -418,11 +422,12 @@ class PretrainingTask:
         self.model, self.tokenizer, self.train, self.validation = model, tokenizer, train, validation
         self.lengths, self.device, self.ids = lengths, device, SpecialIds.of(tokenizer)
         self.batch_size, self.seed, self.eval_pairs = args.batch_size, args.seed, args.eval_pairs
+        self.mask_probability = args.mask_probability
 
     def batches(self) -> Iterator[loop.Batch[dict[str, torch.Tensor]]]:
         masks = torch.Generator().manual_seed(self.seed)
         for _, pairs in pair_batches(self.train, self.lengths, self.batch_size, random.Random(self.seed)):
-            batch = collate(pairs, self.ids, masks)
+            batch = collate(pairs, self.ids, masks, self.mask_probability)
             yield loop.Batch(batch, len(pairs), int(batch["attention_mask"].sum()))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], rows: list[int]) -> torch.Tensor:
