@@ -372,8 +372,8 @@ def test_training_lowers_the_validation_loss_and_keeps_the_best_epoch(tmp_path):
     split.validation = split.train[:8]  # same sentences: a model that learns must improve on them
     args = trainer.resolve_arguments(build_parser().parse_args([
         "seq2seq", "--arch", "recurrent", "--profile", "tiny", "--out", str(tmp_path), "--device", "cpu",
-        "--min-count", "1", "--batch-size", "8", "--embedding-dim", "16", "--hidden-dim", "32", "--dropout", "0", "--lr", "1e-2",
-        "--epochs", "6", "--teacher-forcing", "0.8", "--patience", "6", "--precision", "fp32"]))
+        "--min-count", "1", "--batch-size", "8", "--embedding-dim", "16", "--hidden-dim", "32", "--dropout", "0",
+        "--lr", "1e-2", "--epochs", "6", "--teacher-forcing", "0.8", "--patience", "6", "--precision", "fp32"]))
     with Run(args, "seq2seq-test") as run:
         fitted = fit(run, split, "zh-en", args)
     evaluations = fitted.trained.history["evaluations"]
