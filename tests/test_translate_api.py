@@ -50,8 +50,9 @@ def test_translates_english_to_chinese_in_a_batch_with_beam_search(client):
 ])
 def test_each_translation_in_a_batch_is_the_models_own_greedy_decoding_of_it_alone(
         client, checkpoint_dir: Path, direction: str, texts: list[str]):
-    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}")
-    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12})
+    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}-recurrent")
+    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12,
+                                                  "model": f"{direction}-recurrent"})
     assert response.status_code == 200, response.text
     for text, result in zip(texts, response.json()["results"], strict=True):
         tokens, attention = reference.greedy_translation(model, text, max_length=12)
@@ -75,10 +76,11 @@ def beam_beats_greedy(model, texts: list[str], beam_size: int, max_length: int) 
 @pytest.mark.parametrize("direction", ["zh-en", "en-zh"])
 def test_beam_search_finds_a_better_translation_than_greedy_where_they_differ(client, checkpoint_dir: Path,
                                                                                 direction: str):
-    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}")
+    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}-recurrent")
     candidates = [zh if direction == "zh-en" else en for zh, en in load_hsk_pairs()[:50]]
     text, beam, greedy = beam_beats_greedy(model, candidates, beam_size=4, max_length=12)
-    request = {"text": text, "direction": direction, "max_length": 12, "length_penalty": 0.6}
+    request = {"text": text, "direction": direction, "max_length": 12, "length_penalty": 0.6,
+               "model": f"{direction}-recurrent"}
     served_beam = client.post("/v1/translate", json={**request, "beam_size": 4}).json()["results"][0]
     served_greedy = client.post("/v1/translate", json={**request, "beam_size": 1}).json()["results"][0]
     assert served_greedy["target_tokens"] == greedy
