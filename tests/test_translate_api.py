@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.pipelines.translation import LENGTH_PENALTY, TranslationOptions
 from training.data import load_hsk_pairs
 
 from . import reference
@@ -85,6 +86,14 @@ def test_beam_search_finds_a_better_translation_than_greedy_where_they_differ(cl
     served_greedy = client.post("/v1/translate", json={**request, "beam_size": 1}).json()["results"][0]
     assert served_greedy["target_tokens"] == greedy
     assert served_beam["target_tokens"] == beam != greedy
+
+
+def test_both_translate_routes_rank_beams_by_the_measured_length_penalty_by_default(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    defaults = {name: schema["properties"]["length_penalty"]["default"] for name, schema in schemas.items()
+                if "length_penalty" in schema.get("properties", {})}
+    assert len(defaults) == 2 and set(defaults.values()) == {LENGTH_PENALTY}
+    assert TranslationOptions().length_penalty == LENGTH_PENALTY
 
 
 def test_direction_defaults_to_chinese_to_english(client):
