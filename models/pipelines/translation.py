@@ -22,10 +22,10 @@ from models.tokenizers import WordVocab
 from models.transformer import Transformer
 
 # Beam search ranks by log p / ((5 + |y|) / 6) ** LENGTH_PENALTY (Wu et al., 2016; their choice was 0.6).
-# measured 2026-11-29, beam 4 on the validation split of the quick Transformers: at 0.6 their translations
-# were 10-15% short (BP 0.85-0.90); at 2.0, BP 0.95-1.00 and the best or within 0.2 of the best BLEU of
-# 0.6-3.0 in both directions (zh-en 10.45 BLEU / 29.03 chrF against 10.24 / 27.78 at 0.6 and 9.30 / 27.19
-# greedy); from 2.5 into English they ran long (README, "The Transformer").
+# measured 2026-11-29, beam 4 on the validation split of three quick Transformer recipes: at 0.6 their
+# translations were 10-15% short (BP 0.85-0.90); at 2.0, BP 0.95-1.00 and the best or within 0.2 of the
+# best BLEU of 0.6-3.0 in both directions (today's recipe zh-en: 12.07 BLEU / 29.11 chrF against 11.51 /
+# 27.90 at 0.6 and 10.18 / 27.99 greedy); from 2.5 into English they ran long (README, "The Transformer").
 LENGTH_PENALTY = 2.0
 
 
