@@ -78,11 +78,13 @@ def fill_mask_model(root: Path, checkpoint_id: str = "bert") -> Bert:
 
 @torch.no_grad()
 def is_next_probability(model: Bert, text_a: str, text_b: str) -> float:
-    """The NSP head's softmax at IS_NEXT for ``[CLS] a [SEP] b [SEP]``, segments 0 then 1."""
+    """The NSP head's softmax at index 0 for ``[CLS] a [SEP] b [SEP]``, segments 0 then 1: the checkpoint
+    format's convention, the original's and Hugging Face's (0 = B follows A), written out rather than read
+    from ``models.bert`` so that a swapped constant there is caught."""
     encoding = model.tokenizer.encode(text_a, text_b)
     assert encoding.tokens[0] == bert.CLS and encoding.type_ids[-1] == 1
     _, nsp_logits, _ = model.model(torch.tensor([encoding.ids]), torch.tensor([encoding.type_ids]))
-    return float(nsp_logits[0].double().softmax(-1)[bert.IS_NEXT])
+    return float(nsp_logits[0].double().softmax(-1)[0])
 
 
 @torch.no_grad()
