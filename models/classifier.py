@@ -19,6 +19,7 @@ from models.checkpoint import Checkpoint
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
 from models.rnn import CELLS, RNNClassifier, RNNClassifierConfig
+from models.subword import SubwordEmbedding
 from models.tokenizers import WordVocab, words
 
 VOCAB_FILE = "vocab.json"
@@ -38,8 +39,9 @@ def config_class(architecture: str) -> type:
     return _WORD_MODELS[architecture][0]
 
 
-def build_model(architecture: str, hyperparameters: dict[str, Any]) -> nn.Module:
-    """The network of ``architecture`` from its config fields (``config["model"]`` of a checkpoint)."""
+def build_model(architecture: str, hyperparameters: dict[str, Any], vocab: WordVocab | None = None) -> nn.Module:
+    """The network of ``architecture`` from its config fields (``config["model"]`` of a checkpoint); a word-level
+    one with character n-grams spells ``vocab``'s words."""
     if architecture == "bert":
         from models.bert import BertConfig, BertForSequenceClassification
 
@@ -49,7 +51,13 @@ def build_model(architecture: str, hyperparameters: dict[str, Any]) -> nn.Module
     config_type, model_type = _WORD_MODELS.get(architecture, (None, None))
     if config_type is None:
         raise ValueError(f"unknown classifier architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}, bert")
-    return model_type(config_type(**hyperparameters))
+    model = model_type(config_type(**hyperparameters))
+    if isinstance(model.embedding, SubwordEmbedding):
+        if vocab is None:
+            raise ValueError("a classifier with character n-grams needs its vocabulary to spell")
+        # Padding and unknown have no spelling: their vectors are their own.
+        model.embedding.spell(["" if w in (PAD, UNK) else w for w in vocab.itos])
+    return model
 
 
 def build_vocab(texts: Iterable[str], min_count: int) -> WordVocab:
@@ -109,6 +117,8 @@ def load(checkpoint: Checkpoint, device: torch.device) -> nn.Module:
     config = checkpoint.config
     if len(config["labels"]) != config["model"]["num_classes"]:
         raise ValueError(f"{len(config['labels'])} labels for {config['model']['num_classes']} classes")
-    model = build_model(config["architecture"], config["model"])
+    spec = config["tokenizer"]
+    vocab = WordVocab.from_file(checkpoint.file(spec["file"])) if spec["type"] == "word" else None
+    model = build_model(config["architecture"], config["model"], vocab)
     model.load_state_dict(checkpoint.state_dict)
     return model.to(device).eval()

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.subword import word_embedding
+
 PAD_ID = 0
 
 
@@ -30,8 +32,11 @@ class CNNConfig:
     padding: int = 0
     pooling: str = "max"  # "max" or "avg" over time
     dropout: float = 0.5
+    char_ngrams: tuple[int, ...] = ()  # (shortest, longest): add character n-grams (models/subword.py)
+    ngram_buckets: int = 0  # hashed n-gram vectors, with char_ngrams
 
     def __post_init__(self) -> None:
+        self.char_ngrams = tuple(self.char_ngrams)
         self.kernel_sizes, self.kernel_counts = tuple(self.kernel_sizes), tuple(self.kernel_counts)
         if len(self.kernel_sizes) != len(self.kernel_counts) or not self.kernel_sizes:
             raise ValueError("give one kernel count per kernel size")
@@ -48,7 +53,8 @@ class TextCNN(nn.Module):
     def __init__(self, config: CNNConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.embedding = word_embedding(config.vocab_size, config.embed_dim, PAD_ID, config.char_ngrams,
+                                        config.ngram_buckets)
         self.convs = nn.ModuleList(
             nn.Conv1d(config.embed_dim, count, size, stride=config.stride, padding=config.padding)
             for size, count in zip(config.kernel_sizes, config.kernel_counts, strict=True)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.subword import word_embedding
+
 PAD_ID = 0
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -26,8 +28,11 @@ class MLPConfig:
     hidden_sizes: tuple[int, ...] = (128,)
     activation: str = "relu"
     dropout: float = 0.3
+    char_ngrams: tuple[int, ...] = ()  # (shortest, longest): add character n-grams (models/subword.py)
+    ngram_buckets: int = 0  # hashed n-gram vectors, with char_ngrams
 
     def __post_init__(self) -> None:
+        self.char_ngrams = tuple(self.char_ngrams)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         self.hidden_sizes = tuple(self.hidden_sizes)
@@ -39,7 +44,8 @@ class MLPClassifier(nn.Module):
     def __init__(self, config: MLPConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.embedding = word_embedding(config.vocab_size, config.embed_dim, PAD_ID, config.char_ngrams,
+                                        config.ngram_buckets)
         layers: list[nn.Module] = []
         width = config.embed_dim
         for size in config.hidden_sizes:

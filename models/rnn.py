@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import Checkpoint
+from models.subword import word_embedding
 
 CELLS = ("rnn", "lstm", "gru")
 PAD_ID = 0
@@ -164,8 +165,11 @@ class RNNClassifierConfig:
     num_layers: int = 1
     dropout: float = 0.3
     pooling: str = "mean"  # over time: "last" (h_T), "max" or "mean" of every h_t
+    char_ngrams: tuple[int, ...] = ()  # (shortest, longest): add character n-grams (models/subword.py)
+    ngram_buckets: int = 0  # hashed n-gram vectors, with char_ngrams
 
     def __post_init__(self) -> None:
+        self.char_ngrams = tuple(self.char_ngrams)
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if self.pooling not in ("last", "max", "mean"):
@@ -178,7 +182,8 @@ class RNNClassifier(nn.Module):
     def __init__(self, config: RNNClassifierConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.embedding = word_embedding(config.vocab_size, config.embed_dim, PAD_ID, config.char_ngrams,
+                                        config.ngram_buckets)
         self.rnn = fused_layer(config.cell, config.embed_dim, config.hidden_size, config.num_layers,
                                config.dropout)
         self.dropout = nn.Dropout(config.dropout)

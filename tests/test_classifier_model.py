@@ -13,9 +13,11 @@ from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_voc
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
 from models.pipelines.classification import load
+from models.subword import SubwordEmbedding, char_ngrams, ngram_bucket
 from models.tokenizers import words
 from training.classifier import (
     MIN_PASSAGE_WORDS,
+    Augmentation,
     class_weights,
     classification_metrics,
     genre_passages,
@@ -261,3 +263,119 @@ def test_word2vec_embeddings_need_vectors_of_their_dimension(tmp_path, toy_word2
         arguments("--freeze-embeddings")
     with pytest.raises(ValueError, match="--word2vec is for the word2vec vectors"):
         arguments("--embeddings", "random", "--word2vec", str(vectors_path))
+
+
+# ---- character n-grams and training augmentation ---------------------------------------------------
+
+
+def test_a_words_ngrams_are_its_marked_pieces_of_three_to_five_characters_in_stable_buckets() -> None:
+    assert char_ngrams("the", (3, 5)) == ["<th", "the", "he>", "<the", "the>", "<the>"]
+    assert char_ngrams("", (3, 5)) == []
+    # CRC-32, not Python's salted hash: a saved checkpoint's n-gram rows mean the same in every process.
+    assert [ngram_bucket(g, 1000) for g in char_ngrams("the", (3, 5))] == [438, 78, 299, 817, 830, 240]
+
+
+def test_a_words_vector_is_its_own_plus_the_sum_of_its_ngram_vectors() -> None:
+    torch.manual_seed(0)
+    embedding = SubwordEmbedding(4, 6, (3, 4), buckets=50, padding_idx=0)
+    torch.nn.init.normal_(embedding.ngrams.weight)
+    spelled = ["", "", "thee", "thou"]
+    with pytest.raises(RuntimeError, match="spell"):
+        embedding(torch.tensor([[2]]))
+    embedding.spell(spelled)
+    vectors = embedding(torch.tensor([[2, 3, 3, 0], [1, 2, 0, 0]]))
+    assert vectors.shape == (2, 4, 6)
+    for word_id in (2, 3):
+        buckets = [ngram_bucket(g, 50) for g in char_ngrams(spelled[word_id], (3, 4))]
+        expected = embedding.weight[word_id] + embedding.ngrams.weight[buckets].sum(dim=0)
+        torch.testing.assert_close(vectors[0, word_id - 2], expected)
+    assert not vectors[0, 3].any()  # padding stays zero
+    torch.testing.assert_close(vectors[1, 0], embedding.weight[1])  # unknown: no spelling, its own vector
+
+
+def test_ngram_vectors_learn_so_a_rare_word_moves_with_the_words_it_shares_pieces_with() -> None:
+    embedding = SubwordEmbedding(4, 3, (3, 5), buckets=100, padding_idx=0)
+    embedding.spell(["", "", "kingdom", "kingly"])
+    embedding(torch.tensor([[2]])).sum().backward()  # a gradient through "kingdom" alone
+    spelled = {ngram_bucket(g, 100) for g in char_ngrams("kingdom", (3, 5))}
+    assert embedding.ngrams.weight.grad[ngram_bucket("<ki", 100)].abs().sum() > 0  # shared with "kingly"
+    untouched = [b for b in range(100) if b not in spelled]
+    assert embedding.ngrams.weight.grad[untouched].abs().sum() == 0
+
+
+def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> None:
+    generator = torch.Generator().manual_seed(0)
+    ids = list(range(10, 30))
+    window = Augmentation(crop_words=5).apply(ids, generator)
+    assert len(window) == 5 and window == list(range(window[0], window[0] + 5))
+    assert len({Augmentation(crop_words=5).apply(ids, generator)[0] for _ in range(20)}) > 1  # anywhere
+    assert Augmentation(crop_words=50).apply(ids, generator) == ids
+    kept = Augmentation(word_dropout=0.5).apply(ids, generator)
+    assert 0 < len(kept) < len(ids) and kept == sorted(kept) and set(kept) <= set(ids)
+    assert len(Augmentation(word_dropout=0.999).apply(ids, generator)) >= 1
+    assert Augmentation().apply(ids, generator) == ids
+    # The same random state, the same draws: a resumed run restores torch's state and crops alike.
+    torch.manual_seed(1)
+    first = [Augmentation(crop_words=5, word_dropout=0.2).apply(ids) for _ in range(3)]
+    torch.manual_seed(1)
+    assert [Augmentation(crop_words=5, word_dropout=0.2).apply(ids) for _ in range(3)] == first
+
+
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--char-ngrams", "5-3"], SystemExit),
+    (["--char-ngrams", "three"], SystemExit),
+    (["--char-ngrams", "3-5", "--ngram-buckets", "0"], "--ngram-buckets must be at least 1"),
+    (["--word-dropout", "1.0"], r"--word-dropout must be in \[0, 1\)"),
+    (["--crop-words", "-1"], "--crop-words must be 0"),
+])
+def test_bad_ngram_and_augmentation_values_are_refused(tmp_path, flags: list[str], error) -> None:
+    from training.classifier import resolve_arguments
+
+    command = ["classifier", "--arch", "cnn", "--profile", "tiny", "--out", str(tmp_path), *flags]
+    if error is SystemExit:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(command)
+        return
+    with pytest.raises(ValueError, match=error):
+        resolve_arguments(build_parser().parse_args(command))
+
+
+def test_word_level_flags_are_refused_for_bert(tmp_path) -> None:
+    from training.classifier import resolve_arguments
+
+    with pytest.raises(ValueError, match="--char-ngrams is for the word-level classifiers"):
+        resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--char-ngrams", "3-5"]))
+
+
+def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_same_scores(tmp_path) -> None:
+    from training.classifier import load_splits, train
+
+    # A noisy toy task (each word from the passage's side with probability 0.6), so that validation
+    # macro-F1 goes up and down and the best epoch is not the last.
+    rng = random.Random(0)
+    rows = []
+    for _ in range(160):
+        label = rng.choice(["sea", "land"])
+        sides = [["wave", "ship", "salt", "tide"], ["hill", "field", "stone", "road"]]
+        mine, other = sides if label == "sea" else sides[::-1]
+        rows.append(f"{label}\t" + " ".join(rng.choice(mine if rng.random() < 0.6 else other)
+                                            + rng.choice(["", "s", "ward"]) for _ in range(4)))
+    data = tmp_path / "toy.tsv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (path,) = train(build_parser().parse_args(
+        ["classifier", "--arch", "mlp", "--labeled", str(data), "--profile", "tiny", "--epochs", "6", "--lr", "1e-2",
+         "--char-ngrams", "3-5", "--ngram-buckets", "500", "--word-dropout", "0.1", "--crop-words", "3",
+         "--out", str(tmp_path / "ck"), "--force"]))
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.config["model"]["char_ngrams"] == [3, 5] and checkpoint.config["model"]["ngram_buckets"] == 500
+    assert "embedding.ngrams.weight" in checkpoint.state_dict
+    evaluations = [e["val_macro_f1"] for e in checkpoint.metrics["evaluations"] if "val_macro_f1" in e]
+    assert len(evaluations) == 6 and checkpoint.metrics["val_macro_f1"] == max(evaluations) != evaluations[-1]
+    # The saved weights are the best epoch's: the reloaded network (spelled again from its vocabulary)
+    # scores the validation passages as that epoch did.
+    classifier = load(checkpoint, torch.device("cpu"))
+    validation = load_splits(data).validation
+    predicted = classifier.probabilities([text for _, text in validation]).argmax(dim=-1).tolist()
+    gold = [classifier.labels.index(label) for label, _ in validation]
+    assert classification_metrics(gold, predicted, classifier.labels)["macro_f1"] == max(evaluations)
