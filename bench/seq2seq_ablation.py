@@ -1,7 +1,9 @@
-"""What each choice of the default seq2seq recipe is worth: the quick recipe, then the recipe with one
-choice undone at a time, on the validation split (the test split is left for the final figures).
+"""What each choice of the default seq2seq recipe is worth: the quick recipe (the Transformer), the recurrent
+one, then the recipe with one choice undone at a time, on the validation split (the test split is left for
+the final figures); flags after ``--`` go to every run, ``--arch recurrent`` for the recurrent recipe's.
 
     python bench/seq2seq_ablation.py [--direction zh-en|en-zh] [--jobs 2] [--clock cpu] [--only NAME ...]
+    python bench/seq2seq_ablation.py --only "English as whole words" -- --arch recurrent
 
 Every run is ``python -m training seq2seq`` with the quick profile and the run's flags, for the quick
 profile's budget of seconds; ``--jobs`` runs go side by side, one thread each. ``--clock cpu`` counts each
@@ -23,6 +25,7 @@ from pathlib import Path
 # name -> the flags that undo one choice of the quick recipe, or add one it left out (the first row is the recipe)
 RUNS: dict[str, tuple[str, ...]] = {
     "quick recipe": (),
+    "the recurrent quick recipe (GRU, additive attention)": ("--arch", "recurrent"),
     "with label smoothing 0.1": ("--label-smoothing", "0.1"),
     "untied output embeddings": ("--no-tie-embeddings",),
     "with HSK glosses": ("--glosses",),

@@ -44,8 +44,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
     # Fine-tunes the bert checkpoint, so it comes after it.
     CatalogEntry("clf-bert", "classifier", "bert", ("classifier", "--arch", "bert")),
     # Extras: `python -m training all --extras` trains them too, past make serve's time budget.
-    *(CatalogEntry(f"seq2seq-{d}-transformer", "seq2seq", f"{d}-transformer",
-                   ("seq2seq", "--direction", d, "--arch", "transformer"), default=False) for d in ("zh-en", "en-zh")),
+    *(CatalogEntry(f"seq2seq-{d}-recurrent", "seq2seq", f"{d}-recurrent",
+                   ("seq2seq", "--direction", d, "--arch", "recurrent"), default=False) for d in ("zh-en", "en-zh")),
 )
 
 

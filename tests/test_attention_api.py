@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import Server
 
-TRANSLATOR = "zh-en-transformer"
+TRANSLATOR = "zh-en"
 TEXT = "To be, or not to be."
 
 
@@ -114,7 +114,7 @@ def test_malformed_filters_are_refused_by_the_schema(client, body):
     assert client.post("/v1/attention", json=body).status_code == 422
 
 
-@pytest.mark.parametrize("model", ["zh-en", "sg", "lm-lstm"])
+@pytest.mark.parametrize("model", ["zh-en-recurrent", "sg", "lm-lstm"])
 def test_a_model_without_self_attention_is_a_422_naming_the_models_with_it(client, model):
     for route in ("/v1/attention", "/v1/attention.png"):
         response = client.post(route, json={"model": model, "text": "你好。"})

@@ -38,8 +38,8 @@ GPT = ("--profile", "tiny", "--device", "cpu", "--tokenizer", "char", "--train-c
 BERT = ("--profile", "tiny", "--device", "cpu", "--vocab-size", "300", "--batch-size", "8", "--max-steps", "8",
         "--precision", "fp32", "--eval-pairs", "32", "--warmup", "0", "--decay", "0", "--force")
 # Dropout off: each process draws its own masks, so only without it can two processes repeat one.
-SEQ2SEQ = ("--profile", "tiny", "--device", "cpu", "--max-train-pairs", "256", "--batch-size", "32",
-           "--epochs", "3", "--patience", "3", "--dropout", "0", "--precision", "fp32")
+SEQ2SEQ = ("--arch", "recurrent", "--profile", "tiny", "--device", "cpu", "--max-train-pairs", "256",
+           "--batch-size", "32", "--epochs", "3", "--patience", "3", "--dropout", "0", "--precision", "fp32")
 
 
 def train(launcher: list[str], family: str, out: Path, *flags: str) -> None:
@@ -150,7 +150,7 @@ def test_seq2seq_on_two_processes_matches_one_with_the_same_global_batch(tmp_pat
     train(ONE, "seq2seq", tmp_path / "one", *SEQ2SEQ)
     # 16 pairs a process, in micro-batches of 5, 5, 5 and 1.
     train(TWO, "seq2seq", tmp_path / "two", *SEQ2SEQ, "--micro-batch-size", "5")
-    single, double = (load_checkpoint(tmp_path / run / "seq2seq-zh-en") for run in ("one", "two"))
+    single, double = (load_checkpoint(tmp_path / run / "seq2seq-zh-en-recurrent") for run in ("one", "two"))
     evaluations = [c.metrics["evaluations"] for c in (single, double)]
     for one, two in zip(*evaluations, strict=True):
         assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-3)
@@ -158,7 +158,8 @@ def test_seq2seq_on_two_processes_matches_one_with_the_same_global_batch(tmp_pat
     assert len(evaluations[1]) == 3
 
     assert double.config["training"]["world_size"] == 2 and double.metrics["tokens_per_second"] > 0
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".seq2seq-zh-en-train-state", "seq2seq-zh-en"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".seq2seq-zh-en-recurrent-train-state",
+                                                                  "seq2seq-zh-en-recurrent"]
     assert load_translator(double, CPU).translate(["我爱你。"])[0].translation
 
 

@@ -199,7 +199,7 @@ def attention_view(page: Page) -> None:
     assert shown == [[w] for w in body["attention"][0][1][2]]
     assert all(w == [0] for w in shown[3:])  # causal: nothing after the hovered token
 
-    page.select_option("#att-model", "seq2seq-zh-en-transformer")
+    page.select_option("#att-model", "seq2seq-zh-en")
     page.fill("#att-text", "我们明天见。")
     body = submit(page, "attention-form", "/v1/attention")
     expect(page.locator("#att-meta")).to_contain_text(body["model"])

@@ -73,8 +73,8 @@ FITTING = {
     "/v1/word2vec/n-similarity": ["sg", "cbow"],
     "/v1/word2vec/doesnt-match": ["sg", "word2vec-cbow"],
     "/v1/word2vec/vectors": ["sg", "cbow"],
-    "/v1/attention": ["bert", "gpt", "zh-en-transformer"],
-    "/v1/attention.png": ["bert", "gpt", "seq2seq-en-zh-transformer"],
+    "/v1/attention": ["bert", "gpt", "zh-en"],
+    "/v1/attention.png": ["bert", "gpt", "seq2seq-en-zh"],
 }
 
 

@@ -371,9 +371,9 @@ def test_training_lowers_the_validation_loss_and_keeps_the_best_epoch(tmp_path):
     split = split_pairs(PAIRS * 6, "zh-en", 0, 0.1, {})
     split.validation = split.train[:8]  # same sentences: a model that learns must improve on them
     args = trainer.resolve_arguments(build_parser().parse_args([
-        "seq2seq", "--profile", "tiny", "--out", str(tmp_path), "--device", "cpu", "--min-count", "1",
-        "--batch-size", "8", "--embedding-dim", "16", "--hidden-dim", "32", "--dropout", "0", "--lr", "1e-2",
-        "--epochs", "6", "--teacher-forcing", "0.8", "--patience", "6", "--precision", "fp32"]))
+        "seq2seq", "--arch", "recurrent", "--profile", "tiny", "--out", str(tmp_path), "--device", "cpu",
+        "--min-count", "1", "--batch-size", "8", "--embedding-dim", "16", "--hidden-dim", "32", "--dropout", "0",
+        "--lr", "1e-2", "--epochs", "6", "--teacher-forcing", "0.8", "--patience", "6", "--precision", "fp32"]))
     with Run(args, "seq2seq-test") as run:
         fitted = fit(run, split, "zh-en", args)
     evaluations = fitted.trained.history["evaluations"]
@@ -449,10 +449,10 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, mo
     def run(out: str, *extra: str) -> list[dict]:
         # Dropout and teacher forcing below 1 both draw from torch's RNG, which must continue too.
         trainer.train(build_parser().parse_args([
-            "seq2seq", "--profile", "tiny", "--pairs", str(pairs), "--out", str(tmp_path / out), "--device", "cpu",
-            "--epochs", "4", "--patience", "4", "--batch-size", "8", "--teacher-forcing", "0.8", "--precision", "fp32",
-            "--force", *extra]))
-        return json.loads((state_dir(tmp_path / out, "seq2seq-zh-en") / "history.json").read_text())
+            "seq2seq", "--arch", "recurrent", "--profile", "tiny", "--pairs", str(pairs), "--out", str(tmp_path / out),
+            "--device", "cpu", "--epochs", "4", "--patience", "4", "--batch-size", "8", "--teacher-forcing", "0.8",
+            "--precision", "fp32", "--force", *extra]))
+        return json.loads((state_dir(tmp_path / out, "seq2seq-zh-en-recurrent") / "history.json").read_text())
 
     straight = run("a")
     with interrupted_after_saving(monkeypatch, lambda state: len(state["history"]["evaluations"]) == 2):
@@ -461,7 +461,7 @@ def test_resume_after_an_interruption_repeats_the_uninterrupted_run(tmp_path, mo
     assert len(resumed["evaluations"]) == 4
     assert resumed["loss"] == straight["loss"]
     assert [e["val_loss"] for e in resumed["evaluations"]] == [e["val_loss"] for e in straight["evaluations"]]
-    a, b = (load_checkpoint(tmp_path / run / "seq2seq-zh-en") for run in ("a", "b"))
+    a, b = (load_checkpoint(tmp_path / run / "seq2seq-zh-en-recurrent") for run in ("a", "b"))
     assert b.config["training"]["best_step"] == a.config["training"]["best_step"]
     for name, weight in a.state_dict.items():
         torch.testing.assert_close(b.state_dict[name], weight, rtol=0, atol=1e-6)

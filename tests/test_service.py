@@ -184,7 +184,7 @@ def odd_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     copy_checkpoint(source / "word2vec-cbow", root, "glove-x", config=lambda c: {**c, "family": "glove"})
     shutil.copytree(source / "lm-lstm", root / "lm-lstm")
     copy_checkpoint(source / "gpt", root, "gpt-lstm", name="lstm")  # a GPT trained with --name lstm
-    plain = copy_checkpoint(source / "seq2seq-zh-en", root, "seq2seq-zh-en-plain", name="zh-en-plain",
+    plain = copy_checkpoint(source / "seq2seq-zh-en-recurrent", root, "seq2seq-zh-en-plain", name="zh-en-plain",
                             config=lambda c: {**c, "model": {**c["model"], "attention": "none"}})
     weights = reference.untrained_seq2seq_weights(json.loads((plain / "config.json").read_text())["model"])
     save_file(weights, plain / "model.safetensors")

@@ -247,8 +247,8 @@ def test_a_text_of_several_sentences_is_translated_sentence_by_sentence() -> Non
 
 
 def test_trained_checkpoint_saves_the_tied_matrix_once_and_translates_after_loading(tmp_path) -> None:
-    run_training("seq2seq", "--arch", "transformer", "--profile", "tiny", "--epochs", "1", "--out", str(tmp_path))
-    checkpoint = load_checkpoint(tmp_path / "seq2seq-zh-en-transformer")
+    run_training("seq2seq", "--profile", "tiny", "--epochs", "1", "--out", str(tmp_path))
+    checkpoint = load_checkpoint(tmp_path / "seq2seq-zh-en")  # the Transformer is the direction's default
     assert checkpoint.config["model"]["arch"] == "transformer"
     assert "out.weight" not in checkpoint.state_dict
     translator = load(checkpoint, torch.device("cpu"))
@@ -265,8 +265,11 @@ def test_a_flag_of_the_other_architecture_is_refused(tmp_path) -> None:
     args = build_parser().parse_args(["seq2seq", "--arch", "transformer", "--hidden-dim", "64"])
     with pytest.raises(ValueError, match="--hidden-dim is a setting of --arch recurrent"):
         trainer.resolve_arguments(args)
-    args = build_parser().parse_args(["seq2seq", "--n-layers", "2"])
+    args = build_parser().parse_args(["seq2seq", "--arch", "recurrent", "--n-layers", "2"])
     with pytest.raises(ValueError, match="--n-layers is a setting of --arch transformer"):
+        trainer.resolve_arguments(args)
+    args = build_parser().parse_args(["seq2seq", "--cell", "lstm"])  # the default, a Transformer, has no cell
+    with pytest.raises(ValueError, match="--cell is a setting of --arch recurrent, not transformer"):
         trainer.resolve_arguments(args)
 
 

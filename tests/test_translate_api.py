@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.pipelines.translation import LENGTH_PENALTY, TranslationOptions
 from training.data import load_hsk_pairs
 
 from . import reference
@@ -50,8 +51,9 @@ def test_translates_english_to_chinese_in_a_batch_with_beam_search(client):
 ])
 def test_each_translation_in_a_batch_is_the_models_own_greedy_decoding_of_it_alone(
         client, checkpoint_dir: Path, direction: str, texts: list[str]):
-    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}")
-    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12})
+    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}-recurrent")
+    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12,
+                                                  "model": f"{direction}-recurrent"})
     assert response.status_code == 200, response.text
     for text, result in zip(texts, response.json()["results"], strict=True):
         tokens, attention = reference.greedy_translation(model, text, max_length=12)
@@ -75,14 +77,23 @@ def beam_beats_greedy(model, texts: list[str], beam_size: int, max_length: int) 
 @pytest.mark.parametrize("direction", ["zh-en", "en-zh"])
 def test_beam_search_finds_a_better_translation_than_greedy_where_they_differ(client, checkpoint_dir: Path,
                                                                                 direction: str):
-    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}")
+    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}-recurrent")
     candidates = [zh if direction == "zh-en" else en for zh, en in load_hsk_pairs()[:50]]
     text, beam, greedy = beam_beats_greedy(model, candidates, beam_size=4, max_length=12)
-    request = {"text": text, "direction": direction, "max_length": 12, "length_penalty": 0.6}
+    request = {"text": text, "direction": direction, "max_length": 12, "length_penalty": 0.6,
+               "model": f"{direction}-recurrent"}
     served_beam = client.post("/v1/translate", json={**request, "beam_size": 4}).json()["results"][0]
     served_greedy = client.post("/v1/translate", json={**request, "beam_size": 1}).json()["results"][0]
     assert served_greedy["target_tokens"] == greedy
     assert served_beam["target_tokens"] == beam != greedy
+
+
+def test_both_translate_routes_rank_beams_by_the_measured_length_penalty_by_default(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    defaults = {name: schema["properties"]["length_penalty"]["default"] for name, schema in schemas.items()
+                if "length_penalty" in schema.get("properties", {})}
+    assert len(defaults) == 2 and set(defaults.values()) == {LENGTH_PENALTY}
+    assert TranslationOptions().length_penalty == LENGTH_PENALTY
 
 
 def test_direction_defaults_to_chinese_to_english(client):
@@ -157,17 +168,16 @@ def test_a_model_that_is_not_trained_is_503_naming_the_training_command(empty_cl
 # ---- the Transformer, every head, sentences, the direction read from the script ----------------------------
 
 
-def test_model_picks_the_transformer_whose_attention_is_its_last_layers_heads_averaged(client):
-    response = client.post("/v1/translate", json={"text": "他是学生。", "model": "zh-en-transformer",
-                                                  "attention_heads": True})
+def test_the_default_is_the_transformer_whose_attention_is_its_last_layers_heads_averaged(client):
+    response = client.post("/v1/translate", json={"text": "他是学生。", "attention_heads": True})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == "seq2seq-zh-en-transformer"
+    assert body["model"] == "seq2seq-zh-en"
     [result] = body["results"]
     assert_alignment(result)
     heads = result["attention_heads"]
     model = client.get("/v1/models").json()
-    config = next(m for m in model["data"] if m["id"] == "seq2seq-zh-en-transformer")
+    config = next(m for m in model["data"] if m["id"] == "seq2seq-zh-en")
     assert config["architecture"].startswith("Transformer")
     assert len(heads[0]) >= 1 and all(len(layer) == len(heads[0]) for layer in heads)
     for layer in heads:
@@ -182,23 +192,23 @@ def test_model_picks_the_transformer_whose_attention_is_its_last_layers_heads_av
 
 
 def test_attention_heads_are_left_out_unless_asked_and_a_recurrent_model_has_one_head(client):
-    plain = client.post("/v1/translate", json={"text": "他是学生。", "model": "zh-en-transformer"}).json()
+    plain = client.post("/v1/translate", json={"text": "他是学生。"}).json()
     assert plain["results"][0]["attention_heads"] is None
-    recurrent = client.post("/v1/translate", json={"text": "他是学生。", "attention_heads": True}).json()
+    recurrent = client.post("/v1/translate", json={"text": "他是学生。", "model": "zh-en-recurrent",
+                                                   "attention_heads": True}).json()
     [result] = recurrent["results"]
-    assert recurrent["model"] == "seq2seq-zh-en"
+    assert recurrent["model"] == "seq2seq-zh-en-recurrent"
     assert result["attention_heads"] == [[result["attention"]]]
 
 
 def test_a_text_of_several_sentences_gets_one_result_translated_sentence_by_sentence(client):
-    response = client.post("/v1/translate", json={"texts": ["你好！我是学生。", "今天很冷。"],
-                                                  "model": "zh-en-transformer"})
+    response = client.post("/v1/translate", json={"texts": ["你好！我是学生。", "今天很冷。"]})
     assert response.status_code == 200, response.text
     first, second = response.json()["results"]
     assert [s["text"] for s in first["sentences"]] == ["你好！", "我是学生。"]
     assert [s["text"] for s in second["sentences"]] == ["今天很冷。"]
     assert_alignment(first)
-    alone = client.post("/v1/translate", json={"texts": ["你好！", "我是学生。"], "model": "zh-en-transformer"}).json()
+    alone = client.post("/v1/translate", json={"texts": ["你好！", "我是学生。"]}).json()
     for sentence, result in zip(first["sentences"], alone["results"], strict=True):
         assert sentence["translation"] == result["translation"]
         assert sentence["target_tokens"] == result["target_tokens"]
@@ -230,7 +240,7 @@ def test_direction_auto_draws_the_attention_of_an_english_text(client):
 
 @pytest.mark.parametrize(("body", "message"), [
     ({"texts": ["你好。", "Hello."], "direction": "auto"}, "some texts have CJK ideographs and some do not"),
-    ({"text": "Hello.", "direction": "auto", "model": "zh-en-transformer"}, "translates zh-en, not en-zh"),
+    ({"text": "Hello.", "direction": "auto", "model": "zh-en"}, "translates zh-en, not en-zh"),
     ({"text": "你好", "direction": "Auto"}, "'auto'"),
     ({"text": "你好", "attention_heads": "yes"}, "valid boolean"),
     ({"text": "你好", "attention_heads": None}, "valid boolean"),
@@ -243,7 +253,7 @@ def test_bad_direction_and_attention_heads_requests_are_422(client, body, messag
 
 def test_attention_heads_that_could_exceed_the_reply_limit_are_422_naming_it_before_any_inference(client):
     texts = ["我" * 200] * 8
-    body = {"texts": texts, "model": "zh-en-transformer", "attention_heads": True}
+    body = {"texts": texts, "attention_heads": True}
     response = client.post("/v1/translate", json=body)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]

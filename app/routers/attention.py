@@ -57,7 +57,7 @@ Indices = Annotated[list[Annotated[int, Field(ge=0)]],
 
 class AttentionRequest(RequestModel):
     model: ModelName = Field(description="A model with self-attention: `bert`, `gpt` or a Transformer translator "
-                                         "(`zh-en-transformer`), by name or id.")
+                                         "(`zh-en`, the default), by name or id.")
     text: InputText = Field(description="The text the model reads (the translator translates it).")
     text_b: Omittable(InputText) = Field(None, description="BERT only: the second segment, read as "
                                                            "`[CLS] text [SEP] text_b [SEP]`.")
@@ -67,7 +67,7 @@ class AttentionRequest(RequestModel):
     model_config = {"json_schema_extra": {"examples": [
         {"model": "bert", "text": "To be, or not to be.", "text_b": "That is the question."},
         {"model": "gpt", "text": "ROMEO:\nBut soft", "layers": [0], "heads": [0, 1]},
-        {"model": "zh-en-transformer", "text": "我们明天见。"},
+        {"model": "zh-en", "text": "我们明天见。"},
     ]}}
 
     @property
@@ -84,7 +84,7 @@ class AttentionImageRequest(AttentionRequest):
     model_config = {"json_schema_extra": {"examples": [
         {"model": "bert", "text": "To be, or not to be.", "layers": [1]},
         {"model": "gpt", "text": "ROMEO:\nBut soft"},
-        {"model": "zh-en-transformer", "text": "我们明天见。", "kind": "cross", "layers": [0]},
+        {"model": "zh-en", "text": "我们明天见。", "kind": "cross", "layers": [0]},
     ]}}
 
 

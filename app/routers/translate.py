@@ -73,8 +73,8 @@ class Options(RequestModel):
     length_penalty: float = Field(LENGTH_PENALTY, ge=0.0, le=2.0,
                                   description="Beam search ranks by log p / ((5 + |y|) / 6)^length_penalty.")
     model: Omittable(ModelName) = Field(
-        None, description="A checkpoint trained for this direction, by name (`zh-en-lstm`, `zh-en-transformer`) "
-                          "or id (`seq2seq-zh-en-lstm`); default: the direction's own.")
+        None, description="A checkpoint trained for this direction, by name (`zh-en-recurrent`, `zh-en-lstm`) "
+                          "or id (`seq2seq-zh-en-recurrent`); default: the direction's own.")
     attention_heads: bool = Field(False, description="Also return `attention_heads[layer][head][target][source]`: "
                                                      "every layer's and head's attention over the source.")
 
@@ -106,8 +106,7 @@ class TranslateRequest(Options, OneOrMany):
         "examples": [{"text": "我们明天见。", "direction": "zh-en"},
                      {"texts": ["今天很冷。", "他是我的老师。"], "direction": "zh-en", "beam_size": 4},
                      {"text": "I like drinking tea.", "direction": "en-zh"},
-                     {"text": "你好！我是学生。", "direction": "auto", "model": "zh-en-transformer",
-                      "attention_heads": True}],
+                     {"text": "你好！我是学生。", "direction": "auto", "attention_heads": True}],
         "oneOf": [{"required": ["text"]}, {"required": ["texts"]}],
     }}
 
