@@ -327,6 +327,7 @@ def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> N
     (["--char-ngrams", "3-5", "--ngram-buckets", "0"], "--ngram-buckets must be at least 1"),
     (["--word-dropout", "1.0"], r"--word-dropout must be in \[0, 1\)"),
     (["--crop-words", "-1"], "--crop-words must be 0"),
+    (["--windows", "2"], "--windows is for the BERT classifier"),
 ])
 def test_bad_ngram_and_augmentation_values_are_refused(tmp_path, flags: list[str], error) -> None:
     from training.classifier import resolve_arguments
@@ -346,6 +347,14 @@ def test_word_level_flags_are_refused_for_bert(tmp_path) -> None:
     with pytest.raises(ValueError, match="--char-ngrams is for the word-level classifiers"):
         resolve_arguments(build_parser().parse_args(
             ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--char-ngrams", "3-5"]))
+
+
+def test_bert_reads_at_least_one_window(tmp_path) -> None:
+    from training.classifier import resolve_arguments
+
+    with pytest.raises(ValueError, match="--windows must be at least 1, got 0"):
+        resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--windows", "0"]))
 
 
 def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_same_scores(tmp_path) -> None:

@@ -445,7 +445,11 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} is for the word-level classifiers (mlp, cnn, rnn, "
                                  "lstm, gru)")
+        if args.windows < 1:
+            raise ValueError(f"--windows must be at least 1, got {args.windows}")
         return args
+    if args.windows is not None:
+        raise ValueError("--windows is for the BERT classifier (--arch bert)")
     if args.char_ngrams and args.ngram_buckets < 1:
         raise ValueError(f"--ngram-buckets must be at least 1 with --char-ngrams, got {args.ngram_buckets}")
     if not args.char_ngrams:
