@@ -52,7 +52,6 @@ class SubwordEmbedding(nn.Embedding):
         # rebuilt from the vocabulary, so not saved with the weights.
         for name in ("flat", "starts", "counts"):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
-        self.spelled = False
 
     def spell(self, words: Sequence[str]) -> None:
         """Give word id i the n-grams of ``words[i]`` (an empty string: none, as for padding and unknown)."""
@@ -63,10 +62,9 @@ class SubwordEmbedding(nn.Embedding):
         self.counts = torch.tensor([len(r) for r in rows], dtype=torch.long, device=device)
         self.starts = torch.cumsum(self.counts, 0) - self.counts
         self.flat = torch.tensor([b for r in rows for b in r], dtype=torch.long, device=device)
-        self.spelled = True
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if not self.spelled:
+        if len(self.counts) != self.num_embeddings:  # spell has not run
             raise RuntimeError("spell the vocabulary first: SubwordEmbedding.spell(words)")
         present, where = torch.unique(ids, return_inverse=True)
         # One bag per distinct word of the batch, gathered from the flat spellings without padding.
