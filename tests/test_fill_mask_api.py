@@ -116,7 +116,15 @@ def test_fill_mask_scores_are_the_mlm_heads_probabilities(client: httpx.Client, 
 def test_text_without_a_mask_is_422_saying_so(client: httpx.Client):
     response = _fill(client, text="To be, or not to be, that is the question.")
     assert response.status_code == 422
-    assert "[MASK]" in response.json()["detail"]
+    assert "[MASK]" in str(response.json()["detail"])
+
+
+def test_text_without_a_mask_is_malformed_whatever_the_model(client: httpx.Client, empty_client: httpx.Client):
+    """The schema's pattern is checked with the rest of the body, before the model is looked up."""
+    for served_by, model in ((client, "no-such-model"), (empty_client, "bert")):
+        response = served_by.post("/v1/fill-mask", json={"text": "no mask here", "model": model})
+        assert response.status_code == 422
+        assert "[MASK]" in str(response.json()["detail"])
 
 
 def test_input_longer_than_the_positions_is_422_naming_the_limit(client: httpx.Client, max_position: int):

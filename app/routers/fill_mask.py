@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from app.batching import Batching, get_batching
 from app.inference import InferencePool, get_pool
@@ -33,9 +33,16 @@ BYTES_PER_CHARACTER = 6  # a control character is written \u00XX
 Target = Annotated[str, Field(min_length=1, max_length=LIMITS.max_word_length)]
 
 
+def _has_a_mask(text: str) -> str:
+    """The schema's pattern, checked before the model is looked up: a text without a mask is malformed."""
+    if MASK not in text:
+        raise ValueError(f"text must contain at least one {MASK} token")
+    return text
+
+
 class FillMaskRequest(RequestModel):
-    text: InputText = Field(description=f"Text with one or more `{MASK}` tokens.",
-                            json_schema_extra={"pattern": r"\[MASK\]"})
+    text: Annotated[InputText, AfterValidator(_has_a_mask)] = Field(
+        description=f"Text with one or more `{MASK}` tokens.", json_schema_extra={"pattern": r"\[MASK\]"})
     top_k: int = Field(5, ge=1, le=LIMITS.max_top_k, description="Predictions to return per mask.")
     targets: Omittable(Annotated[list[Target], Field(min_length=1, max_length=LIMITS.max_targets)]) = Field(
         None, description="Only score these candidates; each must be one vocabulary token (422 otherwise).")
