@@ -1,7 +1,7 @@
 """The Transformer translator's recipe, measured: each configuration trained on the same split, scored on the
 validation split (where choices are made) and the test split, greedy and beam 4.
 
-    python bench/transformer_recipe.py --direction zh-en --max-seconds 150
+    python bench/transformer_recipe.py --direction zh-en --max-seconds 150 --clock cpu
     python bench/transformer_recipe.py --max-steps 1500 --rounds 2 \\
         --config base= --config no-smoothing="--label-smoothing 0" --config wide="--dim 192 --ffn-dim 768"
 
@@ -36,7 +36,7 @@ from training.seq2seq import load_pairs, score, split_pairs  # noqa: E402
 
 
 def measure(args: argparse.Namespace, name: str, flags: list[str], out: Path, round_: int) -> dict:
-    budget = ["--max-seconds", str(args.max_seconds or 0)]  # 0: none, for runs of equal steps
+    budget = ["--max-seconds", str(args.max_seconds or 0), "--clock", args.clock]  # 0: none, for equal steps
     steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
     checkpoint_name = f"{args.direction}-{name}-{round_}"
     cpu = time.process_time()
@@ -54,6 +54,8 @@ def measure(args: argparse.Namespace, name: str, flags: list[str], out: Path, ro
            "parameters": checkpoint.metrics["parameters"], "val_loss": checkpoint.metrics["validation_loss"],
            "load": os.getloadavg()[0]}
     for label, pairs_ in (("val", split.validation), ("test", split.test)):
+        if label not in args.splits:
+            continue
         for beam in (1, 4):
             result = score(translator, pairs_, TranslationOptions(beam_size=beam))
             key = f"{label}_{'greedy' if beam == 1 else 'beam4'}"
@@ -61,18 +63,24 @@ def measure(args: argparse.Namespace, name: str, flags: list[str], out: Path, ro
     return row
 
 
+def pair(row: dict, key: str, metric: str, digits: int) -> str:
+    """greedy / beam 4 of one split's metric, "-" for a split left out."""
+    if f"{key}_greedy" not in row:
+        return "-"
+    return f"{row[f'{key}_greedy'][metric]:.{digits}f} / {row[f'{key}_beam4'][metric]:.{digits}f}"
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("config", "round", "steps", "s", "CPU s", "load", "params", "val loss", "val BLEU greedy / beam 4",
-            "val chrF greedy", "test BLEU greedy / beam 4", "test chrF greedy / beam 4")
+            "val chrF greedy / beam 4", "test BLEU greedy / beam 4", "test chrF greedy / beam 4")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['round']} | {r['steps']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | "
             f"{r['load']:.1f} | "
             f"{r['parameters'] / 1e6:.2f}M | {r['val_loss']:.3f} | "
-            f"{r['val_greedy']['bleu']:.2f} / {r['val_beam4']['bleu']:.2f} | {r['val_greedy']['chrf']:.1f} | "
-            f"{r['test_greedy']['bleu']:.2f} / {r['test_beam4']['bleu']:.2f} | "
-            f"{r['test_greedy']['chrf']:.1f} / {r['test_beam4']['chrf']:.1f} |")
+            f"{pair(r, 'val', 'bleu', 2)} | {pair(r, 'val', 'chrf', 2)} | {pair(r, 'test', 'bleu', 2)} | "
+            f"{pair(r, 'test', 'chrf', 2)} |")
     return "\n".join(lines)
 
 
@@ -83,23 +91,30 @@ def main() -> int:
                         help="a configuration: its name and the flags it adds (default: the quick profile alone)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="each run's wall-clock budget (default: none, the profile's own left out)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
+                        help="what --max-seconds counts (cpu: each run's own CPU seconds, fair under others' load)")
     parser.add_argument("--max-steps", type=int, default=None, help="each run's steps (equal work, any load)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val", "test"],
+                        help="the splits scored (choose on val alone; score test once, for the recipe chosen)")
     parser.add_argument("--seed", type=int, default=0, help="round r trains with seed + r")
     parser.add_argument("--report", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep the checkpoints here, to score them again (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))  # as the trainer: one thread unless asked
     configs = [c.split("=", 1) for c in (args.config or ["quick="])]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="transformer-recipe-") as out:
+    with tempfile.TemporaryDirectory(prefix="transformer-recipe-") as temporary:
+        out = str(args.out or temporary)
         for round_ in range(args.rounds):
             for name, flags in configs:
                 rows.append(measure(args, name, shlex.split(flags), Path(out), round_))
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+                if args.report is not None:  # after each run, so a stopped bench keeps what it measured
+                    args.report.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print(markdown(rows))
-    if args.report is not None:
-        args.report.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
