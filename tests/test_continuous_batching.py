@@ -380,7 +380,7 @@ def generation_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFac
 
 
 def streamed_text(events: list[str]) -> str:
-    """The text of a generation's Service-Sent Events (their data lines)."""
+    """The text of a generation's Server-Sent Events (their data lines)."""
     assert events[-1] == "[DONE]"
     return "".join(json.loads(e).get("text", "") for e in events[:-1])
 

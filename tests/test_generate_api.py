@@ -16,7 +16,7 @@ LANGUAGE_MODELS = {"gpt": "gpt", "lstm": "lm-lstm"}  # a transformer and a recur
 
 
 def events(response: httpx.Response) -> list[dict | str]:
-    """The data of each Service-Sent Event: parsed JSON, or the string ``[DONE]``."""
+    """The data of each Server-Sent Event: parsed JSON, or the string ``[DONE]``."""
     out: list[dict | str] = []
     for line in response.iter_lines():
         if line.startswith("data: "):
