@@ -84,17 +84,23 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(guarde
     assert reply.startswith(b"HTTP/1.1 408 "), reply
 
 
+def trickle(sock: socket.socket, data: bytes) -> tuple[bytes, float]:
+    """Send ``data`` one byte every 0.1 s (each alone well within the read timeout) until the server cuts the
+    connection; what it answered, and the seconds from the first byte until it closed."""
+    started = time.monotonic()
+    try:
+        for byte in data:
+            sock.send(bytes([byte]))
+            time.sleep(0.1)
+    except OSError:
+        pass
+    reply, _ = read_until_closed(sock)
+    return reply, time.monotonic() - started
+
+
 def test_a_trickled_request_head_is_cut_at_the_read_timeout(guarded: Service):
     with connect(guarded) as sock:
-        started = time.monotonic()
-        try:
-            for byte in HEALTH[:-2]:  # one byte every 0.1 s: each alone arrives well within the timeout
-                sock.send(bytes([byte]))
-                time.sleep(0.1)
-        except OSError:
-            pass
-        reply, _ = read_until_closed(sock)
-        waited = time.monotonic() - started
+        reply, waited = trickle(sock, HEALTH[:-2])
     assert waited < READ_TIMEOUT + 3
     assert reply.startswith(b"HTTP/1.1 408 "), reply
 
@@ -105,15 +111,7 @@ def test_a_trickled_request_body_is_cut_at_the_read_timeout(guarded: Service):
             b"Content-Length: %d\r\n\r\n" % len(body))
     with connect(guarded) as sock:
         sock.sendall(head)
-        started = time.monotonic()
-        try:
-            for byte in body:
-                sock.send(bytes([byte]))
-                time.sleep(0.1)
-        except OSError:
-            pass
-        reply, _ = read_until_closed(sock)
-        waited = time.monotonic() - started
+        reply, waited = trickle(sock, body)
     assert waited < READ_TIMEOUT + 3
     assert reply == b"", reply  # the app had the request: the connection is cut, not answered
 
