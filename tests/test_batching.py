@@ -306,7 +306,9 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(batching_serve
 
 
 def test_refused_input_in_a_batch_is_422_and_the_others_are_answered(batching_server: str):
-    bodies = [{"text": "to be or not to [MASK]"}, {"text": "no mask at all"}, {"text": "[MASK] of the king"}]
+    # a target of several word pieces is refused by the pipeline as the batch is prepared, not by the schema
+    bodies = [{"text": "to be or not to [MASK]"}, {"text": "the [MASK]", "targets": ["xqzjvwk"]},
+              {"text": "[MASK] of the king"}]
 
     async def together() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=batching_server, timeout=60) as client:
