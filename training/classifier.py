@@ -36,6 +36,7 @@ from models.classifier import (
     ARCHITECTURES,
     VOCAB_FILE,
     SubwordEncoder,
+    Token,
     WordEncoder,
     build_model,
     build_vocab,
@@ -275,7 +276,7 @@ def classification_metrics(gold: Sequence[int], predicted: Sequence[int], labels
 
 
 @torch.no_grad()
-def predict(model: nn.Module, encoded: list[list[int]], device: torch.device, pad_id: int = 0,
+def predict(model: nn.Module, encoded: list[list[Token]], device: torch.device, pad_id: int = 0,
             batch_size: int = 128) -> list[int]:
     model.eval()
     predicted = [0] * len(encoded)
@@ -332,7 +333,7 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
                        if getattr(args, f.name, None) is not None}
     if args.arch in ("rnn", "lstm", "gru"):
         hyperparameters["cell"] = args.arch
-    model = build_model(args.arch, {**hyperparameters, "vocab_size": len(vocab), "num_classes": n_classes}, vocab)
+    model = build_model(args.arch, {**hyperparameters, "vocab_size": len(vocab), "num_classes": n_classes})
     if args.embeddings == "word2vec":
         vectors = load_checkpoint(_pretrained_checkpoint_path(args.word2vec, args.out, "word2vec-sg",
                                                              "point --word2vec at one, or give --embeddings random"))
@@ -341,7 +342,8 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
         log.info("embeddings from %s: %d of %d words", vectors.id, found, len(vocab) - 2)
         provenance["initialised_from"] = {"id": vectors.id, "data": vectors.config.get("data"), "words": found,
                                           "frozen": args.freeze_embeddings}
-    return Setup(model, WordEncoder(vocab, args.max_len), asdict(model.config),
+    encoder = WordEncoder(vocab, args.max_len, model.config.char_ngrams, model.config.ngram_buckets)
+    return Setup(model, encoder, asdict(model.config),
                  {"type": "word", "file": VOCAB_FILE, "max_len": args.max_len, "min_count": args.min_count},
                  {VOCAB_FILE: vocab.to_json()}, provenance)
 
@@ -382,7 +384,7 @@ class Augmentation:
     crop_words: int = 0
     word_dropout: float = 0.0
 
-    def apply(self, ids: list[int], generator: torch.Generator | None = None) -> list[int]:
+    def apply(self, ids: list[Token], generator: torch.Generator | None = None) -> list[Token]:
         """``ids`` cropped and thinned; the draws come from torch's random state (``generator``, else the
         global one, which the training state saves, so a resumed run draws what the uninterrupted one did)."""
         if 0 < self.crop_words < len(ids):
@@ -398,8 +400,8 @@ class ClassificationTask:
     """Class-weighted cross-entropy on shuffled, length-grouped batches of passages, augmented; validated by
     accuracy and macro-F1 on the validation passages."""
 
-    def __init__(self, model: nn.Module, train: tuple[list[list[int]], list[int]],
-                 validation: tuple[list[list[int]], list[int]], splits: Splits, pad_id: int,
+    def __init__(self, model: nn.Module, train: tuple[list[list[Token]], list[int]],
+                 validation: tuple[list[list[Token]], list[int]], splits: Splits, pad_id: int,
                  args: argparse.Namespace, device: torch.device):
         self.model, self.train, self.validation, self.labels = model, train, validation, splits.labels
         self.pad_id, self.device, self.batch_size, self.seed = pad_id, device, args.batch_size, args.seed
@@ -476,7 +478,7 @@ def train(args: argparse.Namespace) -> list[Path]:
         parts = setup(args, splits)
         model = parts.model.to(run.device)
 
-        def encoded(rows: list[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
+        def encoded(rows: list[tuple[str, str]]) -> tuple[list[list[Token]], list[int]]:
             return [parts.encoder.encode(text) for _, text in rows], [index[label] for label, _ in rows]
 
         train_set, val_set, test_set = encoded(splits.train), encoded(splits.validation), encoded(splits.test)
