@@ -29,7 +29,7 @@ LINES = [f"line {i} of the play, with words such as love and death and {w}" for 
          enumerate(["king", "queen", "lord", "lady", "fool", "sword", "crown", "night"] * 8)]
 # Different lengths, so that batching pads most of them.
 TEXTS = ["love and death", "the king and the queen of the play, and the fool with his crown at night",
-         "sword", "lady lord lady lord lady lord lady", "words such as love"]
+         "sword", "lady lord lady lord lady lord lady", "words such as love in verona"]  # verona: unknown
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,11 @@ def test_fill_mask_scores_are_the_full_mlm_heads_probabilities(fill: FillMask):
         assert [item["score"] for item in items] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
+@pytest.mark.parametrize("char_ngrams", [(), (3, 5)], ids=["words", "char-ngrams"])
 @pytest.mark.parametrize("arch", [*ARCHITECTURES, "bert"])
-def test_batched_classification_equals_each_text_alone(arch: str, tokenizer):
+def test_batched_classification_equals_each_text_alone(arch: str, char_ngrams: tuple[int, ...], tokenizer):
+    if arch == "bert" and char_ngrams:
+        pytest.skip("character n-grams are for the word-level classifiers")
     torch.manual_seed(0)
     if arch == "bert":
         # 8 positions, 3 windows: the longest text is read as three windows, the others as one
@@ -79,11 +82,14 @@ def test_batched_classification_equals_each_text_alone(arch: str, tokenizer):
         encoder: WordEncoder | SubwordEncoder = SubwordEncoder(tokenizer, max_len=8, windows=3)
     else:
         vocab = build_vocab(LINES, min_count=1)
-        hyper = {"vocab_size": len(vocab.itos), "num_classes": 3, "embed_dim": 16, "dropout": 0.0}
+        hyper = {"vocab_size": len(vocab.itos), "num_classes": 3, "embed_dim": 16, "dropout": 0.0,
+                 "char_ngrams": char_ngrams, "ngram_buckets": 100 if char_ngrams else 0}
         hyper |= {"mlp": {"hidden_sizes": (8,)}, "cnn": {"kernel_counts": (4, 4, 4)}}.get(arch, {"hidden_size": 12})
-        encoder = WordEncoder(vocab, max_len=64)
-    classifier = TextClassifier(build_model(arch, hyper), encoder, ["comedy", "history", "tragedy"],
-                                torch.device("cpu"))
+        encoder = WordEncoder(vocab, max_len=64, char_ngrams=char_ngrams, ngram_buckets=hyper["ngram_buckets"])
+    model = build_model(arch, hyper)
+    if char_ngrams:
+        torch.nn.init.normal_(model.embedding.ngrams.weight[1:])  # trained n-gram vectors are not zero
+    classifier = TextClassifier(model, encoder, ["comedy", "history", "tragedy"], torch.device("cpu"))
     batched = classifier.classify(TEXTS)
     for answer, text in zip(batched, TEXTS, strict=True):
         assert_same_answer(answer, classifier.classify([text])[0])

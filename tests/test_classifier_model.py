@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from models.checkpoint import Checkpoint, load_checkpoint
-from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_vocab
+from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_vocab, pad_batch
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
 from models.pipelines.classification import load
-from models.subword import SubwordEmbedding, char_ngrams, ngram_bucket
+from models.subword import SubwordEmbedding, char_ngrams, ngram_bucket, spelled
 from models.tokenizers import words
 from training.classifier import (
     MIN_PASSAGE_WORDS,
@@ -278,29 +278,47 @@ def test_a_words_ngrams_are_its_marked_pieces_of_three_to_five_characters_in_sta
 def test_a_words_vector_is_its_own_plus_the_sum_of_its_ngram_vectors() -> None:
     torch.manual_seed(0)
     embedding = SubwordEmbedding(4, 6, (3, 4), buckets=50, padding_idx=0)
-    torch.nn.init.normal_(embedding.ngrams.weight)
-    spelled = ["", "", "thee", "thou"]
-    with pytest.raises(RuntimeError, match="spell"):
-        embedding(torch.tensor([[2]]))
-    embedding.spell(spelled)
-    vectors = embedding(torch.tensor([[2, 3, 3, 0], [1, 2, 0, 0]]))
-    assert vectors.shape == (2, 4, 6)
-    for word_id in (2, 3):
-        buckets = [ngram_bucket(g, 50) for g in char_ngrams(spelled[word_id], (3, 4))]
+    torch.nn.init.normal_(embedding.ngrams.weight[1:])
+    with pytest.raises(ValueError, match="spelled tokens"):
+        embedding(torch.tensor([[2]]))  # word ids alone carry no spelling
+    thee, thou, verona = (spelled(i, word, (3, 4), 50) for i, word in [(2, "thee"), (3, "thou"), (1, "verona")])
+    tokens = pad_batch([[thee, thou, thou], [verona, thee]], pad_id=0)
+    assert tokens.shape == (2, 3, max(map(len, (thee, thou, verona))))
+    vectors = embedding(tokens)
+    assert vectors.shape == (2, 3, 6)
+    for position, (word_id, word) in enumerate([(2, "thee"), (3, "thou"), (3, "thou")]):
+        buckets = [ngram_bucket(g, 50) + 1 for g in char_ngrams(word, (3, 4))]
         expected = embedding.weight[word_id] + embedding.ngrams.weight[buckets].sum(dim=0)
-        torch.testing.assert_close(vectors[0, word_id - 2], expected)
-    assert not vectors[0, 3].any()  # padding stays zero
-    torch.testing.assert_close(vectors[1, 0], embedding.weight[1])  # unknown: no spelling, its own vector
+        torch.testing.assert_close(vectors[0, position], expected)
+    # A word the vocabulary does not know: the unknown word's vector and its own n-grams.
+    buckets = [ngram_bucket(g, 50) + 1 for g in char_ngrams("verona", (3, 4))]
+    torch.testing.assert_close(vectors[1, 0], embedding.weight[1] + embedding.ngrams.weight[buckets].sum(dim=0))
+    assert not vectors[1, 2].any()  # padding stays zero
 
 
 def test_ngram_vectors_learn_so_a_rare_word_moves_with_the_words_it_shares_pieces_with() -> None:
     embedding = SubwordEmbedding(4, 3, (3, 5), buckets=100, padding_idx=0)
-    embedding.spell(["", "", "kingdom", "kingly"])
-    embedding(torch.tensor([[2]])).sum().backward()  # a gradient through "kingdom" alone
-    spelled = {ngram_bucket(g, 100) for g in char_ngrams("kingdom", (3, 5))}
-    assert embedding.ngrams.weight.grad[ngram_bucket("<ki", 100)].abs().sum() > 0  # shared with "kingly"
-    untouched = [b for b in range(100) if b not in spelled]
+    embedding(pad_batch([[spelled(2, "kingdom", (3, 5), 100)]], 0)).sum().backward()  # a gradient through "kingdom"
+    ids = {ngram_bucket(g, 100) + 1 for g in char_ngrams("kingdom", (3, 5))}
+    assert embedding.ngrams.weight.grad[ngram_bucket("<ki", 100) + 1].abs().sum() > 0  # shared with "kingly"
+    untouched = [b for b in range(101) if b not in ids]
     assert embedding.ngrams.weight.grad[untouched].abs().sum() == 0
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_an_unknown_words_ngrams_reach_the_classifier(arch: str) -> None:
+    vocab = build_vocab(["the king is dead", "the queen is dead"], min_count=1)
+    encoder = WordEncoder(vocab, max_len=16, char_ngrams=(3, 5), ngram_buckets=200)
+    model = small_model(arch, vocab_size=len(vocab), char_ngrams=(3, 5), ngram_buckets=200)
+    torch.nn.init.normal_(model.embedding.ngrams.weight[1:])
+    # Two unknown words, one unknown id: their spellings alone tell them apart.
+    verona, mantua = encoder.encode("the king is in verona"), encoder.encode("the king is in mantua")
+    known = [vocab.stoi[w] for w in ("the", "king", "is")]
+    assert [token[0] for token in verona] == [token[0] for token in mantua] == [*known, 1, 1]
+    assert verona[-1][1:] == tuple(ngram_bucket(g, 200) + 1 for g in char_ngrams("verona", (3, 5)))
+    with torch.no_grad():
+        logits = model(pad_batch([verona, mantua], encoder.pad_id))[0]
+    assert not torch.allclose(logits[0], logits[1])
 
 
 def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> None:
@@ -373,7 +391,7 @@ def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_sam
     data = tmp_path / "toy.tsv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     (path,) = train(build_parser().parse_args(
-        ["classifier", "--arch", "mlp", "--labeled", str(data), "--profile", "tiny", "--epochs", "6", "--lr", "1e-2",
+        ["classifier", "--arch", "mlp", "--labeled", str(data), "--profile", "tiny", "--epochs", "6", "--lr", "5e-3",
          "--char-ngrams", "3-5", "--ngram-buckets", "500", "--word-dropout", "0.1", "--crop-words", "3",
          "--out", str(tmp_path / "ck"), "--force"]))
     checkpoint = load_checkpoint(path)
@@ -381,7 +399,7 @@ def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_sam
     assert "embedding.ngrams.weight" in checkpoint.state_dict
     evaluations = [e["val_macro_f1"] for e in checkpoint.metrics["evaluations"] if "val_macro_f1" in e]
     assert len(evaluations) == 6 and checkpoint.metrics["val_macro_f1"] == max(evaluations) != evaluations[-1]
-    # The saved weights are the best epoch's: the reloaded network (spelled again from its vocabulary)
+    # The saved weights are the best epoch's: the reloaded network, its encoder spelling the words again,
     # scores the validation passages as that epoch did.
     classifier = load(checkpoint, torch.device("cpu"))
     validation = load_splits(data).validation
