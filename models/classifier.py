@@ -9,7 +9,7 @@ unknown-word ids (or BERT's WordPiece tokenizer), padding a batch, and the loade
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -55,10 +55,12 @@ def build_model(architecture: str, hyperparameters: dict[str, Any]) -> nn.Module
     return model_type(config_type(**hyperparameters))
 
 
-def build_vocab(texts: Iterable[str], min_count: int) -> WordVocab:
-    """The training texts' words seen at least ``min_count`` times, after the padding and unknown ids."""
+def build_vocab(texts: Iterable[str], min_count: int, allowed: Collection[str] | None = None) -> WordVocab:
+    """The training texts' words seen at least ``min_count`` times (and in ``allowed``, when given), after the
+    padding and unknown ids."""
     counted = WordVocab.build((words(t) for t in texts), min_count=min_count)
-    return WordVocab([PAD, UNK, *counted.itos], [0, 0, *counted.counts])
+    kept = [(w, c) for w, c in zip(counted.itos, counted.counts, strict=True) if allowed is None or w in allowed]
+    return WordVocab([PAD, UNK, *(w for w, _ in kept)], [0, 0, *(c for _, c in kept)])
 
 
 class WordEncoder:

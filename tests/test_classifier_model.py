@@ -149,6 +149,18 @@ def test_word_encoder_keeps_unknown_words_and_truncates() -> None:
     assert encoder.encode("!!!") == [1]
 
 
+def test_the_vocabulary_can_keep_only_the_words_of_several_training_plays() -> None:
+    from training.classifier import words_of_plays
+
+    # Falstaff speaks in three training plays, Prospero in one (The Tempest): a name of one play is unknown, as
+    # the names of the unseen plays are.
+    shared = words_of_plays(2)
+    assert {"the", "king", "falstaff"} <= shared and "prospero" not in shared
+    vocab = build_vocab(["PROSPERO: the king", "FALSTAFF: the king"], min_count=1, allowed=shared)
+    assert vocab.itos == ["<pad>", "<unk>", "king", "the", "falstaff"]
+    assert WordEncoder(vocab, max_len=8).encode("PROSPERO: the king") == [1, 3, 2]
+
+
 def test_labeled_file_is_split_80_10_10_reproducibly(tmp_path) -> None:
     path = tmp_path / "data.tsv"
     rows = [f"{'pos' if i % 2 else 'neg'}\ttext number {i}" for i in range(50)]
@@ -346,6 +358,7 @@ def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> N
     (["--word-dropout", "1.0"], r"--word-dropout must be in \[0, 1\)"),
     (["--crop-words", "-1"], "--crop-words must be 0"),
     (["--windows", "2"], "--windows is for the BERT classifier"),
+    (["--min-plays", "0"], "--min-plays must be at least 1"),
 ])
 def test_bad_ngram_and_augmentation_values_are_refused(tmp_path, flags: list[str], error) -> None:
     from training.classifier import resolve_arguments
@@ -365,6 +378,17 @@ def test_word_level_flags_are_refused_for_bert(tmp_path) -> None:
     with pytest.raises(ValueError, match="--char-ngrams is for the word-level classifiers"):
         resolve_arguments(build_parser().parse_args(
             ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--char-ngrams", "3-5"]))
+
+
+def test_a_labeled_file_has_no_plays_to_count(tmp_path) -> None:
+    from training.classifier import resolve_arguments
+
+    data = tmp_path / "mine.tsv"
+    data.write_text("a\tone text\nb\tanother\na\ta third\n", encoding="utf-8")
+    command = ["classifier", "--arch", "gru", "--labeled", str(data), "--profile", "quick", "--out", str(tmp_path)]
+    with pytest.raises(ValueError, match="--min-plays counts the training plays"):
+        resolve_arguments(build_parser().parse_args([*command, "--min-plays", "2"]))
+    assert resolve_arguments(build_parser().parse_args(command)).min_plays == 1  # whatever the profile says
 
 
 def test_bert_reads_at_least_one_window(tmp_path) -> None:

@@ -63,9 +63,9 @@ ALL_ARCHITECTURES = (*ARCHITECTURES, "bert")
 
 # Per architecture, per profile. quick: what `make serve` trains (see the README for measured times on
 # two CPU cores); tiny: a few seconds each, for the test session.
-_WORDS = {"min_count": 2, "max_len": 256, "embed_dim": 128, "class_weights": "balanced", "weight_decay": 0.01,
-          "batch_size": 64, "embeddings": "random", "char_ngrams": [], "ngram_buckets": 20000, "word_dropout": 0.0,
-          "crop_words": 0}
+_WORDS = {"min_count": 2, "min_plays": 1, "max_len": 256, "embed_dim": 128, "class_weights": "balanced",
+          "weight_decay": 0.01, "batch_size": 64, "embeddings": "random", "char_ngrams": [], "ngram_buckets": 20000,
+          "word_dropout": 0.0, "crop_words": 0}
 _TINY = {**_WORDS, "epochs": 1, "embed_dim": 32, "max_len": 64, "max_passages": 600, "lr": 3e-3}
 # quick: the embeddings start from the served word2vec-sg (100-dimensional, the same training plays), and
 # the CNN and recurrent networks train 6 epochs rather than 3. measured (validation macro-F1, seed 0, see the
@@ -136,6 +136,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=float, default=None)
     words_group = parser.add_argument_group("word-level models (mlp, cnn, rnn, lstm, gru)")
     words_group.add_argument("--min-count", type=int, default=None, help="vocabulary: words seen this often")
+    words_group.add_argument("--min-plays", type=int, default=None,
+                             help="vocabulary: words of at least this many training plays (the plays only; 1: any)")
     words_group.add_argument("--max-len", type=int, default=None, help="words read per passage")
     words_group.add_argument("--embed-dim", type=int, default=None)
     words_group.add_argument("--hidden-sizes", type=int, nargs="+", default=None, help="mlp: hidden layer widths")
@@ -326,7 +328,8 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
                       "windows": encoder.windows},
                      {"tokenizer.json": tokenizer.to_str()},
                      {"initialised_from": {"id": pretrained.id, "data": pretrained.config.get("data")}})
-    vocab = build_vocab((text for _, text in splits.train), args.min_count)
+    vocab = build_vocab((text for _, text in splits.train), args.min_count,
+                        words_of_plays(args.min_plays) if args.min_plays > 1 else None)
     provenance: dict[str, Any] = {}
     # The config's fields are the flags of the same names.
     hyperparameters = {f.name: getattr(args, f.name) for f in fields(config_class(args.arch))
@@ -344,8 +347,17 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
                                           "frozen": args.freeze_embeddings}
     encoder = WordEncoder(vocab, args.max_len, model.config.char_ngrams, model.config.ngram_buckets)
     return Setup(model, encoder, asdict(model.config),
-                 {"type": "word", "file": VOCAB_FILE, "max_len": args.max_len, "min_count": args.min_count},
+                 {"type": "word", "file": VOCAB_FILE, "max_len": args.max_len, "min_count": args.min_count,
+                  "min_plays": args.min_plays},
                  {VOCAB_FILE: vocab.to_json()}, provenance)
+
+
+def words_of_plays(min_plays: int) -> set[str]:
+    """The words (speaker names included, as the passages render them) of at least ``min_plays`` training plays."""
+    plays: Counter[str] = Counter()
+    for play in plays_in("train"):
+        plays.update({w for speech in play.speeches for w in words(f"{speech.speaker}: {speech.text}")})
+    return {w for w, n in plays.items() if n >= min_plays}
 
 
 @torch.no_grad()
@@ -436,6 +448,8 @@ class ClassificationTask:
 
 
 def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    if args.labeled is not None and args.min_plays not in (None, 1):
+        raise ValueError("--min-plays counts the training plays; a --labeled file has none")
     loop.resolve(args, PROFILES[args.arch][args.profile])
     if args.embeddings == "word2vec" and args.arch not in ARCHITECTURES:
         raise ValueError("--embeddings word2vec initialises a word-level classifier (mlp, cnn, rnn, lstm, gru)")
@@ -443,7 +457,7 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
         if given and args.embeddings != "word2vec":
             raise ValueError(f"{flag} is for the word2vec vectors; give --embeddings word2vec too")
     if args.arch not in ARCHITECTURES:
-        for flag in ("char_ngrams", "ngram_buckets", "word_dropout", "crop_words"):
+        for flag in ("char_ngrams", "ngram_buckets", "word_dropout", "crop_words", "min_plays"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} is for the word-level classifiers (mlp, cnn, rnn, "
                                  "lstm, gru)")
@@ -460,6 +474,10 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--word-dropout must be in [0, 1), got {args.word_dropout}")
     if args.crop_words < 0:
         raise ValueError(f"--crop-words must be 0 (whole passages) or positive, got {args.crop_words}")
+    if args.min_plays < 1:
+        raise ValueError(f"--min-plays must be at least 1, got {args.min_plays}")
+    if args.labeled is not None:
+        args.min_plays = 1  # the profile's count of plays means nothing for a file without them
     return args
 
 
