@@ -23,7 +23,7 @@ from models.pipelines import FillMask, TextClassifier, Translator
 from models.pipelines.translation import TranslationOptions, default_max_length, split_sentences
 from training.bert import train_tokenizer
 
-from .conftest import ROUNDED_TO_4_PLACES, Server, assert_same_answer
+from .conftest import ROUNDED_TO_4_PLACES, Server, assert_same_answer, run_training
 
 LINES = [f"line {i} of the play, with words such as love and death and {w}" for i, w in
          enumerate(["king", "queen", "lord", "lady", "fool", "sword", "crown", "night"] * 8)]
@@ -268,11 +268,13 @@ def test_requests_past_capacity_are_429_while_a_batch_runs():
 
 @pytest.fixture(scope="module")
 def batching_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The service on the BERT and two classifier checkpoints, one worker and a long window: concurrent
-    requests are sure to meet in batches."""
+    """The service on the BERT and three classifier checkpoints (one with character n-grams, whose requests
+    carry spelled tokens), one worker and a long window: concurrent requests are sure to meet in batches."""
     root = tmp_path_factory.mktemp("batching-checkpoints")
     for name in ("bert", "clf-cnn", "clf-lstm", "seq2seq-zh-en", "seq2seq-en-zh"):
         (root / name).symlink_to(checkpoint_dir / name)
+    run_training("classifier", "--arch", "cnn", "--profile", "tiny", "--char-ngrams", "3-5", "--ngram-buckets", "500",
+                 "--name", "cnn-ngrams", "--out", str(root))
     server = Server(root, tmp_path_factory.mktemp("logs") / "batching-server.log", BATCH_WAIT_MS="100",
                     MAX_BATCH_SIZE="8", MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="64")
     yield server.url
@@ -290,7 +292,7 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(batching_serve
     requests = [("/v1/fill-mask", {"text": f"{text} [MASK]", "top_k": k}) for k, text in enumerate(TEXTS, 1)]
     requests += [("/v1/fill-mask", {"text": "[MASK] and [MASK]", "targets": ["love", "death"]})]
     requests += [("/v1/classify", {"texts": TEXTS[: i + 1], "model": model})
-                 for i in range(len(TEXTS)) for model in ("cnn", "lstm")]
+                 for i in range(len(TEXTS)) for model in ("cnn", "lstm", "clf-cnn-ngrams")]
     requests += [("/v1/translate", {"texts": [zh for zh, _ in PAIRS[i:i + 2]], "max_length": 3 + 2 * i})
                  for i in range(len(PAIRS))]
     requests += [("/v1/translate", {"text": zh, "beam_size": 2}) for zh, _ in PAIRS[:3]]
@@ -306,7 +308,7 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(batching_serve
         assert batched.status_code == single.status_code == 200
         assert_same_answer(batched.json(), single.json(), ROUNDED_TO_4_PLACES if path == "/v1/translate" else 1e-5)
     metrics = httpx.get(batching_server + "/metrics").text
-    for model in ("bert", "clf-cnn", "clf-lstm", "seq2seq-zh-en", "seq2seq-en-zh"):
+    for model in ("bert", "clf-cnn", "clf-lstm", "clf-cnn-ngrams", "seq2seq-zh-en", "seq2seq-en-zh"):
         batches, of_one = batch_sizes(metrics, model)
         assert of_one < batches  # some batch answered more than one request
 
