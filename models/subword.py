@@ -56,8 +56,8 @@ class SubwordEmbedding(nn.Embedding):
     """``nn.Embedding`` over spelled tokens (B, T, 1 + n-grams): each word id's row plus the sum of the
     n-gram rows of its bucket ids.
 
-    ``weight`` is the words' own table (where word2vec vectors go); ``ngrams`` the buckets' table, row
-    ``NO_NGRAM`` first, starting at zero so that a word starts at its own vector.
+    ``weight`` is the words' own table (where word2vec vectors go); ``ngrams`` the buckets' table (id b + 1
+    reads row b), starting at zero so that a word starts at its own vector.
     """
 
     def __init__(self, num_words: int, dim: int, lengths: tuple[int, int], buckets: int, padding_idx: int):
@@ -65,7 +65,7 @@ class SubwordEmbedding(nn.Embedding):
         if not 1 <= lengths[0] <= lengths[1] or buckets < 1:
             raise ValueError(f"n-gram lengths must be 1 <= min <= max and buckets positive, got {lengths}, {buckets}")
         self.lengths, self.buckets = lengths, buckets
-        self.ngrams = nn.Embedding(buckets + 1, dim, padding_idx=NO_NGRAM)
+        self.ngrams = nn.Embedding(buckets, dim)
         nn.init.zeros_(self.ngrams.weight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -75,8 +75,10 @@ class SubwordEmbedding(nn.Embedding):
         present, where = torch.unique(tokens.reshape(-1, tokens.shape[-1]), dim=0, return_inverse=True)
         # One more NO_NGRAM column: a batch whose words have no n-gram (too short) still has one to sum.
         ngram_ids = F.pad(present[:, 1:], (0, 1), value=NO_NGRAM)
-        vectors = (F.embedding(present[:, 0], self.weight, self.padding_idx)
-                   + F.embedding_bag(ngram_ids, self.ngrams.weight, mode="sum", padding_idx=NO_NGRAM))
+        # Row b for id b + 1, and padding weighs nothing: the table keeps one row per bucket.
+        ngrams = F.embedding_bag((ngram_ids - 1).clamp_min(0), self.ngrams.weight, mode="sum",
+                                 per_sample_weights=(ngram_ids != NO_NGRAM).to(self.ngrams.weight.dtype))
+        vectors = F.embedding(present[:, 0], self.weight, self.padding_idx) + ngrams
         return vectors[where].view(*tokens.shape[:-1], -1)
 
 

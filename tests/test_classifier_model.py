@@ -290,7 +290,7 @@ def test_a_words_ngrams_are_its_marked_pieces_of_three_to_five_characters_in_sta
 def test_a_words_vector_is_its_own_plus_the_sum_of_its_ngram_vectors() -> None:
     torch.manual_seed(0)
     embedding = SubwordEmbedding(4, 6, (3, 4), buckets=50, padding_idx=0)
-    torch.nn.init.normal_(embedding.ngrams.weight[1:])
+    torch.nn.init.normal_(embedding.ngrams.weight)
     with pytest.raises(ValueError, match="spelled tokens"):
         embedding(torch.tensor([[2]]))  # word ids alone carry no spelling
     thee, thou, verona = (spelled(i, word, (3, 4), 50) for i, word in [(2, "thee"), (3, "thou"), (1, "verona")])
@@ -299,11 +299,11 @@ def test_a_words_vector_is_its_own_plus_the_sum_of_its_ngram_vectors() -> None:
     vectors = embedding(tokens)
     assert vectors.shape == (2, 3, 6)
     for position, (word_id, word) in enumerate([(2, "thee"), (3, "thou"), (3, "thou")]):
-        buckets = [ngram_bucket(g, 50) + 1 for g in char_ngrams(word, (3, 4))]
+        buckets = [ngram_bucket(g, 50) for g in char_ngrams(word, (3, 4))]
         expected = embedding.weight[word_id] + embedding.ngrams.weight[buckets].sum(dim=0)
         torch.testing.assert_close(vectors[0, position], expected)
     # A word the vocabulary does not know: the unknown word's vector and its own n-grams.
-    buckets = [ngram_bucket(g, 50) + 1 for g in char_ngrams("verona", (3, 4))]
+    buckets = [ngram_bucket(g, 50) for g in char_ngrams("verona", (3, 4))]
     torch.testing.assert_close(vectors[1, 0], embedding.weight[1] + embedding.ngrams.weight[buckets].sum(dim=0))
     assert not vectors[1, 2].any()  # padding stays zero
 
@@ -311,9 +311,9 @@ def test_a_words_vector_is_its_own_plus_the_sum_of_its_ngram_vectors() -> None:
 def test_ngram_vectors_learn_so_a_rare_word_moves_with_the_words_it_shares_pieces_with() -> None:
     embedding = SubwordEmbedding(4, 3, (3, 5), buckets=100, padding_idx=0)
     embedding(pad_batch([[spelled(2, "kingdom", (3, 5), 100)]], 0)).sum().backward()  # a gradient through "kingdom"
-    ids = {ngram_bucket(g, 100) + 1 for g in char_ngrams("kingdom", (3, 5))}
-    assert embedding.ngrams.weight.grad[ngram_bucket("<ki", 100) + 1].abs().sum() > 0  # shared with "kingly"
-    untouched = [b for b in range(101) if b not in ids]
+    buckets = {ngram_bucket(g, 100) for g in char_ngrams("kingdom", (3, 5))}
+    assert embedding.ngrams.weight.grad[ngram_bucket("<ki", 100)].abs().sum() > 0  # shared with "kingly"
+    untouched = [b for b in range(100) if b not in buckets]
     assert embedding.ngrams.weight.grad[untouched].abs().sum() == 0
 
 
@@ -322,7 +322,7 @@ def test_an_unknown_words_ngrams_reach_the_classifier(arch: str) -> None:
     vocab = build_vocab(["the king is dead", "the queen is dead"], min_count=1)
     encoder = WordEncoder(vocab, max_len=16, char_ngrams=(3, 5), ngram_buckets=200)
     model = small_model(arch, vocab_size=len(vocab), char_ngrams=(3, 5), ngram_buckets=200)
-    torch.nn.init.normal_(model.embedding.ngrams.weight[1:])
+    torch.nn.init.normal_(model.embedding.ngrams.weight)
     # Two unknown words, one unknown id: their spellings alone tell them apart.
     verona, mantua = encoder.encode("the king is in verona"), encoder.encode("the king is in mantua")
     known = [vocab.stoi[w] for w in ("the", "king", "is")]
@@ -415,7 +415,7 @@ def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_sam
     data = tmp_path / "toy.tsv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     (path,) = train(build_parser().parse_args(
-        ["classifier", "--arch", "mlp", "--labeled", str(data), "--profile", "tiny", "--epochs", "6", "--lr", "5e-3",
+        ["classifier", "--arch", "mlp", "--labeled", str(data), "--profile", "tiny", "--epochs", "6", "--lr", "1e-2",
          "--char-ngrams", "3-5", "--ngram-buckets", "500", "--word-dropout", "0.1", "--crop-words", "3",
          "--out", str(tmp_path / "ck"), "--force"]))
     checkpoint = load_checkpoint(path)
