@@ -84,7 +84,8 @@ _TINY = {**_WORDS, "epochs": 1, "embed_dim": 32, "max_len": 64, "max_passages": 
 # the README): MLP 0.739 -> 0.754, TextCNN 0.731 -> 0.770, RNN 0.711 -> 0.731, LSTM 0.732 -> 0.750, GRU
 # 0.728 -> 0.765; three plays lost at seed 0. With it the MLP trains 8 epochs rather than 5: 0.754 -> 0.770
 # (12 epochs: 0.774 at seed 0; 5 epochs rather than 3 lost 0.02 on the RNN and the LSTM). Character n-grams
-# that reach unknown words too lost 0.06-0.13 on four networks and drew on the MLP, at 1.5-3x the training time.
+# that reach unknown words too lost 0.06-0.10 on four networks (means of 2-3 seeds) and drew on the MLP, at
+# 1.5-3x the training time.
 _LINKED = {**_WORDS, "embeddings": "word2vec", "embed_dim": 100, "min_plays": 2}
 _RNN = {"num_layers": 1, "pooling": "mean", "dropout": 0.3}
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
