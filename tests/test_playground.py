@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright import sync_api as playwright_api
 
-from .conftest import Server
+from .conftest import Service
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -243,8 +243,10 @@ def test_an_error_shows_the_services_detail(page: Page, server: str):
     page.click("#fill-mask-form button[type=submit]")
     alert = page.locator("#fill-mask-form + .error")
     expect(alert).to_contain_text("Error 422")
-    detail = httpx.post(server + "/v1/fill-mask", json={"text": "There is no mask here."}, timeout=30).json()["detail"]
-    expect(alert.locator(".detail")).to_have_text(detail)
+    # a field's error, shown as "field: message"
+    [error] = httpx.post(server + "/v1/fill-mask", json={"text": "There is no mask here."}, timeout=30).json()["detail"]
+    expect(alert.locator(".detail")).to_have_text(f"text: {error['msg']}")
+    expect(alert.locator(".detail")).to_contain_text("[MASK]")
     expect(page.locator("#fm-results .mask")).to_have_count(0)
 
 
@@ -264,7 +266,7 @@ def test_panels_say_when_their_model_is_not_loaded(browser: playwright_api.Brows
 
 def test_api_key_typed_into_the_page_is_sent(browser: playwright_api.Browser, checkpoint_dir: Path,
                                               tmp_path: Path):
-    server = Server(checkpoint_dir, tmp_path / "server.log", API_KEY="s3cret")
+    server = Service(checkpoint_dir, tmp_path / "server.log", API_KEY="s3cret")
     try:
         page, errors = open_playground(browser, server.url)  # the page itself needs no key
         expect(page.locator("#models-status")).to_contain_text("needs an API key")
