@@ -133,9 +133,10 @@ DEFAULTS: dict[str, Any] = {
 # 13.66 / 13.93; without label smoothing (lr 2e-3, dropout 0.2) 9.10 / 25.89 and 11.44 / 12.54, so it
 # stays (README, "The Transformer"). Weight decay 0.1: the model overfits its 3,415 pairs (validation loss
 # lowest near step 500 of ~1,300); measured 2026-11-29 at 150 CPU s, one thread, greedy / beam 4 validation
-# chrF zh-en seed 0 29.38 / 30.47 against 27.74 / 28.93 without, seed 1 29.85 / 30.69, en-zh BLEU
-# 14.19 / 15.73 against 13.58 / 15.09; subwords 2000 (28.62 / 30.36), averaging five checks 150 steps apart
-# (28.05 / 29.22) and lr 4e-3 (28.08 / 28.97) gained less into English and did not add to it (README).
+# chrF zh-en seed 0 29.38 / 30.47 against 27.74 / 28.93 without, seed 1 29.85 / 30.69 against 29.17 /
+# 30.62, en-zh BLEU 14.19 / 15.73 against 13.58 / 15.09; subwords 2000 (28.62 / 30.36), averaging five
+# checks 150 steps apart (28.05 / 29.22) and lr 4e-3 (28.08 / 28.97) gained less into English and did not
+# add to it (README).
 TRANSFORMER_PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"epochs": 2, "dim": 32, "n_layers": 1, "n_heads": 2, "ffn_dim": 64, "dropout": 0.1,
              "tie_embeddings": True, "label_smoothing": 0.1, "warmup_steps": 5, "decay": "cosine", "batch_size": 64,
