@@ -83,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              "lr": 5e-4, "eval_pairs": None},
 }
 DEFAULTS: dict[str, Any] = {"mask_probability": MASK_PROBABILITY, "weight_decay": 0.01, "warmup": 0.06, "decay": 0.2,
-                             "save_interval": 500}
+                             "save_interval": 500, "long_share": 0.0}
 
 log = logging.getLogger("training.bert")
 
@@ -98,7 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-position", type=int, default=None,
                         help="pack most pairs to this length, cheaper per step (default: --max-position)")
     parser.add_argument("--long-every", type=int, default=10,
-                        help="with --short-position: every Nth step packs pairs longer, up to --max-position")
+                        help="with --short-position: every Nth step packs pairs longer, up to --max-position "
+                             "(0: none)")
+    parser.add_argument("--long-share", type=float, default=None,
+                        help="with --short-position: this share of the steps, at the end, packs pairs to "
+                             "--max-position (BERT's final phase; 0: none)")
     parser.add_argument("--dim", type=int, default=None, help="hidden size")
     parser.add_argument("--n-layers", type=int, default=None, help="encoder layers")
     parser.add_argument("--n-heads", type=int, default=None, help="attention heads per layer")
@@ -378,14 +382,18 @@ def short_position(args: argparse.Namespace) -> int:
 def step_lengths(documents: list[list[list[int]]], args: argparse.Namespace) -> list[int]:
     """Each step's packing length: ``--epochs`` passes over the text at ``--short-position`` (capped by
     ``--max-steps``), except every ``--long-every``-th step, packed to a length drawn uniformly from
-    above the short one up to ``--max-position``, so inputs of every length are seen."""
+    above the short one up to ``--max-position``, so inputs of every length are seen, and the last
+    ``--long-share`` of the steps, packed to ``--max-position`` (BERT's final phase at 512 tokens)."""
     short = short_position(args)
     per_epoch = math.ceil(len(make_pairs(documents, short, random.Random(args.seed))) / args.batch_size)
     total = loop.total_steps(args, per_epoch)
     if short == args.max_position:
         return [short] * total
     rng = random.Random(args.seed)
-    return [rng.randint(short + 1, args.max_position) if (step + 1) % args.long_every == 0 else short
+    long_from = total - round(total * args.long_share)
+    return [args.max_position if step >= long_from
+            else rng.randint(short + 1, args.max_position) if args.long_every and (step + 1) % args.long_every == 0
+            else short
             for step in range(total)]
 
 
