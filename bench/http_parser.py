@@ -17,46 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+from service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINTS = {"GET /health": ("GET", "/health", None),
              "POST /v1/word2vec/similarity": ("POST", "/v1/word2vec/similarity", {"word_a": "king", "word_b": "queen"})}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(command: list[str], checkpoint_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    environment = {**os.environ, "CHECKPOINT_DIR": str(checkpoint_dir), "LOG_FORMAT": "text",
-                   "HOST": "127.0.0.1", "PORT": str(port)}
-    with open(log, "w") as out:
-        process = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=environment, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server did not come up:\n{log.read_text()}")
 
 
 async def drive(url: str, method: str, path: str, body: dict | None, clients: int,
@@ -103,12 +74,11 @@ def main() -> int:
                "h11": [*uvicorn, "--http", "h11"],
                "httptools": [*uvicorn, "--http", "httptools"]}
     results: dict[tuple[str, str], tuple[list[float], int, float]] = {}
-    processes: list[subprocess.Popen] = []
+    services: dict[str, Service] = {}
     try:
-        urls = {}
         for name, command in servers.items():
-            process, urls[name] = start_server(command, args.checkpoint_dir, args.log_dir / f"http-{name}.log")
-            processes.append(process)
+            services[name] = Service(args.checkpoint_dir, args.log_dir / f"http-{name}.log", command, LOG_FORMAT="text")
+        urls = {name: service.url for name, service in services.items()}
         for endpoint, (method, path, body) in ENDPOINTS.items():
             for _ in range(args.rounds):
                 for name, url in urls.items():
@@ -119,9 +89,8 @@ def main() -> int:
                     so_far = results.get((endpoint, name), ([], 0, 0.0))
                     results[endpoint, name] = (so_far[0] + latencies, so_far[1] + errors, so_far[2] + elapsed)
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
+        for service in services.values():
+            service.stop()
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.clients} clients, "
           f"{args.seconds:g} s per endpoint and server in {args.rounds} rounds")

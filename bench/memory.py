@@ -16,9 +16,8 @@ import argparse
 import asyncio
 import os
 import random
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +27,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from service import Service  # noqa: E402
 
 from app.settings import get_settings  # noqa: E402
 
@@ -39,12 +40,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def largest(settings: Any) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -140,36 +135,23 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     # Every client admitted and none timed out, so each request runs to its end and memory sees it all.
-    env = {**os.environ, "CHECKPOINT_DIR": str(args.checkpoint_dir), "HOST": "127.0.0.1", "PORT": str(port),
-           "LOG_FORMAT": "text", "MAX_QUEUED_INFERENCES": str(args.clients), "REQUEST_TIMEOUT": "600"}
-    log = Path(f"/tmp/bench-memory-{port}.log")
-    with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+    service = Service(args.checkpoint_dir, Path(tempfile.mkdtemp()) / "bench-memory.log", LOG_FORMAT="text",
+                      MAX_QUEUED_INFERENCES=str(args.clients), REQUEST_TIMEOUT="600")
+    url, pid = service.url, service.process.pid
     try:
         with httpx.Client(base_url=url, timeout=600) as client:
-            for _ in range(600):
-                try:
-                    if client.get("/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            started = rss_mb(server.pid)
+            started = rss_mb(pid)
             requests = [(name, path, accepted(client, name, path, body))
                         for name, (path, body) in largest(get_settings()).items()]
-            warm = rss_mb(server.pid)
+            warm = rss_mb(pid)
         print("requests (largest accepted): " + ", ".join(f"{name}: {len(str(body))} chars"
                                                           for name, _, body in requests))
-        statuses, peak = asyncio.run(load(url, requests, args.clients, args.seconds, server.pid))
+        statuses, peak = asyncio.run(load(url, requests, args.clients, args.seconds, pid))
         time.sleep(2)
-        after = rss_mb(server.pid)
+        after = rss_mb(pid)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        service.stop()
     print("answers: " + ", ".join(f"{key} x{count}" for key, count in sorted(statuses.items())))
     print(f"resident memory: {started:.0f} MB loaded, {warm:.0f} MB after one request of each kind, "
           f"{max(peak, after):.0f} MB at the peak, {after:.0f} MB after {args.seconds:g} s of {args.clients} clients")

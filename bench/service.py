@@ -1,5 +1,5 @@
-"""The real service for a benchmark: ``python -m app`` on a free loopback port, the CPU time it spends, and a
-lean client for it."""
+"""The real service in a subprocess, as the benchmarks and the integration tests start it: ``python -m app`` on a
+free loopback port, the CPU time it spends, and a lean client for it."""
 
 from __future__ import annotations
 
@@ -24,17 +24,22 @@ def free_port() -> int:
 
 
 class Service:
-    """The service serving ``checkpoint_dir`` with the settings in ``env``, its output in ``log``."""
+    """The service in a subprocess serving ``checkpoint_dir`` on a free loopback port with the settings in
+    ``env``, its output in ``log``; stopped with SIGTERM.
 
-    def __init__(self, checkpoint_dir: Path, log: Path, **env: str):
-        port = free_port()
-        environment = {**os.environ, "CHECKPOINT_DIR": str(checkpoint_dir), "HOST": "127.0.0.1", "PORT": str(port),
-                       "LOG_FORMAT": "text", **env}
+    ``command`` defaults to ``python -m app``; the Docker entrypoint script, or a bare ``uvicorn app.main:app``
+    command line (which reads its port from UVICORN_PORT), are started the same way.
+    """
+
+    def __init__(self, checkpoint_dir: Path, log: Path, command: list[str] | None = None, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        environment = {**os.environ, "CHECKPOINT_DIR": str(checkpoint_dir), "HOST": "127.0.0.1",
+                       "PORT": str(self.port), "UVICORN_PORT": str(self.port), **env}
         with open(log, "w") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environment, stdout=out,
-                                            stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{port}"
+            self.process = subprocess.Popen(command or [sys.executable, "-m", "app"], cwd=ROOT, env=environment,
+                                            stdout=out, stderr=subprocess.STDOUT)
         self._wait_until_up()
 
     def _wait_until_up(self, timeout: float = 120) -> None:
@@ -49,7 +54,7 @@ class Service:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"server did not come up:\n{self.log.read_text()}")
+        raise RuntimeError(f"server did not come up in {timeout} s:\n{self.log.read_text()}")
 
     def cpu_seconds(self) -> float:
         """User and system CPU time the server process has used so far, all its threads together."""

@@ -1,6 +1,7 @@
 """Fixtures: checkpoints trained with the tiny profile, and the real server started on them.
 
-The server is uvicorn in a subprocess on a free loopback port, started once per test session.
+The server is the real service in a subprocess on a free loopback port (``bench/service.py``, as the
+benchmarks start it), started once per test session.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +30,8 @@ import httpx  # noqa: E402 - after the check above
 import openai  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+
+from bench.service import Service  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,53 +127,6 @@ def interrupted_after_saving(monkeypatch: pytest.MonkeyPatch, when: Callable[[di
     monkeypatch.setattr(loop, "save_state", save_state)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """The service in a subprocess serving ``checkpoint_dir`` on a free loopback port; stopped with SIGTERM.
-
-    ``command`` defaults to ``python -m app``; the Docker entrypoint script is started the same way.
-    """
-
-    def __init__(self, checkpoint_dir: Path, log_path: Path, command: list[str] | None = None, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        environment = {**os.environ, "CHECKPOINT_DIR": str(checkpoint_dir), "HOST": "127.0.0.1",
-                       "PORT": str(self.port), **env}
-        self.log = open(log_path, "w")
-        self.process = subprocess.Popen(command or [sys.executable, "-m", "app"], cwd=ROOT, env=environment,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_until_up()
-
-    def _wait_until_up(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not come up in {timeout} s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.log.close()
-
-
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every checkpoint of the catalog, the extras included, trained with the tiny profile.
@@ -187,15 +142,15 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def live_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def live_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The real service with every tiny checkpoint loaded (its log is read by some tests)."""
-    srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "server.log")
+    srv = Service(checkpoint_dir, tmp_path_factory.mktemp("logs") / "server.log")
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="session")
-def server(live_server: Server) -> str:
+def server(live_server: Service) -> str:
     """Base URL of the real service with every tiny checkpoint loaded."""
     return live_server.url
 
@@ -216,14 +171,14 @@ def client(server: str) -> Iterator[httpx.Client]:
 def empty_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """The service started on an empty checkpoint directory: nothing is loaded."""
     empty = tmp_path_factory.mktemp("no-checkpoints")
-    srv = Server(empty, tmp_path_factory.mktemp("logs") / "empty-server.log")
+    srv = Service(empty, tmp_path_factory.mktemp("logs") / "empty-server.log")
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         yield c
     srv.stop()
 
 
 @pytest.fixture(scope="session")
-def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The service with tight limits: a 1 s REQUEST_TIMEOUT, one inference at a time and none waiting, CORS
     for one origin, and up to 8,192 new tokens, 256 prompts a completion and replies of 8 MB, so that one request
     can ask for far more than a second's work (8 samples of 8,192 tokens take the tiny GPT about 8 s of one idle
@@ -242,7 +197,7 @@ def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory
         return tensors
 
     copy_checkpoint(checkpoint_dir / "gpt", root, "gpt-faulty", name="faulty", weights=nan_from_16)
-    srv = Server(root, tmp_path_factory.mktemp("logs") / "strict-server.log", REQUEST_TIMEOUT="1",
+    srv = Service(root, tmp_path_factory.mktemp("logs") / "strict-server.log", REQUEST_TIMEOUT="1",
                  MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="0", MAX_NEW_TOKENS="8192", MAX_PROMPTS="256",
                  MAX_DECODE_BATCH="8",
                  MAX_RESPONSE_BYTES="8000000",
@@ -254,7 +209,7 @@ def strict_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def short_timeout_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service with REQUEST_TIMEOUT of half a second: long generations reach it."""
-    srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "short-timeout-server.log", REQUEST_TIMEOUT="0.5")
+    srv = Service(checkpoint_dir, tmp_path_factory.mktemp("logs") / "short-timeout-server.log", REQUEST_TIMEOUT="0.5")
     yield srv.url
     srv.stop()
 
@@ -265,6 +220,6 @@ API_KEY = "s3cret-key"
 @pytest.fixture(scope="session")
 def keyed_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service with API_KEY set (to ``API_KEY``)."""
-    srv = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "keyed-server.log", API_KEY=API_KEY)
+    srv = Service(checkpoint_dir, tmp_path_factory.mktemp("logs") / "keyed-server.log", API_KEY=API_KEY)
     yield srv.url
     srv.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server
+from .conftest import Service
 
 TRANSLATOR = "zh-en"
 TEXT = "To be, or not to be."
@@ -159,7 +159,7 @@ def small_replies(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory
     """The service with BERT alone and MAX_RESPONSE_BYTES of 3000: a few of its maps fill a reply."""
     root = tmp_path_factory.mktemp("bert-only")
     (root / "bert").symlink_to(checkpoint_dir / "bert", target_is_directory=True)
-    server = Server(root, tmp_path_factory.mktemp("logs") / "small-replies.log", MAX_RESPONSE_BYTES="3000")
+    server = Service(root, tmp_path_factory.mktemp("logs") / "small-replies.log", MAX_RESPONSE_BYTES="3000")
     with httpx.Client(base_url=server.url, timeout=60) as client:
         yield client
     server.stop()

@@ -23,7 +23,7 @@ from models.pipelines import FillMask, TextClassifier, Translator
 from models.pipelines.translation import TranslationOptions, default_max_length, split_sentences
 from training.bert import train_tokenizer
 
-from .conftest import ROUNDED_TO_4_PLACES, Server, assert_same_answer
+from .conftest import ROUNDED_TO_4_PLACES, Service, assert_same_answer
 
 LINES = [f"line {i} of the play, with words such as love and death and {w}" for i, w in
          enumerate(["king", "queen", "lord", "lady", "fool", "sword", "crown", "night"] * 8)]
@@ -267,7 +267,7 @@ def batching_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp("batching-checkpoints")
     for name in ("bert", "clf-cnn", "clf-lstm", "seq2seq-zh-en", "seq2seq-en-zh"):
         (root / name).symlink_to(checkpoint_dir / name)
-    server = Server(root, tmp_path_factory.mktemp("logs") / "batching-server.log", BATCH_WAIT_MS="100",
+    server = Service(root, tmp_path_factory.mktemp("logs") / "batching-server.log", BATCH_WAIT_MS="100",
                     MAX_BATCH_SIZE="8", MAX_CONCURRENT_INFERENCES="1", MAX_QUEUED_INFERENCES="64")
     yield server.url
     server.stop()

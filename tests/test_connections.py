@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Server
+from .conftest import Service
 
 READ_TIMEOUT = 2.0
 MAX_CONNECTIONS = 6
@@ -19,16 +19,16 @@ HEALTH = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
-def guarded(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def guarded(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The service with tight connection limits, and fill-mask slowed down by a long batching window."""
-    server = Server(checkpoint_dir, tmp_path_factory.mktemp("logs") / "guarded.log", READ_TIMEOUT=str(READ_TIMEOUT),
+    server = Service(checkpoint_dir, tmp_path_factory.mktemp("logs") / "guarded.log", READ_TIMEOUT=str(READ_TIMEOUT),
                     MAX_CONNECTIONS=str(MAX_CONNECTIONS), MAX_HEADER_BYTES="16384",
                     BATCH_WAIT_MS=str(BATCH_WAIT_S * 1000))
     yield server
     server.stop()
 
 
-def connect(server: Server) -> socket.socket:
+def connect(server: Service) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT + 10)
 
 
@@ -57,12 +57,12 @@ def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
     return data, time.monotonic() - started
 
 
-def resident_kib(server: Server) -> int:
+def resident_kib(server: Service) -> int:
     status = Path(f"/proc/{server.process.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
-def test_a_64_mib_request_head_gets_431_without_being_buffered(guarded: Server):
+def test_a_64_mib_request_head_gets_431_without_being_buffered(guarded: Service):
     """The client sends its whole head before reading, as a simple client does: the server keeps reading and
     dropping it for a while after answering, so that the client is not reset before it reads the 431."""
     before = resident_kib(guarded)
@@ -77,48 +77,46 @@ def test_a_64_mib_request_head_gets_431_without_being_buffered(guarded: Server):
     assert resident_kib(guarded) - before < 16 * 1024, "the server buffered the head"
 
 
-def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(guarded: Server):
+def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(guarded: Service):
     with connect(guarded) as sock:
         reply, waited = read_until_closed(sock)
     assert READ_TIMEOUT - 0.2 < waited < READ_TIMEOUT + 3
     assert reply.startswith(b"HTTP/1.1 408 "), reply
 
 
-def test_a_trickled_request_head_is_cut_at_the_read_timeout(guarded: Server):
+def trickle(sock: socket.socket, data: bytes) -> tuple[bytes, float]:
+    """Send ``data`` one byte every 0.1 s (each alone well within the read timeout) until the server cuts the
+    connection; what it answered, and the seconds from the first byte until it closed."""
+    started = time.monotonic()
+    try:
+        for byte in data:
+            sock.send(bytes([byte]))
+            time.sleep(0.1)
+    except OSError:
+        pass
+    reply, _ = read_until_closed(sock)
+    return reply, time.monotonic() - started
+
+
+def test_a_trickled_request_head_is_cut_at_the_read_timeout(guarded: Service):
     with connect(guarded) as sock:
-        started = time.monotonic()
-        try:
-            for byte in HEALTH[:-2]:  # one byte every 0.1 s: each alone arrives well within the timeout
-                sock.send(bytes([byte]))
-                time.sleep(0.1)
-        except OSError:
-            pass
-        reply, _ = read_until_closed(sock)
-        waited = time.monotonic() - started
+        reply, waited = trickle(sock, HEALTH[:-2])
     assert waited < READ_TIMEOUT + 3
     assert reply.startswith(b"HTTP/1.1 408 "), reply
 
 
-def test_a_trickled_request_body_is_cut_at_the_read_timeout(guarded: Server):
+def test_a_trickled_request_body_is_cut_at_the_read_timeout(guarded: Service):
     body = b'{"word_a": "king", "word_b": "queen"}'
     head = (b"POST /v1/word2vec/similarity HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
     with connect(guarded) as sock:
         sock.sendall(head)
-        started = time.monotonic()
-        try:
-            for byte in body:
-                sock.send(bytes([byte]))
-                time.sleep(0.1)
-        except OSError:
-            pass
-        reply, _ = read_until_closed(sock)
-        waited = time.monotonic() - started
+        reply, waited = trickle(sock, body)
     assert waited < READ_TIMEOUT + 3
     assert reply == b"", reply  # the app had the request: the connection is cut, not answered
 
 
-def test_a_slow_request_within_the_read_timeout_is_answered(guarded: Server):
+def test_a_slow_request_within_the_read_timeout_is_answered(guarded: Service):
     with connect(guarded) as sock:
         for part in (HEALTH[:10], HEALTH[10:25], HEALTH[25:]):
             sock.sendall(part)
@@ -126,7 +124,7 @@ def test_a_slow_request_within_the_read_timeout_is_answered(guarded: Server):
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
 
 
-def test_an_answer_slower_than_the_read_timeout_is_not_cut(guarded: Server):
+def test_an_answer_slower_than_the_read_timeout_is_not_cut(guarded: Service):
     """The read timeout bounds receiving a request, not answering it."""
     body = b'{"text": "to be or not to [MASK]"}'
     with connect(guarded) as sock:
@@ -138,7 +136,7 @@ def test_an_answer_slower_than_the_read_timeout_is_not_cut(guarded: Server):
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
 
 
-def test_an_idle_keep_alive_connection_outlives_the_read_timeout(guarded: Server):
+def test_an_idle_keep_alive_connection_outlives_the_read_timeout(guarded: Service):
     with connect(guarded) as sock:
         sock.sendall(HEALTH)
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
@@ -147,7 +145,7 @@ def test_an_idle_keep_alive_connection_outlives_the_read_timeout(guarded: Server
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
 
 
-def test_connections_past_the_limit_get_429_with_retry_after(guarded: Server):
+def test_connections_past_the_limit_get_429_with_retry_after(guarded: Service):
     held = [connect(guarded) for _ in range(MAX_CONNECTIONS)]
     try:
         for sock in held:  # each one answered, then idle on keep-alive

@@ -23,7 +23,7 @@ from models.rnn import RNNLanguageModel, RNNLanguageModelConfig
 from models.sampling import DecodingSession, SamplingParams
 from models.tokenizers import CharTokenizer
 
-from .conftest import Server
+from .conftest import Service
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
         "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\nDeny thy father and refuse thy name.\n\n")
@@ -374,7 +374,7 @@ def generation_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFac
     root = tmp_path_factory.mktemp("lm-checkpoints")
     for name in ("gpt", "lm-lstm"):
         (root / name).symlink_to(checkpoint_dir / name)
-    server = Server(root, tmp_path_factory.mktemp("logs") / "generation-server.log", MAX_QUEUED_INFERENCES="64")
+    server = Service(root, tmp_path_factory.mktemp("logs") / "generation-server.log", MAX_QUEUED_INFERENCES="64")
     yield server.url
     server.stop()
 
@@ -487,7 +487,7 @@ def test_a_client_streaming_back_to_back_always_finds_its_place(checkpoint_dir: 
     """The place a stream holds is free again by the time its client can send the next request."""
     root = tmp_path_factory.mktemp("gpt-only")
     (root / "gpt").symlink_to(checkpoint_dir / "gpt")
-    server = Server(root, tmp_path_factory.mktemp("logs") / "one-place-server.log", MAX_CONCURRENT_INFERENCES="1",
+    server = Service(root, tmp_path_factory.mktemp("logs") / "one-place-server.log", MAX_CONCURRENT_INFERENCES="1",
                     MAX_QUEUED_INFERENCES="0")
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:

@@ -18,7 +18,7 @@ from app.settings import get_settings
 from models.sampling import TextAssembler
 from models.tokenizers import CharTokenizer
 
-from .conftest import API_KEY, Server
+from .conftest import API_KEY, Service
 from .hostile import RAW_BODIES, ROUTES, Route, encode, hostile_body
 
 LIMITS = get_settings()
@@ -267,7 +267,7 @@ def test_limits_given_as_flags_reach_the_request_schemas(checkpoint_dir: Path, t
     root = tmp_path / "checkpoints"
     root.mkdir()
     (root / "gpt").symlink_to(checkpoint_dir / "gpt")
-    server = Server(root, tmp_path / "server.log", command=[sys.executable, "-m", "app", "--max-text-length", "12"])
+    server = Service(root, tmp_path / "server.log", command=[sys.executable, "-m", "app", "--max-text-length", "12"])
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             assert client.post("/v1/generate", json={"prompt": "x" * 12, "max_new_tokens": 1}).status_code == 200

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .conftest import Server, gauge, wait_until
+from .conftest import Service, gauge, wait_until
 
 PROMPT = "ROMEO:\n"
 # Minutes of work for the tiny GPT on a shared machine (8 prompts x 8 samples x 512 tokens: about 4 s of one
@@ -39,7 +39,7 @@ def data_events(lines: Iterator[str]) -> Iterator[dict | str]:
 # ---- the request timeout ----------------------------------------------------------------------------
 
 
-def test_a_generation_past_the_request_timeout_is_504_and_frees_its_slot(strict_server: Server):
+def test_a_generation_past_the_request_timeout_is_504_and_frees_its_slot(strict_server: Service):
     url = strict_server.url
     started = time.monotonic()
     response = httpx.post(url + "/v1/generate", json=PAST_TIMEOUT, timeout=60)
@@ -57,7 +57,7 @@ def test_a_generation_past_the_request_timeout_is_504_and_frees_its_slot(strict_
     assert small.status_code == 200
 
 
-def test_the_request_timeout_bounds_a_whole_completion_not_each_of_its_prompts(strict_server: Server):
+def test_the_request_timeout_bounds_a_whole_completion_not_each_of_its_prompts(strict_server: Service):
     url = strict_server.url
     alone = httpx.post(url + "/v1/completions", json={**SHORT_PROMPTS, "prompt": PROMPT}, timeout=60)
     assert alone.status_code == 200, alone.text  # one prompt fits in the timeout
@@ -68,7 +68,7 @@ def test_the_request_timeout_bounds_a_whole_completion_not_each_of_its_prompts(s
     wait_until(lambda: admitted(url) == 0, "the timed-out completion still holds its slot")
 
 
-def test_a_stream_past_the_request_timeout_ends_with_an_error_event_then_done(strict_server: Server):
+def test_a_stream_past_the_request_timeout_ends_with_an_error_event_then_done(strict_server: Service):
     url = strict_server.url
     started = time.monotonic()
     with httpx.stream("POST", url + "/v1/completions", json={**SHORT_PROMPTS, "stream": True}, timeout=60) as response:
@@ -86,7 +86,7 @@ def test_a_stream_past_the_request_timeout_ends_with_an_error_event_then_done(st
 # ---- capacity before a stream starts ------------------------------------------------------------------
 
 
-def test_a_stream_past_capacity_is_429_before_its_200(strict_server: Server):
+def test_a_stream_past_capacity_is_429_before_its_200(strict_server: Service):
     url = strict_server.url
     with httpx.Client(base_url=url, timeout=60) as holder, holder.stream(
             "POST", "/v1/completions", json={**ALL_NIGHT, "stream": True}) as held:
@@ -110,7 +110,7 @@ def test_a_stream_past_capacity_is_429_before_its_200(strict_server: Server):
     ("/v1/generate", {"model": "gpt-faulty", "prompt": PROMPT, "max_new_tokens": 40, "seed": 0, "stream": True}),
     ("/v1/completions", {"model": "faulty", "prompt": PROMPT, "max_tokens": 40, "seed": 0, "stream": True}),
 ])
-def test_a_fault_in_the_middle_of_a_stream_ends_it_with_an_error_event(strict_server: Server, path: str,
+def test_a_fault_in_the_middle_of_a_stream_ends_it_with_an_error_event(strict_server: Service, path: str,
                                                                       body: dict):
     with httpx.stream("POST", strict_server.url + path, json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -124,7 +124,7 @@ def test_a_fault_in_the_middle_of_a_stream_ends_it_with_an_error_event(strict_se
     else:
         assert last == {"error": {"message": "generation failed", "type": "server_error", "param": None,
                                   "code": None}}
-    assert "generation failed mid-stream" in strict_server.log_path.read_text()
+    assert "generation failed mid-stream" in strict_server.log.read_text()
     wait_until(lambda: admitted(strict_server.url) == 0, "the failed stream still holds its slot")
     assert httpx.post(strict_server.url + "/v1/generate", json={"prompt": PROMPT, "max_new_tokens": 4},
                       timeout=60).status_code == 200
@@ -133,12 +133,12 @@ def test_a_fault_in_the_middle_of_a_stream_ends_it_with_an_error_event(strict_se
 # ---- clients that leave ----------------------------------------------------------------------------------
 
 
-def stopped(server: Server, message: str) -> bool:
-    return admitted(server.url) == 0 and message in server.log_path.read_text()
+def stopped(server: Service, message: str) -> bool:
+    return admitted(server.url) == 0 and message in server.log.read_text()
 
 
-def test_a_client_that_leaves_a_plain_generation_stops_it(live_server: Server):
-    log_before = live_server.log_path.read_text().count("client disconnected; generation stopped")
+def test_a_client_that_leaves_a_plain_generation_stops_it(live_server: Service):
+    log_before = live_server.log.read_text().count("client disconnected; generation stopped")
     body = json.dumps(ALL_NIGHT).encode()
     connection = socket.create_connection(("127.0.0.1", live_server.port), timeout=30)
     connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
@@ -146,12 +146,12 @@ def test_a_client_that_leaves_a_plain_generation_stops_it(live_server: Server):
     wait_until(lambda: admitted(live_server.url) == 1, "the generation never started")
     connection.close()
     wait_until(lambda: admitted(live_server.url) == 0
-               and live_server.log_path.read_text().count("client disconnected; generation stopped") > log_before,
+               and live_server.log.read_text().count("client disconnected; generation stopped") > log_before,
                "the generation went on after its client left")
 
 
-def test_closing_a_stream_stops_its_generation(live_server: Server):
-    log_before = live_server.log_path.read_text().count("stream cancelled (client disconnected)")
+def test_closing_a_stream_stops_its_generation(live_server: Service):
+    log_before = live_server.log.read_text().count("stream cancelled (client disconnected)")
     with httpx.Client(base_url=live_server.url, timeout=60) as client, client.stream(
             "POST", "/v1/completions", json={**ALL_NIGHT, "stream": True}) as response:
         assert response.status_code == 200
@@ -159,5 +159,5 @@ def test_closing_a_stream_stops_its_generation(live_server: Server):
         assert "choices" in next(lines)
         assert admitted(live_server.url) == 1
     wait_until(lambda: admitted(live_server.url) == 0
-               and live_server.log_path.read_text().count("stream cancelled (client disconnected)") > log_before,
+               and live_server.log.read_text().count("stream cancelled (client disconnected)") > log_before,
                "the generation went on after its stream was closed")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ROUNDED_TO_4_PLACES, Server, assert_same_answer
+from .conftest import ROUNDED_TO_4_PLACES, Service, assert_same_answer
 
 CAPACITY = 32  # MAX_CONCURRENT_INFERENCES + MAX_QUEUED_INFERENCES below
 REQUESTS_PER_CLIENT = 8
@@ -131,7 +131,7 @@ def rss_bytes(pid: int) -> int:
 @pytest.fixture(scope="module")
 def loaded_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The service with a capacity of 32, and the answer each request gets when it is the only one."""
-    server = Server(checkpoint_dir, tmp_path_factory.mktemp("load") / "server.log",
+    server = Service(checkpoint_dir, tmp_path_factory.mktemp("load") / "server.log",
                     MAX_CONCURRENT_INFERENCES="4", MAX_QUEUED_INFERENCES=str(CAPACITY - 4), REQUEST_TIMEOUT="60",
                     LOG_FORMAT="text")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Server
+from .conftest import Service
 
 LOADED = ("word2vec-sg", "gpt", "lm-lstm", "bert", "seq2seq-zh-en", "clf-cnn")
 
@@ -60,7 +60,7 @@ def names_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     config = json.loads((spare / "config.json").read_text())
     (spare / "config.json").write_text(json.dumps({**config, "id": "gpt-spare", "name": "spare"}))
     (spare / "model.safetensors").write_bytes(b"broken")
-    server = Server(root, tmp_path_factory.mktemp("logs") / "names-server.log")
+    server = Service(root, tmp_path_factory.mktemp("logs") / "names-server.log")
     yield server.url, root
     server.stop()
 

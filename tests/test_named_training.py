@@ -18,7 +18,7 @@ from models.catalog import DEFAULT_IDS, checkpoint_id_of
 from training.common import checkpoint_name
 from training.data import load_hsk_pairs, load_plays
 
-from .conftest import ROOT, Server, run_training
+from .conftest import ROOT, Service, run_training
 
 
 def training(*args: str) -> subprocess.CompletedProcess:
@@ -114,7 +114,7 @@ def test_a_long_file_name_is_cut_to_an_id_of_64_characters(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def named_client(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    server = Server(trained, tmp_path_factory.mktemp("logs") / "named-server.log")
+    server = Service(trained, tmp_path_factory.mktemp("logs") / "named-server.log")
     with httpx.Client(base_url=server.url, timeout=60) as client:
         yield client
     server.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import ROOT, Server
+from .conftest import ROOT, Service
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -45,7 +45,7 @@ def test_the_service_serves_every_family_without_the_train_extra(checkpoint_dir:
     train_only -= {distribution(r) for r in PYPROJECT["project"]["dependencies"]}
     missing = modules_of(train_only) | {"training"}
     assert {"gensim", "sklearn", "numba", "sacrebleu"} <= missing
-    server = Server(checkpoint_dir, tmp_path / "server.log",
+    server = Service(checkpoint_dir, tmp_path / "server.log",
                     command=[sys.executable, "-c", WITHOUT, ",".join(sorted(missing))])
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
@@ -61,11 +61,11 @@ def test_the_service_serves_every_family_without_the_train_extra(checkpoint_dir:
                 assert c.post(path, json=body).status_code == 200, path
     finally:
         server.stop()
-    assert "No module named" not in server.log_path.read_text()
+    assert "No module named" not in server.log.read_text()
 
 
 def test_flags_given_to_the_docker_entrypoint_reach_the_server_over_the_environment(tmp_path: Path):
-    server = Server(tmp_path, tmp_path / "server.log", PYTHON=sys.executable, API_KEY="from-environment",
+    server = Service(tmp_path, tmp_path / "server.log", PYTHON=sys.executable, API_KEY="from-environment",
                     command=["sh", str(ROOT / "docker" / "entrypoint.sh"), "--api-key", "from-flag"])
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -90,7 +90,7 @@ def test_uvicorn_serves_app_main_app_with_the_environments_settings(tmp_path: Pa
     lazy = subprocess.run([sys.executable, "-c", "import app.main as m; print('app' in vars(m))"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert lazy.stdout.strip() == "False", "importing app.main built the app"
-    server = Server(tmp_path, tmp_path / "server.log", API_KEY="from-environment",
+    server = Service(tmp_path, tmp_path / "server.log", API_KEY="from-environment",
                     command=["sh", "-c", f'exec "{sys.executable}" -m uvicorn app.main:app --port "$PORT"'])
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright import sync_api as playwright_api
 
-from .conftest import Server
+from .conftest import Service
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -264,7 +264,7 @@ def test_panels_say_when_their_model_is_not_loaded(browser: playwright_api.Brows
 
 def test_api_key_typed_into_the_page_is_sent(browser: playwright_api.Browser, checkpoint_dir: Path,
                                               tmp_path: Path):
-    server = Server(checkpoint_dir, tmp_path / "server.log", API_KEY="s3cret")
+    server = Service(checkpoint_dir, tmp_path / "server.log", API_KEY="s3cret")
     try:
         page, errors = open_playground(browser, server.url)  # the page itself needs no key
         expect(page.locator("#models-status")).to_contain_text("needs an API key")

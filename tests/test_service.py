@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from app.inference import InferencePool, InferenceTimeout, OverCapacity
 
 from . import reference
-from .conftest import API_KEY, ROOT, Server, copy_checkpoint, gauge, wait_until
+from .conftest import API_KEY, ROOT, Service, copy_checkpoint, gauge, wait_until
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_idle_keep_alive_connections_outlive_the_clients_expiry(server: str):
 
 
 def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Path):
-    server = Server(checkpoint_dir, logs)
+    server = Service(checkpoint_dir, logs)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c, ThreadPoolExecutor(1) as background:
             # Long enough to be caught running: eight samples of the most tokens a request may ask for.
@@ -78,7 +78,7 @@ def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Pa
             assert response.status_code == 200 and len(response.json()["results"]) == 8
             # Once shut down, uvicorn re-raises the signal, so the exit reads as the signal's.
             assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
-            assert "Finished server process" in server.log_path.read_text()
+            assert "Finished server process" in server.log.read_text()
             with pytest.raises(httpx.TransportError):
                 c.get("/health")
     finally:
@@ -93,7 +93,7 @@ def test_shutdown_finishes_the_requests_in_flight(checkpoint_dir: Path, logs: Pa
     ("next\x85line", False),  # a C1 control character, which HTTP parsers let through
     ("", False),
 ])
-def test_a_request_id_is_echoed_only_when_short_and_printable(live_server: Server, given: str, kept: bool):
+def test_a_request_id_is_echoed_only_when_short_and_printable(live_server: Service, given: str, kept: bool):
     connection = http.client.HTTPConnection("127.0.0.1", live_server.port, timeout=30)
     try:
         connection.request("GET", "/v1/models", headers={"X-Request-ID": given})
@@ -106,11 +106,11 @@ def test_a_request_id_is_echoed_only_when_short_and_printable(live_server: Serve
         assert echoed == given
     else:
         assert len(echoed) == 32 and all(c in "0123456789abcdef" for c in echoed)
-    wait_until(lambda: f'"request_id": "{echoed}"' in live_server.log_path.read_text(),
+    wait_until(lambda: f'"request_id": "{echoed}"' in live_server.log.read_text(),
                "the access log has no line with the request id sent back")
 
 
-def test_cors_answers_the_configured_origin_only(strict_server: Server, server: str):
+def test_cors_answers_the_configured_origin_only(strict_server: Service, server: str):
     allowed, other = "http://playground.example", "http://elsewhere.example"
     preflight = {"Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "content-type,authorization"}
@@ -147,7 +147,7 @@ def test_metrics_count_requests_by_route_status_and_model(client: httpx.Client):
 
 
 def test_logs_are_json_lines_carrying_the_request_id(checkpoint_dir: Path, logs: Path):
-    server = Server(checkpoint_dir, logs)
+    server = Service(checkpoint_dir, logs)
     try:
         httpx.get(server.url + "/v1/models", headers={"X-Request-ID": "trace-42"}, timeout=30)
     finally:
@@ -163,7 +163,7 @@ def drop(key: str):  # noqa: ANN201 - a config transformation for copy_checkpoin
 
 
 @pytest.fixture(scope="module")
-def odd_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def odd_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The service on one good word2vec checkpoint, checkpoints it must refuse, two language models that share
     a short name, and a translation model trained without attention."""
     root = tmp_path_factory.mktemp("odd-checkpoints")
@@ -188,7 +188,7 @@ def odd_server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
                             config=lambda c: {**c, "model": {**c["model"], "attention": "none"}})
     weights = reference.untrained_seq2seq_weights(json.loads((plain / "config.json").read_text())["model"])
     save_file(weights, plain / "model.safetensors")
-    server = Server(root, tmp_path_factory.mktemp("logs") / "odd-server.log")
+    server = Service(root, tmp_path_factory.mktemp("logs") / "odd-server.log")
     yield server
     server.stop()
 
@@ -208,7 +208,7 @@ REFUSED = {
 }
 
 
-def test_bad_checkpoints_are_refused_with_their_reason_and_the_rest_served(odd_server: Server):
+def test_bad_checkpoints_are_refused_with_their_reason_and_the_rest_served(odd_server: Service):
     with httpx.Client(base_url=odd_server.url, timeout=30) as c:
         ready = c.get("/ready")
         assert ready.status_code == 200
@@ -223,11 +223,11 @@ def test_bad_checkpoints_are_refused_with_their_reason_and_the_rest_served(odd_s
         assert c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen"}).status_code == 200
         cbow = c.post("/v1/word2vec/similarity", json={"word_a": "king", "word_b": "queen", "model": "cbow"})
         assert cbow.status_code == 503
-    log = odd_server.log_path.read_text()
+    log = odd_server.log.read_text()
     assert all(f"refused checkpoint {checkpoint_id}" in log for checkpoint_id in REFUSED)
 
 
-def test_a_name_two_language_models_share_is_422_naming_both_and_their_ids_still_work(odd_server: Server):
+def test_a_name_two_language_models_share_is_422_naming_both_and_their_ids_still_work(odd_server: Service):
     with httpx.Client(base_url=odd_server.url, timeout=60) as c:
         response = c.post("/v1/generate", json={"prompt": "ROMEO:", "model": "lstm", "max_new_tokens": 3})
         assert response.status_code == 422
@@ -237,7 +237,7 @@ def test_a_name_two_language_models_share_is_422_naming_both_and_their_ids_still
             assert body.status_code == 200 and body.json()["model"] == checkpoint_id
 
 
-def test_a_translation_model_without_attention_translates_but_has_no_heatmap(odd_server: Server):
+def test_a_translation_model_without_attention_translates_but_has_no_heatmap(odd_server: Service):
     with httpx.Client(base_url=odd_server.url, timeout=60) as c:
         request = {"text": "我们明天见。", "model": "zh-en-plain", "max_length": 5}
         result = c.post("/v1/translate", json=request).json()["results"][0]
@@ -265,7 +265,7 @@ def test_ready_marks_default_checkpoints_an_earlier_recipe_trained_and_still_ser
     (before / "config.json").write_text(json.dumps(config))
     copy_checkpoint(checkpoint_dir / "lm-rnn", root, "lm-mine")  # not a default checkpoint: no recipe to compare with
 
-    server = Server(root, logs)
+    server = Service(root, logs)
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             states = {s["id"]: s for s in c.get("/ready").json()["checkpoints"]}
@@ -290,7 +290,7 @@ def test_reload_adds_new_models_and_keeps_old_ones_whose_update_fails(checkpoint
     root = tmp_path / "live"
     root.mkdir()
     shutil.copytree(checkpoint_dir / "word2vec-sg", root / "word2vec-sg")
-    server = Server(root, logs)
+    server = Service(root, logs)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             body = {"word_a": "king", "word_b": "queen", "model": "cbow"}
@@ -334,7 +334,7 @@ def test_reload_drops_deleted_checkpoints_and_serves_new_weights_through_new_bat
     root = tmp_path / "live"
     for checkpoint_id in ("word2vec-sg", "word2vec-cbow", "clf-cnn"):
         shutil.copytree(checkpoint_dir / checkpoint_id, root / checkpoint_id)
-    server = Server(root, logs)
+    server = Service(root, logs)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             assert_serves(c, root)  # the classifier's batcher now exists
@@ -364,7 +364,7 @@ def test_a_stream_in_flight_during_a_reload_keeps_the_weights_it_started_with(ch
                                                                              tmp_path: Path, logs: Path):
     root = tmp_path / "live"
     shutil.copytree(checkpoint_dir / "gpt", root / "gpt")
-    server = Server(root, logs, MAX_NEW_TOKENS="20000")
+    server = Service(root, logs, MAX_NEW_TOKENS="20000")
     body = {"prompt": "ROMEO:\n", "seed": 5}
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
@@ -391,7 +391,7 @@ def test_a_stream_in_flight_during_a_reload_keeps_the_weights_it_started_with(ch
 
 
 def test_docker_entrypoint_serves_the_checkpoints(checkpoint_dir: Path, logs: Path):
-    server = Server(checkpoint_dir, logs, command=["sh", str(ROOT / "docker" / "entrypoint.sh")],
+    server = Service(checkpoint_dir, logs, command=["sh", str(ROOT / "docker" / "entrypoint.sh")],
                     PYTHON=sys.executable)
     try:
         ready = httpx.get(server.url + "/ready", timeout=30)

@@ -201,7 +201,7 @@ def classification_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, 
 
 
 def lm_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
-    budget = ["--max-seconds", str(args.lm_seconds), "--max-steps", "1000000000", "--eval-interval",
+    budget = ["--max-seconds", str(args.lm_seconds), "--eval-interval",
               str(args.eval_interval), "--eval-batches", "4", "--tokenizer", "char"]
     commands = [(f"lm-{cell}", NAMES[cell] + " LM", ["lm", "--cell", cell]) for cell in LM_CELLS]
     commands.append(("gpt", "GPT", ["gpt", "--name", GPT_NAME, *GPT_FLAGS]))
