@@ -8,7 +8,8 @@ unknown-word ids (or BERT's WordPiece tokenizer), padding a batch, and the loade
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -19,11 +20,12 @@ from models.checkpoint import Checkpoint
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
 from models.rnn import CELLS, RNNClassifier, RNNClassifierConfig
-from models.subword import SubwordEmbedding
+from models.subword import NO_NGRAM, spelled
 from models.tokenizers import WordVocab, words
 
 VOCAB_FILE = "vocab.json"
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1: the word-level networks' PAD_ID is 0
+Token = int | tuple[int, ...]  # a word id, or a spelled word (models.subword.spelled)
 ARCHITECTURES = ("mlp", "cnn", *CELLS)  # word-level; "bert" brings its own tokenizer
 _WORD_MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLPClassifier),
@@ -39,9 +41,8 @@ def config_class(architecture: str) -> type:
     return _WORD_MODELS[architecture][0]
 
 
-def build_model(architecture: str, hyperparameters: dict[str, Any], vocab: WordVocab | None = None) -> nn.Module:
-    """The network of ``architecture`` from its config fields (``config["model"]`` of a checkpoint); a word-level
-    one with character n-grams spells ``vocab``'s words."""
+def build_model(architecture: str, hyperparameters: dict[str, Any]) -> nn.Module:
+    """The network of ``architecture`` from its config fields (``config["model"]`` of a checkpoint)."""
     if architecture == "bert":
         from models.bert import BertConfig, BertForSequenceClassification
 
@@ -51,36 +52,38 @@ def build_model(architecture: str, hyperparameters: dict[str, Any], vocab: WordV
     config_type, model_type = _WORD_MODELS.get(architecture, (None, None))
     if config_type is None:
         raise ValueError(f"unknown classifier architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}, bert")
-    model = model_type(config_type(**hyperparameters))
-    if isinstance(model.embedding, SubwordEmbedding):
-        if vocab is None:
-            raise ValueError("a classifier with character n-grams needs its vocabulary to spell")
-        # Padding and unknown have no spelling: their vectors are their own.
-        model.embedding.spell(["" if w in (PAD, UNK) else w for w in vocab.itos])
-    return model
+    return model_type(config_type(**hyperparameters))
 
 
-def build_vocab(texts: Iterable[str], min_count: int) -> WordVocab:
-    """The training texts' words seen at least ``min_count`` times, after the padding and unknown ids."""
+def build_vocab(texts: Iterable[str], min_count: int, allowed: Collection[str] | None = None) -> WordVocab:
+    """The training texts' words seen at least ``min_count`` times (and in ``allowed``, when given), after the
+    padding and unknown ids."""
     counted = WordVocab.build((words(t) for t in texts), min_count=min_count)
-    return WordVocab([PAD, UNK, *counted.itos], [0, 0, *counted.counts])
+    kept = [(w, c) for w, c in zip(counted.itos, counted.counts, strict=True) if allowed is None or w in allowed]
+    return WordVocab([PAD, UNK, *(w for w, _ in kept)], [0, 0, *(c for _, c in kept)])
 
 
 class WordEncoder:
-    """Text → word ids; unknown words stay as ``<unk>`` (how many there are still tells a model something)."""
+    """Text → word ids; unknown words stay as ``<unk>`` (how many there are still tells a model something).
+    With ``char_ngrams`` (a model with a ``SubwordEmbedding``) each word is a spelled token instead, its id and
+    its n-grams' buckets, so an unknown word keeps its spelling (``models.subword.spelled``)."""
 
     pad_id = 0
 
-    def __init__(self, vocab: WordVocab, max_len: int):
+    def __init__(self, vocab: WordVocab, max_len: int, char_ngrams: Sequence[int] = (), ngram_buckets: int = 0):
         if vocab.itos[:2] != [PAD, UNK]:
             raise ValueError(f"a classifier vocabulary starts with {PAD} and {UNK}")
         self.vocab = vocab
         self.max_len = max_len
         self.unk_id = vocab.stoi[UNK]
+        self.ngrams = (char_ngrams[0], char_ngrams[1]) if char_ngrams else None
+        self.ngram_buckets = ngram_buckets
 
-    def encode(self, text: str) -> list[int]:
-        ids = [self.vocab.stoi.get(w, self.unk_id) for w in words(text)[: self.max_len]]
-        return ids or [self.unk_id]  # a text with no words still gets an answer
+    def encode(self, text: str) -> list[Token]:
+        found = words(text)[: self.max_len] or [""]  # a text with no words still gets an answer: <unk>
+        if self.ngrams is None:
+            return [self.vocab.stoi.get(w, self.unk_id) for w in found]
+        return [spelled(self.vocab.stoi.get(w, self.unk_id), w, self.ngrams, self.ngram_buckets) for w in found]
 
 
 class SubwordEncoder:
@@ -102,10 +105,27 @@ class SubwordEncoder:
         return [i for start in starts for i in (self.cls_id, *pieces[start:start + self.window_tokens], self.sep_id)]
 
 
-def pad_batch(encoded: list[list[int]], pad_id: int) -> torch.Tensor:
-    ids = torch.full((len(encoded), max(map(len, encoded))), pad_id, dtype=torch.long)
-    for row, seq in enumerate(encoded):
-        ids[row, : len(seq)] = torch.tensor(seq)
+def pad_batch(encoded: Sequence[Sequence[Token]], pad_id: int) -> torch.Tensor:
+    """Ids (B, T) padded with ``pad_id``, or spelled tokens (B, T, 1 + n-grams) padded with zeros (``pad_id``
+    must be 0 then: ``SubwordEmbedding``'s padding word and its no-n-gram bucket)."""
+    if not isinstance(encoded[0][0], tuple):
+        ids = torch.full((len(encoded), max(map(len, encoded))), pad_id, dtype=torch.long)
+        for row, seq in enumerate(encoded):
+            ids[row, : len(seq)] = torch.tensor(seq)
+        return ids
+    if pad_id != NO_NGRAM:
+        raise ValueError(f"spelled tokens pad with {NO_NGRAM}, got pad_id {pad_id}")
+    tokens = [token for seq in encoded for token in seq]
+    values = torch.tensor(list(itertools.chain.from_iterable(tokens)))
+    sizes = torch.tensor([len(token) for token in tokens])
+    lengths = torch.tensor([len(seq) for seq in encoded])
+    ids = torch.zeros(len(encoded), int(lengths.max()), int(sizes.max()), dtype=torch.long)
+    # Where each value goes: its token's row and position (row r holds lengths[r] tokens from position 0),
+    # and its column within the token. One scatter rather than a padded copy of every token.
+    rows = torch.repeat_interleave(torch.arange(len(encoded)), lengths)
+    positions = torch.arange(len(tokens)) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    columns = torch.arange(len(values)) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+    ids[torch.repeat_interleave(rows, sizes), torch.repeat_interleave(positions, sizes), columns] = values
     return ids
 
 
@@ -116,7 +136,9 @@ def load_encoder(checkpoint: Checkpoint) -> WordEncoder | SubwordEncoder:
         # A checkpoint from before windows reads the first window only.
         return SubwordEncoder(Tokenizer.from_file(str(checkpoint.file(spec["file"]))), spec["max_len"],
                               spec.get("windows", 1))
-    return WordEncoder(WordVocab.from_file(checkpoint.file(spec["file"])), spec["max_len"])
+    model = checkpoint.config["model"]
+    return WordEncoder(WordVocab.from_file(checkpoint.file(spec["file"])), spec["max_len"],
+                       model.get("char_ngrams", ()), model.get("ngram_buckets", 0))
 
 
 def load(checkpoint: Checkpoint, device: torch.device) -> nn.Module:
@@ -124,8 +146,6 @@ def load(checkpoint: Checkpoint, device: torch.device) -> nn.Module:
     config = checkpoint.config
     if len(config["labels"]) != config["model"]["num_classes"]:
         raise ValueError(f"{len(config['labels'])} labels for {config['model']['num_classes']} classes")
-    spec = config["tokenizer"]
-    vocab = WordVocab.from_file(checkpoint.file(spec["file"])) if spec["type"] == "word" else None
-    model = build_model(config["architecture"], config["model"], vocab)
+    model = build_model(config["architecture"], config["model"])
     model.load_state_dict(checkpoint.state_dict)
     return model.to(device).eval()

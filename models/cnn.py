@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.subword import word_embedding
+from models.subword import word_embedding, word_ids
 
 PAD_ID = 0
 
@@ -48,7 +48,8 @@ class CNNConfig:
 
 
 class TextCNN(nn.Module):
-    """Token ids (B, T), padded with ``PAD_ID``, in; class logits out."""
+    """Token ids (B, T), padded with ``PAD_ID`` (or spelled tokens (B, T, 1 + n-grams), see
+    ``models.subword``), in; class logits out."""
 
     def __init__(self, config: CNNConfig):
         super().__init__()
@@ -68,9 +69,10 @@ class TextCNN(nn.Module):
         """Class logits (B, classes) and, with ``targets`` (B,), their mean cross-entropy."""
         shortest = max(self.config.kernel_sizes) - 2 * self.config.padding
         if inputs.shape[1] < shortest:  # every kernel needs at least one full window
-            inputs = F.pad(inputs, (0, shortest - inputs.shape[1]), value=PAD_ID)
+            # (the last pair of padding widths is the time axis's, for word ids and spelled tokens alike)
+            inputs = F.pad(inputs, (0, 0) * (inputs.dim() - 2) + (0, shortest - inputs.shape[1]), value=PAD_ID)
         # Each passage's length, as if it were alone (and padded to the shortest usable length).
-        lengths = (inputs != PAD_ID).sum(dim=1).clamp_min(max(1, shortest))
+        lengths = (word_ids(inputs) != PAD_ID).sum(dim=1).clamp_min(max(1, shortest))
         x = self.embedding(inputs).transpose(1, 2)  # (B, embed, T): channels first for Conv1d
         pooled = [self._pool(F.relu(conv(x)), conv.kernel_size[0], lengths) for conv in self.convs]
         logits = self.fc(self.dropout(torch.cat(pooled, dim=1)))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.subword import word_embedding
+from models.subword import word_embedding, word_ids
 
 PAD_ID = 0
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -39,7 +39,8 @@ class MLPConfig:
 
 
 class MLPClassifier(nn.Module):
-    """Token ids (B, T), padded with ``PAD_ID``, in; class logits out."""
+    """Token ids (B, T), padded with ``PAD_ID`` (or spelled tokens (B, T, 1 + n-grams), see
+    ``models.subword``), in; class logits out."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()
@@ -58,7 +59,7 @@ class MLPClassifier(nn.Module):
         self, inputs: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits (B, classes) and, with ``targets`` (B,), their mean cross-entropy."""
-        mask = (inputs != PAD_ID).unsqueeze(-1)
+        mask = (word_ids(inputs) != PAD_ID).unsqueeze(-1)
         # The padding row is zero, so the sum counts real tokens only; divide by their number.
         bag = self.embedding(inputs).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
         logits = self.layers(bag)

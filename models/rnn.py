@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import Checkpoint
-from models.subword import word_embedding
+from models.subword import word_embedding, word_ids
 
 CELLS = ("rnn", "lstm", "gru")
 PAD_ID = 0
@@ -177,7 +177,8 @@ class RNNClassifierConfig:
 
 
 class RNNClassifier(nn.Module):
-    """Token ids (B, T), padded with ``PAD_ID``, in; class logits out."""
+    """Token ids (B, T), padded with ``PAD_ID`` (or spelled tokens (B, T, 1 + n-grams), see
+    ``models.subword``), in; class logits out."""
 
     def __init__(self, config: RNNClassifierConfig):
         super().__init__()
@@ -193,7 +194,7 @@ class RNNClassifier(nn.Module):
         self, inputs: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits (B, classes) and, with ``targets`` (B,), their mean cross-entropy."""
-        mask = inputs != PAD_ID
+        mask = word_ids(inputs) != PAD_ID
         lengths = mask.sum(dim=1).clamp_min(1)
         # Padding sits after each passage and the recurrence runs forwards, so the states at real
         # positions never see it: no packing needed, only a mask when pooling.

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from models.checkpoint import Checkpoint, load_checkpoint
-from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_vocab
+from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_vocab, pad_batch
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
 from models.pipelines.classification import load
-from models.subword import SubwordEmbedding, char_ngrams, ngram_bucket
+from models.subword import SubwordEmbedding, char_ngrams, ngram_bucket, spelled
 from models.tokenizers import words
 from training.classifier import (
     MIN_PASSAGE_WORDS,
@@ -149,6 +149,18 @@ def test_word_encoder_keeps_unknown_words_and_truncates() -> None:
     assert encoder.encode("!!!") == [1]
 
 
+def test_the_vocabulary_can_keep_only_the_words_of_several_training_plays() -> None:
+    from training.classifier import words_of_plays
+
+    # Falstaff speaks in three training plays, Prospero in one (The Tempest): a name of one play is unknown, as
+    # the names of the unseen plays are.
+    shared = words_of_plays(2)
+    assert {"the", "king", "falstaff"} <= shared and "prospero" not in shared
+    vocab = build_vocab(["PROSPERO: the king", "FALSTAFF: the king"], min_count=1, allowed=shared)
+    assert vocab.itos == ["<pad>", "<unk>", "king", "the", "falstaff"]
+    assert WordEncoder(vocab, max_len=8).encode("PROSPERO: the king") == [1, 3, 2]
+
+
 def test_labeled_file_is_split_80_10_10_reproducibly(tmp_path) -> None:
     path = tmp_path / "data.tsv"
     rows = [f"{'pos' if i % 2 else 'neg'}\ttext number {i}" for i in range(50)]
@@ -279,28 +291,46 @@ def test_a_words_vector_is_its_own_plus_the_sum_of_its_ngram_vectors() -> None:
     torch.manual_seed(0)
     embedding = SubwordEmbedding(4, 6, (3, 4), buckets=50, padding_idx=0)
     torch.nn.init.normal_(embedding.ngrams.weight)
-    spelled = ["", "", "thee", "thou"]
-    with pytest.raises(RuntimeError, match="spell"):
-        embedding(torch.tensor([[2]]))
-    embedding.spell(spelled)
-    vectors = embedding(torch.tensor([[2, 3, 3, 0], [1, 2, 0, 0]]))
-    assert vectors.shape == (2, 4, 6)
-    for word_id in (2, 3):
-        buckets = [ngram_bucket(g, 50) for g in char_ngrams(spelled[word_id], (3, 4))]
+    with pytest.raises(ValueError, match="spelled tokens"):
+        embedding(torch.tensor([[2]]))  # word ids alone carry no spelling
+    thee, thou, verona = (spelled(i, word, (3, 4), 50) for i, word in [(2, "thee"), (3, "thou"), (1, "verona")])
+    tokens = pad_batch([[thee, thou, thou], [verona, thee]], pad_id=0)
+    assert tokens.shape == (2, 3, max(map(len, (thee, thou, verona))))
+    vectors = embedding(tokens)
+    assert vectors.shape == (2, 3, 6)
+    for position, (word_id, word) in enumerate([(2, "thee"), (3, "thou"), (3, "thou")]):
+        buckets = [ngram_bucket(g, 50) for g in char_ngrams(word, (3, 4))]
         expected = embedding.weight[word_id] + embedding.ngrams.weight[buckets].sum(dim=0)
-        torch.testing.assert_close(vectors[0, word_id - 2], expected)
-    assert not vectors[0, 3].any()  # padding stays zero
-    torch.testing.assert_close(vectors[1, 0], embedding.weight[1])  # unknown: no spelling, its own vector
+        torch.testing.assert_close(vectors[0, position], expected)
+    # A word the vocabulary does not know: the unknown word's vector and its own n-grams.
+    buckets = [ngram_bucket(g, 50) for g in char_ngrams("verona", (3, 4))]
+    torch.testing.assert_close(vectors[1, 0], embedding.weight[1] + embedding.ngrams.weight[buckets].sum(dim=0))
+    assert not vectors[1, 2].any()  # padding stays zero
 
 
 def test_ngram_vectors_learn_so_a_rare_word_moves_with_the_words_it_shares_pieces_with() -> None:
     embedding = SubwordEmbedding(4, 3, (3, 5), buckets=100, padding_idx=0)
-    embedding.spell(["", "", "kingdom", "kingly"])
-    embedding(torch.tensor([[2]])).sum().backward()  # a gradient through "kingdom" alone
-    spelled = {ngram_bucket(g, 100) for g in char_ngrams("kingdom", (3, 5))}
+    embedding(pad_batch([[spelled(2, "kingdom", (3, 5), 100)]], 0)).sum().backward()  # a gradient through "kingdom"
+    buckets = {ngram_bucket(g, 100) for g in char_ngrams("kingdom", (3, 5))}
     assert embedding.ngrams.weight.grad[ngram_bucket("<ki", 100)].abs().sum() > 0  # shared with "kingly"
-    untouched = [b for b in range(100) if b not in spelled]
+    untouched = [b for b in range(100) if b not in buckets]
     assert embedding.ngrams.weight.grad[untouched].abs().sum() == 0
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_an_unknown_words_ngrams_reach_the_classifier(arch: str) -> None:
+    vocab = build_vocab(["the king is dead", "the queen is dead"], min_count=1)
+    encoder = WordEncoder(vocab, max_len=16, char_ngrams=(3, 5), ngram_buckets=200)
+    model = small_model(arch, vocab_size=len(vocab), char_ngrams=(3, 5), ngram_buckets=200)
+    torch.nn.init.normal_(model.embedding.ngrams.weight)
+    # Two unknown words, one unknown id: their spellings alone tell them apart.
+    verona, mantua = encoder.encode("the king is in verona"), encoder.encode("the king is in mantua")
+    known = [vocab.stoi[w] for w in ("the", "king", "is")]
+    assert [token[0] for token in verona] == [token[0] for token in mantua] == [*known, 1, 1]
+    assert verona[-1][1:] == tuple(ngram_bucket(g, 200) + 1 for g in char_ngrams("verona", (3, 5)))
+    with torch.no_grad():
+        logits = model(pad_batch([verona, mantua], encoder.pad_id))[0]
+    assert not torch.allclose(logits[0], logits[1])
 
 
 def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> None:
@@ -328,6 +358,7 @@ def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> N
     (["--word-dropout", "1.0"], r"--word-dropout must be in \[0, 1\)"),
     (["--crop-words", "-1"], "--crop-words must be 0"),
     (["--windows", "2"], "--windows is for the BERT classifier"),
+    (["--min-plays", "0"], "--min-plays must be at least 1"),
 ])
 def test_bad_ngram_and_augmentation_values_are_refused(tmp_path, flags: list[str], error) -> None:
     from training.classifier import resolve_arguments
@@ -347,6 +378,17 @@ def test_word_level_flags_are_refused_for_bert(tmp_path) -> None:
     with pytest.raises(ValueError, match="--char-ngrams is for the word-level classifiers"):
         resolve_arguments(build_parser().parse_args(
             ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--char-ngrams", "3-5"]))
+
+
+def test_a_labeled_file_has_no_plays_to_count(tmp_path) -> None:
+    from training.classifier import resolve_arguments
+
+    data = tmp_path / "mine.tsv"
+    data.write_text("a\tone text\nb\tanother\na\ta third\n", encoding="utf-8")
+    command = ["classifier", "--arch", "gru", "--labeled", str(data), "--profile", "quick", "--out", str(tmp_path)]
+    with pytest.raises(ValueError, match="--min-plays counts the training plays"):
+        resolve_arguments(build_parser().parse_args([*command, "--min-plays", "2"]))
+    assert resolve_arguments(build_parser().parse_args(command)).min_plays == 1  # whatever the profile says
 
 
 def test_bert_reads_at_least_one_window(tmp_path) -> None:
@@ -381,7 +423,7 @@ def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_sam
     assert "embedding.ngrams.weight" in checkpoint.state_dict
     evaluations = [e["val_macro_f1"] for e in checkpoint.metrics["evaluations"] if "val_macro_f1" in e]
     assert len(evaluations) == 6 and checkpoint.metrics["val_macro_f1"] == max(evaluations) != evaluations[-1]
-    # The saved weights are the best epoch's: the reloaded network (spelled again from its vocabulary)
+    # The saved weights are the best epoch's: the reloaded network, its encoder spelling the words again,
     # scores the validation passages as that epoch did.
     classifier = load(checkpoint, torch.device("cpu"))
     validation = load_splits(data).validation

@@ -13,7 +13,7 @@ from torch import nn
 
 from models import classifier
 from models.checkpoint import Checkpoint
-from models.classifier import SubwordEncoder, WordEncoder, pad_batch
+from models.classifier import SubwordEncoder, Token, WordEncoder, pad_batch
 
 
 class Classification(TypedDict):
@@ -32,11 +32,11 @@ class TextClassifier:
         self.device = device
         self.batch_size = batch_size
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[Token]:
         return self.encoder.encode(text)
 
     @torch.no_grad()
-    def _probabilities(self, encoded: list[list[int]]) -> torch.Tensor:
+    def _probabilities(self, encoded: list[list[Token]]) -> torch.Tensor:
         out = [torch.empty(0, len(self.labels))]
         for start in range(0, len(encoded), self.batch_size):
             ids = pad_batch(encoded[start:start + self.batch_size], self.encoder.pad_id)
@@ -48,7 +48,7 @@ class TextClassifier:
         """Class probabilities (N, classes), in ``labels`` order."""
         return self._probabilities([self.encode(t) for t in texts])
 
-    def classify_encoded(self, encoded: list[list[int]]) -> list[Classification]:
+    def classify_encoded(self, encoded: list[list[Token]]) -> list[Classification]:
         """One classification per encoded text; padding changes no answer (each network masks it out)."""
         results = []
         for row in self._probabilities(encoded).tolist():
