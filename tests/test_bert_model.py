@@ -39,6 +39,7 @@ from training.bert import (
     pair_batches,
     schedule,
     share_of_loss,
+    step_lengths,
     train_tokenizer,
 )
 from training.cli import build_parser
@@ -285,6 +286,16 @@ def test_steps_follow_their_packing_lengths():
     for length, pairs in batches:
         assert len(pairs) == 4 and all(len(p.a) + len(p.b) + 3 <= length for p in pairs)
     assert max(len(p.a) + len(p.b) + 3 for _, pairs in batches[2::3] for p in pairs) > 16
+
+
+def test_the_last_share_of_the_steps_packs_to_the_full_length():
+    args = argparse.Namespace(short_position=16, max_position=32, long_every=0, long_share=0.25, batch_size=4,
+                              epochs=0, max_steps=8, max_seconds=0.0, seed=0)
+    assert step_lengths(_documents() * 3, args) == [16] * 6 + [32] * 2
+    args.long_every = 3  # the short phase's every third step packs longer, the final phase as before
+    lengths = step_lengths(_documents() * 3, args)
+    assert lengths[6:] == [32, 32] and all(16 < n <= 32 for n in lengths[2:6:3])
+    assert [n for i, n in enumerate(lengths[:6]) if i % 3 != 2] == [16] * 4
 
 
 def test_a_tiny_model_learns_to_fill_masks(tokenizer):

@@ -67,23 +67,29 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"epochs": 1, "max_steps": 150, "vocab_size": 1000, "max_position": 32, "short_position": 32,
              "dim": 64, "n_layers": 2, "n_heads": 2, "ffn_dim": 128, "dropout": 0.0, "batch_size": 32,
              "lr": 1e-3, "eval_pairs": 256},
-    # What `make serve` trains: about 5 minutes on two CPU cores (299 s, fp32, 2026-11-29). Measured on the
-    # validation plays: two layers, because in this budget four stayed on the plateau of predicting
-    # unigram frequencies (MLM top-1 0.07 after 3 epochs); every step at the full 64 positions, because
-    # packing most steps to 32 gave the same MLM accuracy but NSP near chance (0.56 against 0.72). 30% of
-    # the tokens masked rather than 15% (Wettig et al., 2022): measured on the validation plays at these
-    # 1,740 steps (the evaluation masks 15%), MLM top-1 0.208 against 0.186, on word targets 0.145 against
-    # 0.121, NSP 0.708 against 0.722, for 1.12x the time of a step.
-    "quick": {"epochs": 6, "vocab_size": 8000, "max_position": 64, "short_position": 64,
-              "dim": 128, "n_layers": 2, "n_heads": 4, "ffn_dim": 512, "dropout": 0.0, "batch_size": 64,
-              "lr": 1e-3, "eval_pairs": None, "mask_probability": 0.3},
+    # What `make serve` trains. Measured on the validation plays: two layers, because in this budget four stayed
+    # on the plateau of predicting unigram frequencies (MLM top-1 0.07 after 3 epochs). 30% of the tokens
+    # masked rather than 15% (Wettig et al., 2022): at 1,740 steps of 64 pairs packed to 64 positions (the
+    # evaluation masks 15%), MLM top-1 0.208 against 0.186, on word targets 0.145 against 0.121, NSP 0.708
+    # against 0.722, for 1.12x the time of a step; 40% lost again (0.169 against 0.174 below).
+    # Then BERT's length schedule on smaller batches (one thread, CPU seconds of the training loop, load 5-8,
+    # 2026-11-29): at 180 s, 64 pairs at 64 positions made 603 steps and stayed on the plateau (0.077, words
+    # 0.002); packing to 32 made 1,300 steps (0.153, words 0.087) but NSP fell to chance (0.564) while the
+    # evaluation reads 64; the last 10% of the steps at 64 gave NSP back (0.709, 0.162 at 1,250 steps);
+    # batches of 32 rather than 64 gained again (2,300 steps in 160 s: 0.174, words 0.105, NSP 0.709;
+    # batches of 16 0.170 in 192 s). 3,500 such steps (238 s) reach the 6 epochs at 64 of before (0.205,
+    # words 0.140, NSP 0.708 against 0.207, 0.145, 0.710) in under half their CPU time (about 520 s).
+    # A feed-forward size of 256 led at 2,300 steps (0.181 in 142 s) but not at 3,500 (0.202 in 201 s).
+    "quick": {"epochs": 6, "max_steps": 3500, "vocab_size": 8000, "max_position": 64, "short_position": 32,
+              "long_every": 0, "long_share": 0.1, "dim": 128, "n_layers": 2, "n_heads": 4, "ffn_dim": 512,
+              "dropout": 0.0, "batch_size": 32, "lr": 1e-3, "eval_pairs": None, "mask_probability": 0.3},
     # A GPU run.
     "full": {"epochs": 40, "vocab_size": 8000, "max_position": 128, "short_position": 64,
              "dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024, "dropout": 0.1, "batch_size": 128,
              "lr": 5e-4, "eval_pairs": None},
 }
 DEFAULTS: dict[str, Any] = {"mask_probability": MASK_PROBABILITY, "weight_decay": 0.01, "warmup": 0.06, "decay": 0.2,
-                             "save_interval": 500}
+                             "save_interval": 500, "long_every": 10, "long_share": 0.0}
 
 log = logging.getLogger("training.bert")
 
@@ -97,8 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest input in tokens ([CLS]/[SEP] included): the position table's size")
     parser.add_argument("--short-position", type=int, default=None,
                         help="pack most pairs to this length, cheaper per step (default: --max-position)")
-    parser.add_argument("--long-every", type=int, default=10,
-                        help="with --short-position: every Nth step packs pairs longer, up to --max-position")
+    parser.add_argument("--long-every", type=int, default=None,
+                        help="with --short-position: every Nth step packs pairs longer, up to --max-position "
+                             "(0: none)")
+    parser.add_argument("--long-share", type=float, default=None,
+                        help="with --short-position: this share of the steps, at the end, packs pairs to "
+                             "--max-position (BERT's final phase; 0: none)")
     parser.add_argument("--dim", type=int, default=None, help="hidden size")
     parser.add_argument("--n-layers", type=int, default=None, help="encoder layers")
     parser.add_argument("--n-heads", type=int, default=None, help="attention heads per layer")
@@ -378,14 +388,18 @@ def short_position(args: argparse.Namespace) -> int:
 def step_lengths(documents: list[list[list[int]]], args: argparse.Namespace) -> list[int]:
     """Each step's packing length: ``--epochs`` passes over the text at ``--short-position`` (capped by
     ``--max-steps``), except every ``--long-every``-th step, packed to a length drawn uniformly from
-    above the short one up to ``--max-position``, so inputs of every length are seen."""
+    above the short one up to ``--max-position``, so inputs of every length are seen, and the last
+    ``--long-share`` of the steps, packed to ``--max-position`` (BERT's final phase at 512 tokens)."""
     short = short_position(args)
     per_epoch = math.ceil(len(make_pairs(documents, short, random.Random(args.seed))) / args.batch_size)
     total = loop.total_steps(args, per_epoch)
     if short == args.max_position:
         return [short] * total
     rng = random.Random(args.seed)
-    return [rng.randint(short + 1, args.max_position) if (step + 1) % args.long_every == 0 else short
+    long_from = total - round(total * args.long_share)
+    return [args.max_position if step >= long_from
+            else rng.randint(short + 1, args.max_position) if args.long_every and (step + 1) % args.long_every == 0
+            else short
             for step in range(total)]
 
 
