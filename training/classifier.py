@@ -51,6 +51,7 @@ from training.common import add_name_arguments, checkpoint_name, length_grouped,
 from training.data import (
     GENRE_LABELS,
     SPLIT_SEED,
+    Speech,
     plays_in,
     read_tsv,
     shakespeare_provenance,
@@ -211,6 +212,11 @@ class Splits:
     provenance: dict[str, Any]
 
 
+def passage_line(speech: Speech) -> str:
+    """A speech as a passage holds it: its speaker's name, then its text."""
+    return f"{speech.speaker}: {speech.text}"
+
+
 def genre_passages(part: str, seed: int = SPLIT_SEED) -> list[tuple[str, str]]:
     """(genre, passage) pairs from the plays of one part of the split, in play and speech order.
 
@@ -222,7 +228,7 @@ def genre_passages(part: str, seed: int = SPLIT_SEED) -> list[tuple[str, str]]:
         speeches: list[str] = []
         count = 0
         for speech in play.speeches:
-            speeches.append(f"{speech.speaker}: {speech.text}")
+            speeches.append(passage_line(speech))
             count += len(words(speech.text))
             if count >= MIN_PASSAGE_WORDS:
                 passages.append((play.genre, "\n".join(speeches)))
@@ -363,7 +369,7 @@ def words_of_plays(min_plays: int) -> set[str]:
     """The words (speaker names included, as the passages render them) of at least ``min_plays`` training plays."""
     plays: Counter[str] = Counter()
     for play in plays_in("train"):
-        plays.update({w for speech in play.speeches for w in words(f"{speech.speaker}: {speech.text}")})
+        plays.update({w for speech in play.speeches for w in words(passage_line(speech))})
     return {w for w, n in plays.items() if n >= min_plays}
 
 
