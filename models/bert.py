@@ -29,6 +29,7 @@ TOKENIZER_FILE = "tokenizer.json"
 IGNORE = -100
 # NSP labels follow the original and Hugging Face: 0 = B really follows A, 1 = B is a random sentence.
 IS_NEXT, NOT_NEXT = 0, 1
+NORMS = ("post", "pre")
 
 
 @dataclass
@@ -43,10 +44,13 @@ class BertConfig:
     type_vocab_size: int = 2  # segments: sentence A = 0, sentence B = 1
     layer_norm_eps: float = 1e-12
     pad_id: int = 0
+    norm: str = "post"  # "post": BERT's LN(x + sublayer(x)); "pre": x + sublayer(LN(x)), a final LN on top
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm {self.norm!r} is not one of {NORMS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +91,9 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """One encoder layer as in BERT (post-norm): x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+    """One encoder layer as in BERT (post-norm): x = LN(x + Attn(x)); x = LN(x + FFN(x)); or pre-norm
+    (Xiong et al., 2020): x = x + Attn(LN(x)); x = x + FFN(LN(x)), whose residual path is never normalised,
+    so the gradient reaches the lower layers undiminished.
 
     The attention is multi-head bidirectional self-attention (``models.attention``); padding keys are
     masked out.
@@ -95,6 +101,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
+        self.pre_norm = config.norm == "pre"
         self.attention = SelfAttention(config.dim, config.n_heads, config.dropout)
         self.attention_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
@@ -103,6 +110,9 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor, recorder: AttentionRecorder | None = None
                 ) -> torch.Tensor:
         """``keep`` (B, 1, 1, T) is True where a key may be attended to."""
+        if self.pre_norm:
+            x = x + self.attention(self.attention_norm(x), keep, recorder=recorder)
+            return x + self.ffn(self.ffn_norm(x))
         x = self.attention_norm(x + self.attention(x, keep, recorder=recorder))
         return self.ffn_norm(x + self.ffn(x))
 
@@ -116,6 +126,9 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
+        # Pre-norm layers leave their sum unnormalised: one LayerNorm on top gives the heads what post-norm's
+        # last LN gives them.
+        self.final_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps) if config.norm == "pre" else None
         self.pooler = nn.Linear(config.dim, config.dim)
 
     def forward(
@@ -142,6 +155,8 @@ class BertModel(nn.Module):
         x = self.embeddings(input_ids, segment_ids)
         for layer in self.layers:
             x = layer(x, keep, recorder)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
 

@@ -131,6 +131,20 @@ def test_pretraining_outputs_and_loss():
     torch.testing.assert_close(loss, expected)
 
 
+def test_pre_norm_layers_normalise_each_sublayers_input_and_the_stack_once_on_top():
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(**{**SMALL.to_dict(), "norm": "pre"})).eval()
+    ids = torch.tensor([[2, 11, 12, 13, 3]])
+    x = model.bert.embeddings(ids, torch.zeros_like(ids))
+    keep = torch.ones(1, 1, 1, 5, dtype=torch.bool)
+    for layer in model.bert.layers:
+        x = x + layer.attention(layer.attention_norm(x), keep)
+        x = x + layer.ffn(layer.ffn_norm(x))
+    hidden, _ = model.bert(ids)
+    torch.testing.assert_close(hidden, model.bert.final_norm(x))
+    assert BertConfig.from_dict({k: v for k, v in SMALL.to_dict().items() if k != "norm"}).norm == "post"
+
+
 def test_longer_input_than_positions_is_refused():
     with pytest.raises(ValueError, match="16 positions"):
         small_model()(torch.ones(1, 17, dtype=torch.long))
@@ -195,13 +209,49 @@ def test_masking_is_reproducible_and_selects_at_least_one():
     assert ((a[1] != IGNORE).sum(dim=1) == 1).all()
 
 
+def test_whole_word_masking_selects_every_piece_of_a_word_together():
+    ids = _ids()
+    continuation = torch.zeros(ids.vocab_size, dtype=torch.bool)
+    continuation[500:] = True  # ids from 500 up are "##" pieces
+    words = [[10], [20, 501, 502], [30, 503], [40], [50, 504, 505, 506], [60], [70, 507]] * 3
+    input_ids = torch.tensor([[ids.cls, *(t for word in words for t in word), ids.sep]] * 300)
+    maskable = (input_ids != ids.cls) & (input_ids != ids.sep)
+    _, labels = mask_tokens(input_ids, maskable, ids, torch.Generator().manual_seed(0), 0.3, continuation=continuation)
+    selected = (labels != IGNORE)[:, 1:-1]
+    starts = torch.tensor([i == 0 for word in words for i in range(len(word))]).cumsum(dim=0) - 1
+    # per row and word: how many of its pieces are selected; only the row's last word chosen may be cut short
+    picked = torch.zeros(len(input_ids), len(words), dtype=torch.long).index_add_(1, starts, selected.long())
+    sizes = torch.tensor([len(word) for word in words])
+    partial = (picked > 0) & (picked < sizes)
+    assert (partial.sum(dim=1) <= 1).all()
+    assert (picked == sizes).sum() > 10 * partial.sum()
+    assert ((picked == sizes) & (sizes > 1)).any()
+    assert (selected.sum(dim=1) == round(0.3 * selected.size(1))).all()
+
+
+def test_training_replaces_its_selected_tokens_as_the_mask_split_says(tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    documents = [[e.ids for e in tokenizer.encode_batch(LINES[i:i + 16], add_special_tokens=False)]
+                 for i in range(0, len(LINES), 16)]
+    config = BertConfig(vocab_size=ids.vocab_size, max_position=32, dim=32, n_layers=1, n_heads=2, ffn_dim=64)
+    args = argparse.Namespace(batch_size=8, seed=0, eval_pairs=None, mask_probability=0.4, mask_split=(1.0, 0.0),
+                              whole_word=False)
+    task = trainer.PretrainingTask(BertForPreTraining(config), tokenizer, documents, documents, [32] * 3, args,
+                                   torch.device("cpu"))
+    batch = next(task.batches()).data
+    selected = batch["mlm_labels"] != IGNORE
+    assert selected.any() and (batch["input_ids"][selected] == ids.mask).all()
+    assert (batch["input_ids"] == ids.mask).sum() == selected.sum()
+
+
 def test_training_masks_at_its_own_rate_and_the_evaluation_at_fifteen_percent(tokenizer):
     ids = SpecialIds.of(tokenizer)
     documents = [[e.ids for e in tokenizer.encode_batch(LINES[i:i + 16], add_special_tokens=False)]
                  for i in range(0, len(LINES), 16)]
     config = BertConfig(vocab_size=ids.vocab_size, max_position=32, dim=32, n_layers=1, n_heads=2, ffn_dim=64)
     model = BertForPreTraining(config)
-    args = argparse.Namespace(batch_size=8, seed=0, eval_pairs=None, mask_probability=0.4)
+    args = argparse.Namespace(batch_size=8, seed=0, eval_pairs=None, mask_probability=0.4, mask_split=(0.8, 0.1),
+                              whole_word=False)
     task = trainer.PretrainingTask(model, tokenizer, documents, documents, [32] * 3, args, torch.device("cpu"))
 
     def rounded(batch: dict[str, torch.Tensor], rate: float) -> torch.Tensor:

@@ -32,6 +32,7 @@ from models.bert import (
     IGNORE,
     IS_NEXT,
     MASK,
+    NORMS,
     NOT_NEXT,
     PAD,
     SEP,
@@ -60,7 +61,7 @@ MASK_PROBABILITY = 0.15  # share of (non-special) tokens selected for prediction
 MASK_SPLIT = (0.8, 0.1)  # of the selected: → [MASK], → random token; the remaining 10% stay unchanged
 EVAL_SEED = 1234  # the validation pairs and masks are the same for every checkpoint
 USER_DOCUMENT_LINES = 100  # a user's corpus is cut into documents of this many lines for random NSP pairs
-MODEL_FIELDS = ("max_position", "dim", "n_layers", "n_heads", "ffn_dim", "dropout")
+MODEL_FIELDS = ("max_position", "dim", "n_layers", "n_heads", "ffn_dim", "dropout", "norm")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Seconds: the test session trains this before starting the server.
@@ -88,7 +89,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              "dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024, "dropout": 0.1, "batch_size": 128,
              "lr": 5e-4, "eval_pairs": None},
 }
-DEFAULTS: dict[str, Any] = {"mask_probability": MASK_PROBABILITY, "weight_decay": 0.01, "warmup": 0.06, "decay": 0.2,
+DEFAULTS: dict[str, Any] = {"mask_probability": MASK_PROBABILITY, "mask_split": MASK_SPLIT, "whole_word": False,
+                             "norm": "post", "weight_decay": 0.01, "warmup": 0.06, "decay": 0.2,
                              "save_interval": 500, "long_every": 10, "long_share": 0.0}
 
 log = logging.getLogger("training.bert")
@@ -114,8 +116,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-heads", type=int, default=None, help="attention heads per layer")
     parser.add_argument("--ffn-dim", type=int, default=None, help="feed-forward inner size")
     parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--norm", choices=NORMS, default=None,
+                        help="post: LayerNorm after each residual sum (BERT); pre: before each sublayer")
     parser.add_argument("--mask-probability", type=float, default=None,
                         help="share of tokens selected for prediction in training (the evaluation's stays 0.15)")
+    parser.add_argument("--whole-word", action=argparse.BooleanOptionalAction, default=None,
+                        help="select whole words for prediction in training, all of a word's pieces at once "
+                             "(the evaluation's stay single tokens)")
+    parser.add_argument("--mask-split", type=float, nargs=2, default=None, metavar=("MASK", "RANDOM"),
+                        help="of the tokens selected in training, the shares replaced by [MASK] and by a random "
+                             "token; the rest stay (BERT's: 0.8 0.1; the evaluation's stays 1 0)")
     parser.add_argument("--warmup", type=float, default=None, help="fraction of steps of linear warm-up")
     parser.add_argument("--decay", type=float, default=None,
                         help="fraction of steps, at the end, of linear decay to zero (constant before)")
@@ -291,6 +301,11 @@ class SpecialIds:
                    n_special=len(SPECIAL_TOKENS), vocab_size=tokenizer.get_vocab_size())
 
 
+def continuation_pieces(tokenizer: Tokenizer) -> torch.Tensor:
+    """(vocab_size,) True for the WordPiece pieces that continue a word ("##ing")."""
+    return torch.tensor([tokenizer.id_to_token(i).startswith("##") for i in range(tokenizer.get_vocab_size())])
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     maskable: torch.Tensor,
@@ -298,16 +313,26 @@ def mask_tokens(
     generator: torch.Generator,
     probability: float = MASK_PROBABILITY,
     split: tuple[float, float] = MASK_SPLIT,
+    continuation: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: in each row, round(15%) of the maskable tokens (at least one) are selected;
     of those ``split[0]`` become [MASK], ``split[1]`` a random token, the rest stay as they are.
+
+    With ``continuation`` (vocabulary-sized, True for the "##" pieces that continue a word) whole words are
+    selected, as in BERT's whole-word-masking models: a word's pieces share one score, so they rank
+    together (only the last word chosen may be cut short by the row's count).
 
     Returns (corrupted input ids, labels = original id at selected positions, IGNORE elsewhere).
     """
     n_maskable = maskable.sum(dim=1)
     n_selected = (n_maskable.float() * probability).round().long().clamp(min=1).minimum(n_maskable)
     # Random scores, +inf on non-maskable positions: a row's n lowest scores are a uniform choice of n.
-    scores = torch.rand(input_ids.shape, generator=generator).masked_fill(~maskable, math.inf)
+    scores = torch.rand(input_ids.shape, generator=generator)
+    if continuation is not None:  # each piece takes the score of the piece that starts its word
+        positions = torch.arange(input_ids.size(1)).expand_as(input_ids)
+        word_start = torch.where(continuation[input_ids], 0, positions).cummax(dim=1).values
+        scores = scores.gather(1, word_start)
+    scores = scores.masked_fill(~maskable, math.inf)
     rank = scores.argsort(dim=1).argsort(dim=1)
     selected = rank < n_selected[:, None]
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE))
@@ -327,8 +352,10 @@ def collate(
     generator: torch.Generator,
     probability: float = MASK_PROBABILITY,
     split: tuple[float, float] = MASK_SPLIT,
+    continuation: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pad ``[CLS] A [SEP] B [SEP]`` to the batch's longest pair and mask it: the model's keyword inputs."""
+    """Pad ``[CLS] A [SEP] B [SEP]`` to the batch's longest pair and mask it (whole words with
+    ``continuation``, see ``mask_tokens``): the model's keyword inputs."""
     length = max(len(p.a) + len(p.b) + 3 for p in pairs)
     input_ids = torch.full((len(pairs), length), ids.pad, dtype=torch.long)
     segment_ids = torch.zeros((len(pairs), length), dtype=torch.long)
@@ -338,7 +365,7 @@ def collate(
         segment_ids[row, len(pair.a) + 2:len(sequence)] = 1
     attention_mask = input_ids != ids.pad
     maskable = attention_mask & (input_ids != ids.cls) & (input_ids != ids.sep)
-    corrupted, mlm_labels = mask_tokens(input_ids, maskable, ids, generator, probability, split)
+    corrupted, mlm_labels = mask_tokens(input_ids, maskable, ids, generator, probability, split, continuation)
     return {
         "input_ids": corrupted,
         "segment_ids": segment_ids,
@@ -439,12 +466,13 @@ class PretrainingTask:
         self.model, self.tokenizer, self.train, self.validation = model, tokenizer, train, validation
         self.lengths, self.device, self.ids = lengths, device, SpecialIds.of(tokenizer)
         self.batch_size, self.seed, self.eval_pairs = args.batch_size, args.seed, args.eval_pairs
-        self.mask_probability = args.mask_probability
+        self.mask_probability, self.mask_split = args.mask_probability, tuple(args.mask_split)
+        self.continuation = continuation_pieces(tokenizer) if args.whole_word else None
 
     def batches(self) -> Iterator[loop.Batch[dict[str, torch.Tensor]]]:
         masks = torch.Generator().manual_seed(self.seed)
         for _, pairs in pair_batches(self.train, self.lengths, self.batch_size, random.Random(self.seed)):
-            batch = collate(pairs, self.ids, masks, self.mask_probability)
+            batch = collate(pairs, self.ids, masks, self.mask_probability, self.mask_split, self.continuation)
             yield loop.Batch(batch, len(pairs), int(batch["attention_mask"].sum()))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], rows: list[int]) -> torch.Tensor:
