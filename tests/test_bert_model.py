@@ -483,9 +483,12 @@ def test_training_and_evaluation_on_a_users_corpus(tmp_path):
     corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
     out = tmp_path / "ckpt"
     run_training("bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(out), "--max-steps", "5",
-                 "--vocab-size", "200", "--device", "cpu", "--force")
+                 "--vocab-size", "200", "--device", "cpu", "--force", "--norm", "pre", "--betas", "0.8", "0.95")
     checkpoint = load_checkpoint(out / "bert")
     assert checkpoint.config["data"]["name"] == "user corpus" and checkpoint.config["training"]["steps"] == 5
+    assert checkpoint.config["model"]["norm"] == "pre" and "bert.final_norm.weight" in checkpoint.state_dict
+    optimizer = torch.load(state_dir(out, "bert") / "state.pt", weights_only=False)["optimizer"]
+    assert all(tuple(group["betas"]) == (0.8, 0.95) for group in optimizer["param_groups"])
     for key in ("mlm_top1", "mlm_top5", "nsp_accuracy"):
         assert 0.0 <= checkpoint.metrics[key] <= 1.0
     assert checkpoint.metrics["mlm_top1"] <= checkpoint.metrics["mlm_top5"]
