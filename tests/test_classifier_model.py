@@ -471,3 +471,19 @@ def test_label_smoothing_moves_that_much_of_each_target_to_every_class_alike(smo
     # The target is 1 - smoothing on the label plus smoothing / classes on every class.
     expected = -((1 - smoothing) * log_p[range(3), targets] + smoothing * log_p.mean(dim=-1)).mean()
     torch.testing.assert_close(task.loss(model, [0, 1, 2], [0, 1, 2]), expected)
+
+
+def test_average_last_scores_the_mean_of_the_last_epochs_weights_too(tmp_path) -> None:
+    from training.classifier import train
+
+    rng = random.Random(0)
+    sides = [["wave", "ship", "salt", "tide"], ["hill", "field", "stone", "road"]]
+    rows = [f"{label}\t" + " ".join(rng.choice(sides[label == "land"]) for _ in range(6))
+            for label in (rng.choice(["sea", "land"]) for _ in range(80))]
+    data = tmp_path / "toy.tsv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (path,) = train(build_parser().parse_args(
+        ["classifier", "--arch", "gru", "--labeled", str(data), "--profile", "tiny", "--epochs", "3",
+         "--average-last", "2", "--out", str(tmp_path / "ck"), "--force"]))
+    evaluations = load_checkpoint(path).metrics["evaluations"]
+    assert [e.get("averaged") for e in evaluations] == [None, None, None, 2]
