@@ -1,9 +1,10 @@
 """A multilayer perceptron over a bag of word embeddings.
 
 Each neuron computes z = wᵀx + b and passes it through an activation; a layer is many neurons, a
-``Linear`` then the activation. The input is the mean of the passage's word embeddings, so word order
-is lost (a "bag") — the simplest text classifier that still learns its own word representations,
-and the baseline the order-aware models (CNN, RNN) have to beat.
+``Linear`` then the activation. The input is the mean of the passage's word embeddings (or their
+elementwise max, or both side by side), so word order is lost (a "bag") — the simplest text classifier
+that still learns its own word representations, and the baseline the order-aware models (CNN, RNN) have
+to beat.
 """
 
 from __future__ import annotations
