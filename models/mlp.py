@@ -1,9 +1,10 @@
 """A multilayer perceptron over a bag of word embeddings.
 
 Each neuron computes z = wᵀx + b and passes it through an activation; a layer is many neurons, a
-``Linear`` then the activation. The input is the mean of the passage's word embeddings, so word order
-is lost (a "bag") — the simplest text classifier that still learns its own word representations,
-and the baseline the order-aware models (CNN, RNN) have to beat.
+``Linear`` then the activation. The input is the mean of the passage's word embeddings (or their
+elementwise max, or both side by side), so word order is lost (a "bag") — the simplest text classifier
+that still learns its own word representations, and the baseline the order-aware models (CNN, RNN) have
+to beat.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from models.subword import word_embedding, word_ids
 
 PAD_ID = 0
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+POOLINGS = ("mean", "max", "mean-max")
 
 
 @dataclass
@@ -28,11 +30,14 @@ class MLPConfig:
     hidden_sizes: tuple[int, ...] = (128,)
     activation: str = "relu"
     dropout: float = 0.3
+    pooling: str = "mean"  # the bag: "mean" of the word vectors, their elementwise "max", or both ("mean-max")
     char_ngrams: tuple[int, ...] = ()  # (shortest, longest): add character n-grams (models/subword.py)
     ngram_buckets: int = 0  # hashed n-gram vectors, with char_ngrams
 
     def __post_init__(self) -> None:
         self.char_ngrams = tuple(self.char_ngrams)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         self.hidden_sizes = tuple(self.hidden_sizes)
@@ -48,7 +53,7 @@ class MLPClassifier(nn.Module):
         self.embedding = word_embedding(config.vocab_size, config.embed_dim, PAD_ID, config.char_ngrams,
                                         config.ngram_buckets)
         layers: list[nn.Module] = []
-        width = config.embed_dim
+        width = config.embed_dim * (2 if config.pooling == "mean-max" else 1)
         for size in config.hidden_sizes:
             layers += [nn.Dropout(config.dropout), nn.Linear(width, size), ACTIVATIONS[config.activation]()]
             width = size
@@ -59,8 +64,17 @@ class MLPClassifier(nn.Module):
         self, inputs: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits (B, classes) and, with ``targets`` (B,), their mean cross-entropy."""
-        mask = (word_ids(inputs) != PAD_ID).unsqueeze(-1)
-        # The padding row is zero, so the sum counts real tokens only; divide by their number.
-        bag = self.embedding(inputs).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
-        logits = self.layers(bag)
+        logits = self.layers(self._bag(inputs))
         return logits, (None if targets is None else F.cross_entropy(logits.float(), targets))
+
+    def _bag(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The passage as one vector (B, embed_dim, or twice that for mean-max), whatever its length."""
+        mask = (word_ids(inputs) != PAD_ID).unsqueeze(-1)
+        vectors = self.embedding(inputs)
+        # The padding row is zero, so the sum counts real tokens only; divide by their number.
+        mean = vectors.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+        if self.config.pooling == "mean":
+            return mean
+        # Max pooling (SWEM-max; Shen et al., 2018): the strongest value of each dimension over the words.
+        most = vectors.masked_fill(~mask, float("-inf")).amax(dim=1)
+        return most if self.config.pooling == "max" else torch.cat([mean, most], dim=-1)

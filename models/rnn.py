@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.checkpoint import Checkpoint
 from models.subword import word_embedding, word_ids
@@ -102,12 +103,14 @@ _CELL_CLASSES: dict[str, type[_Cell]] = {"rnn": RNNCell, "lstm": LSTMCell, "gru"
 _FUSED: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
-def fused_layer(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.RNNBase:
-    """torch's fused multi-layer recurrence for ``cell`` (batch first; dropout between layers)."""
+def fused_layer(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
+                bidirectional: bool = False) -> nn.RNNBase:
+    """torch's fused multi-layer recurrence for ``cell`` (batch first; dropout between layers; with
+    ``bidirectional`` a second recurrence reads each layer's input backwards, its states beside the first's)."""
     if cell not in _FUSED:
         raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
     return _FUSED[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
-                        dropout=dropout if num_layers > 1 else 0.0)
+                        dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
 
 
 def cell_name(layer: nn.RNNBase) -> str:
@@ -165,6 +168,7 @@ class RNNClassifierConfig:
     num_layers: int = 1
     dropout: float = 0.3
     pooling: str = "mean"  # over time: "last" (h_T), "max" or "mean" of every h_t
+    bidirectional: bool = False  # each h_t the forward state beside the backward one (which reads t..T)
     char_ngrams: tuple[int, ...] = ()  # (shortest, longest): add character n-grams (models/subword.py)
     ngram_buckets: int = 0  # hashed n-gram vectors, with char_ngrams
 
@@ -186,9 +190,9 @@ class RNNClassifier(nn.Module):
         self.embedding = word_embedding(config.vocab_size, config.embed_dim, PAD_ID, config.char_ngrams,
                                         config.ngram_buckets)
         self.rnn = fused_layer(config.cell, config.embed_dim, config.hidden_size, config.num_layers,
-                               config.dropout)
+                               config.dropout, config.bidirectional)
         self.dropout = nn.Dropout(config.dropout)
-        self.V = nn.Linear(config.hidden_size, config.num_classes)
+        self.V = nn.Linear(config.hidden_size * (2 if config.bidirectional else 1), config.num_classes)
 
     def forward(
         self, inputs: torch.Tensor, targets: torch.Tensor | None = None
@@ -196,17 +200,26 @@ class RNNClassifier(nn.Module):
         """Class logits (B, classes) and, with ``targets`` (B,), their mean cross-entropy."""
         mask = word_ids(inputs) != PAD_ID
         lengths = mask.sum(dim=1).clamp_min(1)
-        # Padding sits after each passage and the recurrence runs forwards, so the states at real
-        # positions never see it: no packing needed, only a mask when pooling.
-        h, _ = self.rnn(self.dropout(self.embedding(inputs)))
+        h = self._states(self.dropout(self.embedding(inputs)), lengths)
         if self.config.pooling == "last":
-            pooled = h[torch.arange(len(h), device=h.device), lengths - 1]  # h_T at each passage's end
+            # h_T at each passage's end; bidirectional, the backward half's last state is the one at t = 1.
+            h_T = h[torch.arange(len(h), device=h.device), lengths - 1]
+            pooled = torch.cat([h_T[:, :self.config.hidden_size], h[:, 0, self.config.hidden_size:]], dim=-1)
         elif self.config.pooling == "max":
             pooled = h.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
         else:
             pooled = (h * mask.unsqueeze(-1)).sum(dim=1) / lengths.unsqueeze(-1)
         logits = self.V(self.dropout(pooled))
         return logits, (None if targets is None else F.cross_entropy(logits.float(), targets))
+
+    def _states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """h_t at every position (B, T, directions · H). Padding sits after each passage, so a forward
+        recurrence never sees it at real positions; a backward one would start in it, so it reads the
+        passages packed, each from its own last word."""
+        if not self.config.bidirectional:
+            return self.rnn(x)[0]
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
 
 
 # ---- language model ---------------------------------------------------------------------------------

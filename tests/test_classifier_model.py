@@ -69,6 +69,29 @@ def test_rnn_classifier_pooling_options(pooling: str) -> None:
     assert model(ids)[0].shape == (2, 3)
 
 
+@pytest.mark.parametrize(("cell", "pooling"), [("gru", "last"), ("lstm", "max"), ("rnn", "mean")])
+def test_a_bidirectional_network_reads_each_passage_backwards_from_its_own_last_word(cell: str, pooling: str) -> None:
+    model = small_model(cell, pooling=pooling, bidirectional=True)
+    assert model.V.in_features == 2 * 12
+    long, short = torch.randint(2, 50, (1, 12)), torch.randint(2, 50, (1, 4))
+    batch = torch.zeros(2, 12, dtype=torch.long)
+    batch[0], batch[1, :4] = long[0], short[0]
+    # The padding after the short passage would reach every backward state at its words if it were read.
+    torch.testing.assert_close(model(batch)[0][1], model(short)[0][0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean-max"])
+def test_the_mlps_bag_can_be_the_max_of_its_word_vectors_or_both(pooling: str) -> None:
+    model = small_model("mlp", pooling=pooling)
+    assert model.layers[1].in_features == (32 if pooling == "mean-max" else 16)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded)[0], model(ids)[0])
+    vectors = model.embedding(ids)[0]
+    bag = {"max": vectors.amax(dim=0), "mean-max": torch.cat([vectors.mean(dim=0), vectors.amax(dim=0)])}[pooling]
+    torch.testing.assert_close(model._bag(padded)[0], bag)
+
+
 def test_mlp_is_a_bag_word_order_does_not_matter() -> None:
     model = MLPClassifier(MLPConfig(vocab_size=30, num_classes=3, embed_dim=8, hidden_sizes=(16, 8))).eval()
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -430,3 +453,37 @@ def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_sam
     predicted = classifier.probabilities([text for _, text in validation]).argmax(dim=-1).tolist()
     gold = [classifier.labels.index(label) for label, _ in validation]
     assert classification_metrics(gold, predicted, classifier.labels)["macro_f1"] == max(evaluations)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_label_smoothing_moves_that_much_of_each_target_to_every_class_alike(smoothing: float) -> None:
+    from argparse import Namespace
+
+    from training.classifier import ClassificationTask, Splits
+
+    model = small_model("mlp")
+    passages, targets = [[5, 6, 7], [8, 9], [10, 11, 12, 13]], [0, 2, 1]
+    args = Namespace(batch_size=3, seed=0, crop_words=0, word_dropout=0.0, label_smoothing=smoothing,
+                     class_weights="none")
+    task = ClassificationTask(model, (passages, targets), (passages, targets), Splits([], [], [], ["a", "b", "c"], {}),
+                              0, args, torch.device("cpu"))
+    log_p = torch.log_softmax(model(pad_batch(passages, 0))[0], dim=-1)
+    # The target is 1 - smoothing on the label plus smoothing / classes on every class.
+    expected = -((1 - smoothing) * log_p[range(3), targets] + smoothing * log_p.mean(dim=-1)).mean()
+    torch.testing.assert_close(task.loss(model, [0, 1, 2], [0, 1, 2]), expected)
+
+
+def test_average_last_scores_the_mean_of_the_last_epochs_weights_too(tmp_path) -> None:
+    from training.classifier import train
+
+    rng = random.Random(0)
+    sides = [["wave", "ship", "salt", "tide"], ["hill", "field", "stone", "road"]]
+    rows = [f"{label}\t" + " ".join(rng.choice(sides[label == "land"]) for _ in range(6))
+            for label in (rng.choice(["sea", "land"]) for _ in range(80))]
+    data = tmp_path / "toy.tsv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (path,) = train(build_parser().parse_args(
+        ["classifier", "--arch", "gru", "--labeled", str(data), "--profile", "tiny", "--epochs", "3",
+         "--average-last", "2", "--out", str(tmp_path / "ck"), "--force"]))
+    evaluations = load_checkpoint(path).metrics["evaluations"]
+    assert [e.get("averaged") for e in evaluations] == [None, None, None, 2]

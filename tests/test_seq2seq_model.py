@@ -36,7 +36,7 @@ from models.seq2seq import (
 from training import seq2seq as trainer
 from training.cli import build_parser
 from training.loop import Run, state_dir
-from training.seq2seq import bucket_of, fit, grid_markdown, split_pairs
+from training.seq2seq import bucket_of, dropped_words, fit, grid_markdown, split_pairs
 
 from .conftest import interrupted_after_saving
 
@@ -309,6 +309,20 @@ def test_label_smoothing_mixes_the_reference_with_the_uniform_distribution():
 
 
 # ---- data and training -------------------------------------------------------------------------------------
+
+
+def test_word_dropout_reads_a_share_of_the_source_words_as_unknown_and_leaves_padding_alone():
+    source = pad_batch([list(range(4, 404)), list(range(4, 204))])
+    padding = source == PAD_ID
+    assert torch.equal(dropped_words(source, 0.0, torch.Generator().manual_seed(0)), source)
+    dropped = dropped_words(source, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(dropped == PAD_ID, padding)
+    changed = dropped != source
+    assert bool((dropped[changed] == UNK_ID).all())
+    assert 0.2 < changed.sum().item() / (~padding).sum().item() < 0.3
+    assert torch.equal(dropped, dropped_words(source, 0.25, torch.Generator().manual_seed(0)))  # seeded
+    assert bool((dropped_words(source, 1.0, torch.Generator())[~padding] == UNK_ID).all())
+
 
 
 def test_a_gloss_becomes_its_first_sense_that_translates_without_notes():

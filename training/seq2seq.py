@@ -48,7 +48,9 @@ from models.seq2seq import (
     CELLS,
     DIRECTIONS,
     EOS_ID,
+    PAD_ID,
     SPECIALS,
+    UNK_ID,
     Characters,
     ChineseWords,
     EnglishSubwords,
@@ -124,8 +126,8 @@ DEFAULTS: dict[str, Any] = {
     "cell": "gru", "attention": "additive", "bidirectional": True,
     "dropout": 0.3, "teacher_forcing": 1.0, "min_count": 2, "tie_embeddings": False, "chinese_units": "characters",
     "english_units": "words", "bpe_vocab_size": 2000, "glosses": False, "dictionary": "none", "label_smoothing": 0.0,
-    "length_buckets": True, "select": "val_loss", "warmup_steps": 0, "decay": "none", "min_lr": 0.0,
-    "average_last": 0, "concatenate": 0.0}
+    "word_dropout": 0.0, "length_buckets": True, "select": "val_loss", "warmup_steps": 0, "decay": "none",
+    "min_lr": 0.0, "average_last": 0, "concatenate": 0.0}
 # --arch transformer: these profiles in place of PROFILES, with the same data, units and schedule as the
 # recurrent quick recipe (DEFAULTS still fill what they leave unset). quick: measured 2026-11-29 at 150 CPU s,
 # one thread, seed 0, validation BLEU / chrF zh-en and en-zh: lr 2e-3 and dropout 0.2 8.63 / 25.69 and
@@ -219,6 +221,8 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-forcing", type=float, default=None,
                    help="probability of feeding the reference token (else the model's own guess)")
     g.add_argument("--label-smoothing", type=float, default=None, help="share of the target spread over the vocabulary")
+    g.add_argument("--word-dropout", type=float, default=None,
+                   help="probability that a training source token is read as <unk> (Sennrich and Zhang, 2019)")
     g.add_argument("--length-buckets", action=argparse.BooleanOptionalAction, default=None,
                    help="batch sentences of similar length together (else shuffle freely)")
     g.add_argument("--select", choices=SELECTIONS, default=None,
@@ -508,6 +512,15 @@ def validation_loss(model: Seq2Seq | Transformer, batches: Batches, device: torc
     return total / max(count, 1)
 
 
+def dropped_words(source: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """``source`` with each real token read as ``<unk>`` with ``probability`` (word dropout): the encoder
+    learns to translate around words it does not know, and cannot lean on any one word alone."""
+    if not probability:
+        return source
+    dropped = torch.rand(source.shape, generator=generator).to(source.device) < probability
+    return source.masked_fill(dropped & (source != PAD_ID), UNK_ID)
+
+
 class TranslationTask:
     """Cross-entropy of the next target token (label-smoothed), teacher-forced, on batches reshuffled every
     epoch; validated by the loss on the validation pairs and the BLEU and chrF of their greedy translations."""
@@ -523,6 +536,8 @@ class TranslationTask:
         self.objective = {"label_smoothing": args.label_smoothing}
         if not isinstance(model, Transformer):
             self.objective["teacher_forcing"] = args.teacher_forcing
+        self.word_dropout = args.word_dropout
+        self.generator = torch.Generator().manual_seed(args.seed)
 
     def batches(self) -> Iterator[loop.Batch[list[int]]]:
         rng = random.Random(self.seed)
@@ -534,7 +549,8 @@ class TranslationTask:
         """A piece's mean loss counts by its share of the batch's target tokens (a plain mean of the pieces'
         means would weigh short sentences more)."""
         mine = [indices[r] for r in rows]
-        _, loss = model(*self.train.pad(mine, self.device), **self.objective)
+        source, target = self.train.pad(mine, self.device)
+        _, loss = model(dropped_words(source, self.word_dropout, self.generator), target, **self.objective)
         return loss * (self.train.predicted(mine) / self.train.predicted(indices))
 
     def validate(self, model: nn.Module) -> dict[str, float]:
