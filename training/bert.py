@@ -572,6 +572,8 @@ def train(args: argparse.Namespace) -> list[Path]:
     resolve_arguments(args)
     name = checkpoint_name(args, FAMILY, FAMILY, args.corpus)
     with loop.Run(args, checkpoint_id_of(FAMILY, name)) as run:
+        if run.saved:  # a state saved before a model field existed holds that field's default (norm: post)
+            run.saved["model_config"] = BertConfig.from_dict(run.saved["model_config"]).to_dict()
         run.restore(args, MODEL_FIELDS)
         train_docs, val_docs, provenance = _corpus(args)
         tokenizer_json = run.saved["tokenizer"] if run.saved else None
@@ -586,8 +588,8 @@ def train(args: argparse.Namespace) -> list[Path]:
         log.info("bert: %d training lines, %d steps (%d of them long)", sum(len(d) for d in train_encoded),
                  len(lengths), sum(n != short_position(args) for n in lengths))
         task = PretrainingTask(model, tokenizer, train_encoded, val_encoded, lengths, args, run.device)
-        trained = run.fit(task, loop.Settings(len(lengths), schedule(args, len(lengths)),
-                                                        betas=tuple(args.betas), eps=1e-6),
+        settings = loop.Settings(len(lengths), schedule(args, len(lengths)), betas=tuple(args.betas), eps=1e-6)
+        trained = run.fit(task, settings,
                           rebuild={"model_config": config.to_dict(), "tokenizer": tokenizer.to_str()})
         if not run.is_main:
             return []
