@@ -6,10 +6,10 @@ The real service (``python -m app``) is started twice on free loopback ports ove
 checkpoints: once with batching as configured (MAX_BATCH_SIZE, BATCH_WAIT_MS from the environment or
 their defaults) and once with MAX_BATCH_SIZE=1, which turns it off. Against each, --clients clients, each
 with its own keep-alive connection, send one request after another: fill-mask with one [MASK] in a line
-of a validation play, classify with one passage of a validation play, translate (zh-en, greedy) with one
-HSK sentence. The two modes take turns in --rounds short rounds, so that a change in the machine's other
-load weighs on both alike. Both servers admit every client (MAX_QUEUED_INFERENCES=--clients), so no
-request is turned away with 429.
+of a validation play, classify with one passage of a validation play, translate (zh-en) with one HSK
+sentence, decoded with the default 4 beams and, as ``translate-greedy``, greedily. The two modes take
+turns in --rounds short rounds, so that a change in the machine's other load weighs on both alike. Both
+servers admit every client (MAX_QUEUED_INFERENCES=--clients), so no request is turned away with 429.
 
 The clients run on the same cores as the service, so they are written to cost little (``service.Connection``:
 a request is bytes encoded once, an answer is read by its Content-Length), and the service's own CPU time
@@ -67,6 +67,9 @@ class Tally:
                 f"mean batch {mean_batch:5.1f}  server CPU {self.cpu_ms:5.2f} ms/request  errors {self.errors}")
 
 
+ENDPOINTS = ("fill-mask", "classify", "translate", "translate-greedy")
+
+
 def workload(classifier: str) -> dict[str, tuple[str, str, list[dict]]]:
     """Endpoint name -> (model id, path, request bodies): speeches of the validation plays, HSK sentences."""
     speeches = [s.text.split() for play in plays_in("validation") for s in play.speeches]
@@ -76,7 +79,8 @@ def workload(classifier: str) -> dict[str, tuple[str, str, list[dict]]]:
     translate = [{"text": chinese} for chinese, _ in load_hsk_pairs()[-256:]]
     return {"fill-mask": ("bert", "/v1/fill-mask", fill),
             "classify": (f"clf-{classifier}", "/v1/classify", classify),
-            "translate": ("seq2seq-zh-en", "/v1/translate", translate)}
+            "translate": ("seq2seq-zh-en", "/v1/translate", translate),
+            "translate-greedy": ("seq2seq-zh-en", "/v1/translate", [{**body, "beam_size": 1} for body in translate])}
 
 
 async def drive(url: str, path: str, bodies: list[dict], clients: int, seconds: float) -> tuple[list[float], int]:
@@ -142,7 +146,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="per endpoint and mode")
     parser.add_argument("--rounds", type=int, default=4, help="turns each mode takes, --seconds split between them")
     parser.add_argument("--classifier", default="cnn", help="which classifier answers classify")
-    parser.add_argument("--endpoints", nargs="+", default=["fill-mask", "classify", "translate"])
+    parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
     parser.add_argument("--log-dir", type=Path, default=Path("bench-out"), help="where the servers' logs go")
     args = parser.parse_args()
     endpoints = {name: spec for name, spec in workload(args.classifier).items() if name in args.endpoints}

@@ -1,5 +1,6 @@
-"""Beam search over any decoder that can step a set of hypotheses, as Hugging Face's ``generate`` runs it,
-and greedy search over a batch of sentences, for the recurrent and the Transformer translators alike.
+"""Beam search and greedy search over a batch of sentences, for any decoder that can step a set of
+hypotheses (beam search as Hugging Face's ``generate`` runs it), the recurrent and the Transformer
+translators alike.
 
 A hypothesis is scored by its log-probability over a length penalty, log p(Y) / lp(|Y|), with
 lp(|Y|) = ((5 + |Y|) / 6) ** length_penalty (Wu et al., 2016): 0 ranks by raw log-probability, which
@@ -17,7 +18,7 @@ any k hypotheses have finished: short ones finish first, and a longer one still 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -77,51 +78,106 @@ class Finished:
         return max(self.heap)
 
 
-def beam_search(step: Step, bos: int, eos: int, options: BeamOptions, device: torch.device | None = None
-                ) -> Hypothesis:
-    """The best hypothesis of one source sentence."""
-    k, alpha = options.beam_size, options.length_penalty
-    finished = Finished(k)
-    live = [Hypothesis(0.0, 0.0, [], [], False)]
-    scores = torch.zeros(1, device=device)
-    log_probs = step(torch.zeros(1, dtype=torch.long, device=device),
-                     torch.full((1,), bos, dtype=torch.long, device=device))
-    for t in range(options.max_length):
-        length = t + 1  # the tokens an extension has produced, its new one included
-        if t < options.min_length:
-            log_probs = log_probs.clone()
-            log_probs[:, eos] = float("-inf")
-        candidates = (scores.unsqueeze(1) + log_probs.float()).flatten()
-        top_scores, top = candidates.topk(min(2 * k, candidates.numel()))
-        extended: list[tuple[Hypothesis, int]] = []
-        for rank, (score, index) in enumerate(zip(top_scores.tolist(), top.tolist(), strict=True)):
+class _Search:
+    """One sentence's search: its live hypotheses, in the order of its rows in the next step, and its k best
+    finished ones."""
+
+    def __init__(self, options: BeamOptions):
+        self.options = options
+        self.finished = Finished(options.beam_size)
+        self.live = [Hypothesis(0.0, 0.0, [], [], False)]
+        self.done = options.max_length == 0
+
+    def extend(self, length: int, scores: list[float], indices: list[int], vocab: int, first_row: int,
+               eos: int) -> list[int]:
+        """One step from the best extensions of the live hypotheses, best first: ``indices`` into (live, vocab)
+        flattened, the step's rows of this sentence starting at ``first_row``. Returns, per new live hypothesis,
+        its parent among the live ones (none once the search has ended)."""
+        k, alpha = self.options.beam_size, self.options.length_penalty
+        extended: list[Hypothesis] = []
+        parents: list[int] = []
+        for rank, (score, index) in enumerate(zip(scores[:2 * k], indices[:2 * k], strict=True)):
             if score == float("-inf"):
                 break
-            parent, token = divmod(index, log_probs.size(1))
-            before = live[parent]
-            grown = Hypothesis(score / length_penalty(length, alpha), score, before.tokens, before.rows + [parent],
-                               True)
+            parent, token = divmod(index, vocab)
+            before = self.live[parent]
+            grown = Hypothesis(score / length_penalty(length, alpha), score, before.tokens,
+                               before.rows + [first_row + parent], True)
             if token == eos:
                 if rank < k:  # an <eos> below the k best would not have been kept alive either
-                    finished.add(grown)
+                    self.finished.add(grown)
             elif len(extended) < k:
                 grown.tokens, grown.finished = before.tokens + [token], False
-                extended.append((grown, parent))
-        if not extended:
-            break
-        live = [h for h, _ in extended]
-        if length == options.max_length:  # cut: the live hypotheses compete as they stand
-            for hypothesis in live:
-                finished.add(hypothesis)
-            break
-        if len(finished) == k and finished.worst >= max(h.score for h in live):
-            break
-        scores = torch.tensor([h.log_prob for h in live], device=device)
-        log_probs = step(torch.tensor([p for _, p in extended], device=device),
-                         torch.tensor([h.tokens[-1] for h in live], device=device))
-    if len(finished) == 0:  # max_length 0
-        return Hypothesis(0.0, 0.0, [], [], False)
-    return finished.best()
+                extended.append(grown)
+                parents.append(parent)
+        self.live = extended
+        if length == self.options.max_length:  # cut: the live hypotheses compete as they stand
+            for hypothesis in extended:
+                self.finished.add(hypothesis)
+            self.done = True
+        else:
+            self.done = not extended or (len(self.finished) == k
+                                         and self.finished.worst >= max(h.score for h in extended))
+        return [] if self.done else parents
+
+    def best(self) -> Hypothesis:
+        if len(self.finished) == 0:  # max_length 0
+            return Hypothesis(0.0, 0.0, [], [], False)
+        return self.finished.best()
+
+
+def beam_search(step: Step, bos: int, eos: int, options: Sequence[BeamOptions], device: torch.device | None = None
+                ) -> list[Hypothesis]:
+    """The best hypothesis of each source sentence, ``options[i]`` saying how to search sentence i.
+
+    The sentences are searched together: one step runs the live hypotheses of every sentence still
+    searching as one batch of rows, each sentence's rows side by side (the first step has one row per
+    sentence, row i for sentence i), and a sentence leaves the batch when its search ends. Each sentence
+    ranks, finishes and stops as it would alone.
+    """
+    searches = [_Search(o) for o in options]
+    log_probs = step(torch.arange(len(searches), device=device),
+                     torch.full((len(searches),), bos, dtype=torch.long, device=device))
+    active = [(search, i) for i, search in enumerate(searches) if not search.done]  # with its first row
+    length = 1  # the tokens an extension has produced, its new one included
+    while active:
+        scores, indices = _best_extensions(log_probs, active, length, eos)
+        parents: list[int] = []
+        following: list[tuple[_Search, int]] = []
+        for (search, first_row), row_scores, row_indices in zip(active, scores, indices, strict=True):
+            chosen = search.extend(length, row_scores, row_indices, log_probs.size(1), first_row, eos)
+            if not search.done:
+                following.append((search, len(parents)))
+                parents += [first_row + parent for parent in chosen]
+        active = following
+        if active:
+            tokens = [h.tokens[-1] for search, _ in active for h in search.live]
+            log_probs = step(torch.tensor(parents, device=device), torch.tensor(tokens, device=device))
+            length += 1
+    return [search.best() for search in searches]
+
+
+def _best_extensions(log_probs: torch.Tensor, active: list[tuple[_Search, int]], length: int, eos: int
+                     ) -> tuple[list[list[float]], list[list[int]]]:
+    """Per active search, the 2k best extensions of its live hypotheses: log p of the hypothesis so far plus
+    the next token's, best first, and each one's index into (live, vocabulary) flattened. The searches are
+    padded to the widest one's rows with -inf, so one ``topk`` ranks them all."""
+    widest = max(len(search.live) for search, _ in active)
+    vocab = log_probs.size(1)
+    rows = [first + j for search, first in active for j in range(len(search.live))]
+    slots = torch.tensor([i * widest + j for i, (search, _) in enumerate(active) for j in range(len(search.live))],
+                         device=log_probs.device)
+    steps = log_probs.new_full((len(active) * widest, vocab), float("-inf"), dtype=torch.float32)
+    steps[slots] = log_probs[rows].float()
+    so_far = steps.new_full((len(active) * widest,), float("-inf"))
+    so_far[slots] = torch.tensor([h.log_prob for search, _ in active for h in search.live], device=steps.device)
+    steps = steps.view(len(active), widest, vocab)
+    if early := [i for i, (search, _) in enumerate(active) if length <= search.options.min_length]:
+        steps[early, :, eos] = float("-inf")
+    candidates = (so_far.view(len(active), widest, 1) + steps).view(len(active), -1)
+    k = max(search.options.beam_size for search, _ in active)
+    scores, indices = candidates.topk(min(2 * k, candidates.size(1)))
+    return scores.tolist(), indices.tolist()
 
 
 def greedy_search(step: GreedyStep, batch: int, bos: int, eos: int, max_length: int, min_length: int = 0,

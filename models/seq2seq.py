@@ -439,27 +439,30 @@ class Seq2Seq(nn.Module):
                      for i, row in enumerate(ids)]
 
     @torch.no_grad()
-    def beam_search(self, source: torch.Tensor, options: BeamOptions) -> tuple[list[int], torch.Tensor | None]:
-        """One sentence (1, S): the best hypothesis (``models.beam``) and its alpha (T, S), or None."""
+    def beam_search(self, source: torch.Tensor, options: Sequence[BeamOptions]
+                    ) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        """Batched beam search (``models.beam``), sentence i of source (B, S) as ``options[i]`` says: per
+        sentence, the best hypothesis's token ids and its alpha (T, S), or None."""
         memory, keys, mask, state, feed = self.start(source)
-        fixed = hidden(state)
+        lengths = mask.sum(1).tolist()
+        # What each row of a step reads, chosen anew from its parents' rows at every step.
+        rows: dict[str, Any] = {"state": state, "feed": feed, "memory": memory, "keys": keys, "mask": mask,
+                                "fixed": hidden(state)}
         alphas: list[torch.Tensor | None] = []
-        current: dict[str, Any] = {"state": state, "feed": feed}
 
         def step(parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-            n = len(parents)
-            state, feed, alpha = self.decoder.step(
-                tokens, select(current["state"], parents), current["feed"][parents], memory.expand(n, -1, -1),
-                keys.expand(n, -1, -1) if keys is not None else None, mask.expand(n, -1), fixed.expand(n, -1))
-            current.update(state=state, feed=feed)
+            rows.update({name: select(value, parents) if value is not None else None for name, value in rows.items()})
+            rows["state"], rows["feed"], alpha = self.decoder.step(
+                tokens, rows["state"], rows["feed"], rows["memory"], rows["keys"], rows["mask"], rows["fixed"])
             alphas.append(alpha)
-            return torch.log_softmax(self.decoder.logits(feed).float(), -1)
+            return torch.log_softmax(self.decoder.logits(rows["feed"]).float(), -1)
 
         best = beam_search(step, BOS_ID, EOS_ID, options, source.device)
-        if self.config.attention == "none" or not best.tokens:
-            return best.tokens, None if self.config.attention == "none" else torch.zeros(0, source.size(1))
-        rows = best.rows[: len(best.tokens)]
-        return best.tokens, torch.stack([alphas[t][row] for t, row in enumerate(rows)]).float().cpu()
+        if self.config.attention == "none":
+            return [h.tokens for h in best], [None] * len(best)
+        return [h.tokens for h in best], [
+            torch.stack([alphas[t][row, :length] for t, row in enumerate(h.rows[:len(h.tokens)])]).float().cpu()
+            if h.tokens else torch.zeros(0, length) for h, length in zip(best, lengths, strict=True)]
 
 
 # ---- loading ----------------------------------------------------------------------------------------

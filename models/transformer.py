@@ -18,6 +18,7 @@ The model reads and writes token ids: vocabularies and tokenizers are the transl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -228,8 +229,10 @@ class Transformer(nn.Module):
         return ids, [maps[i, :len(row), ..., :lengths[i]] for i, row in enumerate(ids)]
 
     @torch.no_grad()
-    def beam_search(self, source: torch.Tensor, options: BeamOptions) -> tuple[list[int], torch.Tensor]:
-        """One sentence (1, S): the best hypothesis (``models.beam``) and its attention, (T, layers, heads, S)."""
+    def beam_search(self, source: torch.Tensor, options: Sequence[BeamOptions]
+                    ) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """Batched beam search (``models.beam``), sentence i of source (B, S) as ``options[i]`` says: per
+        sentence, the best hypothesis's token ids and its attention over the source, (T, layers, heads, S)."""
         session = self.start(source)
         attention: list[torch.Tensor] = []
 
@@ -240,10 +243,11 @@ class Transformer(nn.Module):
             return torch.log_softmax(logits.float(), -1)
 
         best = beam_search(step, BOS_ID, EOS_ID, options, source.device)
-        rows = best.rows[: len(best.tokens)]
-        if not rows:
-            return best.tokens, torch.zeros(0, *self.cross_attention_heads, source.size(1))
-        return best.tokens, torch.stack([attention[t][row] for t, row in enumerate(rows)]).float().cpu()
+        lengths = (source != PAD_ID).sum(1).tolist()
+        return [h.tokens for h in best], [
+            torch.stack([attention[t][row, ..., :length] for t, row in enumerate(h.rows[:len(h.tokens)])]).float().cpu()
+            if h.tokens else torch.zeros(0, *self.cross_attention_heads, length)
+            for h, length in zip(best, lengths, strict=True)]
 
 
 class TransformerSession:

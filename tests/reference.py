@@ -197,8 +197,8 @@ def untrained_seq2seq_weights(model_config: dict, seed: int = 0) -> dict[str, to
 def beam_translation(model: Translator, text: str, beam_size: int, max_length: int,
                      length_penalty: float, min_length: int = 1) -> list[str]:
     """The model's own beam search on one sentence: its target tokens."""
-    ids, _ = model.model.beam_search(model.source_ids(text), BeamOptions(beam_size, max_length, min_length,
-                                                                        length_penalty))
+    [ids], _ = model.model.beam_search(model.source_ids(text), [BeamOptions(beam_size, max_length, min_length,
+                                                                           length_penalty)])
     return [model.target_vocab.itos[i] for i in ids]
 
 

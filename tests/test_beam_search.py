@@ -14,33 +14,35 @@ VOCAB = 5
 
 
 class TableDecoder:
-    """Next-token probabilities looked up by the tokens produced so far; a prefix not in the table gives a
-    near-uniform distribution that prefers nothing."""
+    """Next-token probabilities looked up by the tokens produced so far, in one table per sentence; a prefix
+    not in its table gives a near-uniform distribution that prefers nothing."""
 
-    def __init__(self, table: dict[tuple[int, ...], dict[int, float]]):
-        self.table = table
-        self.prefixes: list[tuple[int, ...]] = []
+    def __init__(self, *tables: dict[tuple[int, ...], dict[int, float]]):
+        self.tables = tables
+        self.rows: list[tuple[int, tuple[int, ...]]] = []  # each row's sentence and prefix
         self.calls = 0
 
-    def distribution(self, prefix: tuple[int, ...]) -> torch.Tensor:
+    def distribution(self, sentence: int, prefix: tuple[int, ...]) -> torch.Tensor:
         probabilities = torch.full((VOCAB,), 1e-6)
-        for token, p in self.table.get(prefix, {EOS: 0.5, A: 0.5}).items():
+        for token, p in self.tables[sentence].get(prefix, {EOS: 0.5, A: 0.5}).items():
             probabilities[token] = p
         probabilities[BOS] = 0.0
         return torch.log(probabilities / probabilities.sum())
 
     def step(self, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if not self.prefixes:  # the first call feeds <bos> to the single empty hypothesis
-            self.prefixes = [()]
+        if not self.rows:  # the first call feeds <bos> to each sentence's empty hypothesis
+            self.rows = [(sentence, ()) for sentence in parents.tolist()]
         else:
-            self.prefixes = [self.prefixes[p] + (t,) for p, t in zip(parents.tolist(), tokens.tolist(), strict=True)]
-        return torch.stack([self.distribution(prefix) for prefix in self.prefixes])
+            self.rows = [(self.rows[p][0], self.rows[p][1] + (t,))
+                         for p, t in zip(parents.tolist(), tokens.tolist(), strict=True)]
+        return torch.stack([self.distribution(sentence, prefix) for sentence, prefix in self.rows])
 
 
 def search(table: dict, **options) -> tuple[Hypothesis, TableDecoder]:
     decoder = TableDecoder(table)
-    return beam_search(decoder.step, BOS, EOS, BeamOptions(**{"length_penalty": 0.0, **options})), decoder
+    [best] = beam_search(decoder.step, BOS, EOS, [BeamOptions(**{"length_penalty": 0.0, **options})])
+    return best, decoder
 
 
 # First step: <eos> is second best and finishes at once; the second step finishes [b] too, so k = 2
@@ -95,3 +97,22 @@ def test_max_length_bounds_the_tokens_produced():
 def test_beam_of_one_follows_the_most_likely_token_at_every_step():
     best, _ = search(LATE_WINNER, beam_size=1, max_length=10)
     assert best.tokens == [A, X]
+
+
+def test_sentences_searched_together_each_find_what_they_find_alone():
+    stops_early = {(): {EOS: 0.5, A: 0.3, B: 0.2}, (A,): {EOS: 0.5, A: 0.5}, (B,): {EOS: 0.5, A: 0.5}}
+    table_options = [(LATE_WINNER, {"beam_size": 2, "max_length": 10}),
+                     (stops_early, {"beam_size": 3, "max_length": 50}),
+                     ({}, {"beam_size": 2, "max_length": 4, "min_length": 10}),
+                     (LATE_WINNER, {"beam_size": 1, "max_length": 0}),
+                     (LATE_WINNER, {"beam_size": 1, "max_length": 10, "length_penalty": 1.0})]
+    decoder = TableDecoder(*[table for table, _ in table_options])
+    together = beam_search(decoder.step, BOS, EOS, [BeamOptions(**{"length_penalty": 0.0, **options})
+                                                    for _, options in table_options])
+    for (table, options), best in zip(table_options, together, strict=True):
+        alone, _ = search(table, **options)
+        assert (best.tokens, best.finished) == (alone.tokens, alone.finished)
+        assert best.score == pytest.approx(alone.score)
+    assert together[3].tokens == [] and not together[3].finished
+    # Every step ran the sentences still searching as one batch: as many calls as the longest search.
+    assert decoder.calls == max(search(table, **options)[1].calls for table, options in table_options)

@@ -165,10 +165,31 @@ def test_beam_of_one_is_greedy_decoding(attention):
     model = small_model(attention=attention)
     source = random_batch([6], 30, seed=3)
     greedy_ids, greedy_maps = model.greedy(source, max_length=7)
-    beam_ids, beam_map = model.beam_search(source, BeamOptions(beam_size=1, max_length=7, length_penalty=0.0))
+    [beam_ids], [beam_map] = model.beam_search(source, [BeamOptions(beam_size=1, max_length=7, length_penalty=0.0)])
     assert beam_ids == greedy_ids[0]
     if attention != "none":
         torch.testing.assert_close(beam_map, greedy_maps[0])
+
+
+@pytest.mark.parametrize(("cell", "attention"), [("gru", "additive"), ("lstm", "general"), ("gru", "none")])
+def test_beam_search_of_a_padded_batch_finds_what_each_sentence_finds_alone(cell, attention):
+    model = small_model(cell=cell, attention=attention)
+    with torch.no_grad():
+        model.decoder.out.bias[EOS_ID] += 0.3  # so that some hypotheses end before their limit and some do not
+    lengths = [6, 2, 4, 5]
+    source = random_batch(lengths, 30, seed=5)
+    options = [BeamOptions(beam_size=k, max_length=n, length_penalty=0.6)
+               for k, n in [(4, 12), (4, 3), (2, 12), (4, 0)]]
+    ids, maps = model.beam_search(source, options)
+    for row, (n, sentence_options) in enumerate(zip(lengths, options, strict=True)):
+        [alone], [alone_map] = model.beam_search(source[row:row + 1, :n], [sentence_options])
+        assert ids[row] == alone
+        if attention == "none":
+            assert maps[row] is None and alone_map is None
+        else:
+            assert maps[row].shape == (len(alone), n)
+            torch.testing.assert_close(maps[row], alone_map, atol=1e-5, rtol=1e-4)
+    assert ids[3] == []
 
 
 def test_beam_search_finds_a_hypothesis_at_least_as_likely_as_greedy():
@@ -183,7 +204,7 @@ def test_beam_search_finds_a_hypothesis_at_least_as_likely_as_greedy():
         return torch.log_softmax(logits[0], -1).gather(1, target[0, 1:, None]).sum().item()
 
     greedy_ids, _ = model.greedy(source, max_length=30)
-    beam_ids, _ = model.beam_search(source, BeamOptions(beam_size=5, max_length=30, length_penalty=0.0))
+    [beam_ids], _ = model.beam_search(source, [BeamOptions(beam_size=5, max_length=30, length_penalty=0.0)])
     assert len(greedy_ids[0]) < 30 and len(beam_ids) < 30  # both ended with <eos>
     assert log_prob(beam_ids) >= log_prob(greedy_ids[0]) - 1e-4
 
@@ -193,7 +214,7 @@ def test_max_length_bounds_the_output():
     source = random_batch([5, 2], 30)
     ids, _ = model.greedy(source, max_length=3)
     assert all(len(row) <= 3 for row in ids)
-    beam_ids, _ = model.beam_search(source[:1], BeamOptions(beam_size=3, max_length=3, length_penalty=1.0))
+    [beam_ids], _ = model.beam_search(source[:1], [BeamOptions(beam_size=3, max_length=3, length_penalty=1.0)])
     assert len(beam_ids) <= 3
 
 

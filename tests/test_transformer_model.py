@@ -164,9 +164,23 @@ def test_beam_search_of_one_beam_is_greedy_decoding() -> None:
     model = small_model()
     source = random_ids([6], 30)
     [greedy_ids], [greedy_attention] = model.greedy(source, max_length=8)
-    ids, attention = model.beam_search(source, BeamOptions(beam_size=1, max_length=8, length_penalty=0.0))
+    [ids], [attention] = model.beam_search(source, [BeamOptions(beam_size=1, max_length=8, length_penalty=0.0)])
     assert ids == greedy_ids
     torch.testing.assert_close(attention, greedy_attention)
+
+
+def test_beam_search_of_a_padded_batch_finds_what_each_sentence_finds_alone() -> None:
+    model = small_model()
+    with torch.no_grad():
+        model.out.weight[EOS_ID] *= 0.0  # logits 0 for <eos>: an untrained model ends some hypotheses early
+    source = random_ids([7, 3, 5], 30)
+    options = [BeamOptions(beam_size=3, max_length=n, length_penalty=0.6) for n in (9, 4, 0)]
+    ids, attention = model.beam_search(source, options)
+    assert ids[2] == [] and attention[2].shape == (0, SMALL.n_layers, SMALL.n_heads, 5)
+    for row, (n, sentence_options) in enumerate(zip([7, 3, 5], options, strict=True)):
+        [alone], [alone_attention] = model.beam_search(source[row:row + 1, :n], [sentence_options])
+        assert ids[row] == alone
+        torch.testing.assert_close(attention[row], alone_attention, atol=1e-5, rtol=1e-4)
 
 
 def test_a_tiny_transformer_learns_to_reverse_sequences() -> None:

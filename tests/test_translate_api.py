@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.pipelines.translation import LENGTH_PENALTY, TranslationOptions
+from models.pipelines.translation import BEAM_SIZE, LENGTH_PENALTY, TranslationOptions
 from training.data import load_hsk_pairs
 
 from . import reference
@@ -53,12 +53,26 @@ def test_each_translation_in_a_batch_is_the_models_own_greedy_decoding_of_it_alo
         client, checkpoint_dir: Path, direction: str, texts: list[str]):
     model = reference.translator(checkpoint_dir, f"seq2seq-{direction}-recurrent")
     response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12,
-                                                  "model": f"{direction}-recurrent"})
+                                                  "model": f"{direction}-recurrent", "beam_size": 1})
     assert response.status_code == 200, response.text
     for text, result in zip(texts, response.json()["results"], strict=True):
         tokens, attention = reference.greedy_translation(model, text, max_length=12)
         assert result["target_tokens"] == tokens, text
         torch.testing.assert_close(torch.tensor(result["attention"]), attention, atol=1e-4, rtol=0, msg=text)
+
+
+@pytest.mark.parametrize(("direction", "texts"), [
+    ("zh-en", ["我们明天见。", "他是我的老师。", "你好", "我爱龘。"]),
+    ("en-zh", ["I like tea.", "See you tomorrow, my teacher.", "Thank you."]),
+])
+def test_by_default_each_translation_in_a_batch_is_the_models_own_beam_search_of_it_alone(
+        client, checkpoint_dir: Path, direction: str, texts: list[str]):
+    model = reference.translator(checkpoint_dir, f"seq2seq-{direction}-recurrent")
+    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12,
+                                                  "model": f"{direction}-recurrent"})
+    assert response.status_code == 200, response.text
+    for text, result in zip(texts, response.json()["results"], strict=True):
+        assert result["target_tokens"] == reference.beam_translation(model, text, BEAM_SIZE, 12, LENGTH_PENALTY), text
 
 
 def beam_beats_greedy(model, texts: list[str], beam_size: int, max_length: int) -> tuple[str, list[str], list[str]]:
@@ -88,11 +102,11 @@ def test_beam_search_finds_a_better_translation_than_greedy_where_they_differ(cl
     assert served_beam["target_tokens"] == beam != greedy
 
 
-def test_both_translate_routes_rank_beams_by_the_measured_length_penalty_by_default(client):
+def test_both_translate_routes_search_4_beams_ranked_by_the_measured_length_penalty_by_default(client):
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
-    defaults = {name: schema["properties"]["length_penalty"]["default"] for name, schema in schemas.items()
-                if "length_penalty" in schema.get("properties", {})}
-    assert len(defaults) == 2 and set(defaults.values()) == {LENGTH_PENALTY}
+    defaults = {name: (schema["properties"]["beam_size"]["default"], schema["properties"]["length_penalty"]["default"])
+                for name, schema in schemas.items() if "length_penalty" in schema.get("properties", {})}
+    assert len(defaults) == 2 and set(defaults.values()) == {(BEAM_SIZE, LENGTH_PENALTY)} and BEAM_SIZE == 4
     assert TranslationOptions().length_penalty == LENGTH_PENALTY
 
 
