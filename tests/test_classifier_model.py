@@ -487,3 +487,15 @@ def test_average_last_scores_the_mean_of_the_last_epochs_weights_too(tmp_path) -
          "--average-last", "2", "--out", str(tmp_path / "ck"), "--force"]))
     evaluations = load_checkpoint(path).metrics["evaluations"]
     assert [e.get("averaged") for e in evaluations] == [None, None, None, 2]
+
+
+def test_the_mlps_bag_is_the_one_chosen_for_its_start_unless_asked(tmp_path) -> None:
+    from training.classifier import resolve_arguments
+
+    def pooling(*flags: str) -> str:
+        return resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "mlp", "--profile", "quick", "--out", str(tmp_path), *flags])).pooling
+
+    assert pooling() == pooling("--embeddings", "word2vec") == "mean-max"
+    assert pooling("--embeddings", "random") == "mean"
+    assert pooling("--embeddings", "random", "--pooling", "max") == "max"
