@@ -101,7 +101,8 @@ class AttentionResponse(BaseModel):
     attention: Maps = Field(description="[layer][head][query][key] over `tokens`: BERT's and GPT's self-attention "
                                         "(GPT's is zero above the diagonal), the translator's encoder's. Every row "
                                         f"sums to 1 (to {ATTENTION_DECIMALS} decimal places).")
-    translation: str | None = Field(description="Translator: its greedy translation of the text; else null.")
+    translation: str | None = Field(description="Translator: its translation of the text, decoded as /v1/translate "
+                                                "decodes by default; else null.")
     target_tokens: list[str] | None = Field(description="Translator: the tokens it produced, `<eos>` excluded.")
     decoder_tokens: list[str] | None = Field(description="Translator: what its decoder read at each step, `<bos>` "
                                                          "then every target token but the last.")

@@ -1,9 +1,9 @@
 """Attention maps: what every layer and head of a Transformer looks at, for one input.
 
 BERT and GPT answer with their self-attention over the tokens they read; the Transformer translator
-translates the text (greedy decoding) and answers with its three kinds of attention over that pair:
-the encoder's self-attention over the source, the decoder's causal self-attention over what it read
-at each step (``<bos>`` and the target tokens before the last) and the decoder's attention over the
+translates the text (as ``/v1/translate`` decodes by default) and answers with its three kinds of attention
+over that pair: the encoder's self-attention over the source, the decoder's causal self-attention over what
+it read at each step (``<bos>`` and the target tokens before the last) and the decoder's attention over the
 source, one row per target token as ``/v1/translate``'s ``attention_heads`` has it.
 
 The weights come from the model's own forward pass with an ``AttentionRecorder`` (``models.attention``):
@@ -20,10 +20,11 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from models.attention import AttentionRecorder
+from models.beam import BeamOptions
 from models.bert import BertForPreTraining
 from models.gpt import GPT
 from models.pipelines.errors import InvalidInput
-from models.pipelines.translation import Translator, default_max_length
+from models.pipelines.translation import BEAM_SIZE, LENGTH_PENALTY, Translator, default_max_length
 from models.seq2seq import BOS, BOS_ID, SPECIALS, encode
 from models.tokenizers import TextTokenizer
 from models.transformer import Transformer
@@ -180,9 +181,10 @@ class GPTAttention(AttentionMaps):
 class TranslatorAttention(AttentionMaps):
     """The Transformer translator's encoder, decoder and cross-attention over a text and its translation.
 
-    The text is read as one sentence (``/v1/translate`` cuts a text into sentences first) and translated
-    greedily; then one forward pass over the source and the translation, taught the tokens it produced,
-    records every layer: its rows are those decoding computed, step by step.
+    The text is read as one sentence (``/v1/translate`` cuts a text into sentences first) and translated by
+    beam search with the service's default beam and length penalty; then one forward pass over the source
+    and the translation, taught the tokens it produced, records every layer: its rows are those decoding
+    computed, step by step.
     """
 
     kinds = ("encoder", "decoder", "cross")
@@ -223,7 +225,8 @@ class TranslatorAttention(AttentionMaps):
         self.check_length(len(source_tokens))
         device = self.translator.device
         source = torch.tensor([encode(source_tokens, self.translator.source_vocab)], device=device)
-        [target_ids], _ = self.model.greedy(source, self.target_length(len(source_tokens)), min_length=1)
+        [target_ids], _ = self.model.beam_search(
+            source, [BeamOptions(BEAM_SIZE, self.target_length(len(source_tokens)), 1, LENGTH_PENALTY)])
         decoder_input = torch.tensor([[BOS_ID, *target_ids[:-1]]], device=device)
         recorder = AttentionRecorder()
         encoded, mask = self.model.encode(source, recorder)
