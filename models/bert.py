@@ -261,13 +261,22 @@ class BertForPreTraining(nn.Module):
         return mlm_logits, nsp_logits, loss
 
 
-class BertForSequenceClassification(nn.Module):
-    """The pretrained encoder with a linear classifier on the pooled ``[CLS]`` (fine-tuning, §4.1)."""
+POOLINGS = ("cls", "mean")
 
-    def __init__(self, config: BertConfig, num_labels: int, classifier_dropout: float | None = None):
+
+class BertForSequenceClassification(nn.Module):
+    """The pretrained encoder with a linear classifier on the passage's vector: the pooled ``[CLS]``
+    (fine-tuning, §4.1) or, with ``pooling="mean"``, the mean of the last layer's states over the passage's
+    tokens (as Sentence-BERT pools; Reimers and Gurevych, 2019)."""
+
+    def __init__(self, config: BertConfig, num_labels: int, classifier_dropout: float | None = None,
+                 pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.config = config
         self.num_labels = num_labels
+        self.pooling = pooling
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.dropout if classifier_dropout is None else classifier_dropout)
         self.classifier = nn.Linear(config.dim, num_labels)
@@ -296,8 +305,11 @@ class BertForSequenceClassification(nn.Module):
 
         window_ids = windows(input_ids, self.config.pad_id)
         read = window_ids[:, 0] != self.config.pad_id
-        _, pooled = self.bert(window_ids[read], None if segment_ids is None else windows(segment_ids)[read],
-                              None if attention_mask is None else windows(attention_mask)[read])
+        states, pooled = self.bert(window_ids[read], None if segment_ids is None else windows(segment_ids)[read],
+                                   None if attention_mask is None else windows(attention_mask)[read])
+        if self.pooling == "mean":
+            real = (window_ids[read] != self.config.pad_id).unsqueeze(-1).to(states.dtype)
+            pooled = (states * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
         window_logits = pooled.new_zeros(rows * n_windows, self.num_labels)
         window_logits[read] = self.classifier(self.dropout(pooled)).to(window_logits.dtype)
         counts = read.reshape(rows, n_windows).sum(dim=1, keepdim=True).clamp(min=1)

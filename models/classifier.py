@@ -48,7 +48,9 @@ def build_model(architecture: str, hyperparameters: dict[str, Any]) -> nn.Module
 
         values = dict(hyperparameters)
         num_classes, dropout = values.pop("num_classes"), values.pop("classifier_dropout", None)
-        return BertForSequenceClassification(BertConfig.from_dict(values), num_classes, classifier_dropout=dropout)
+        pooling = values.pop("classifier_pooling", "cls")  # a checkpoint from before the choice read [CLS]
+        return BertForSequenceClassification(BertConfig.from_dict(values), num_classes, classifier_dropout=dropout,
+                                             pooling=pooling)
     config_type, model_type = _WORD_MODELS.get(architecture, (None, None))
     if config_type is None:
         raise ValueError(f"unknown classifier architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}, bert")

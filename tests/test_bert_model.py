@@ -25,7 +25,7 @@ from models.bert import (
     load_tokenizer,
 )
 from models.checkpoint import load_checkpoint
-from models.classifier import SubwordEncoder, pad_batch
+from models.classifier import SubwordEncoder, build_model, pad_batch
 from models.pipelines import FillMask, NextSentence
 from models.pipelines.errors import InvalidInput
 from training import bert as trainer
@@ -410,9 +410,10 @@ def test_a_long_text_is_encoded_as_windows_each_cls_text_sep(tokenizer):
     assert short == [cls, *tokenizer.encode("love", add_special_tokens=False).ids, sep]
 
 
-def test_a_long_rows_logits_are_the_mean_of_its_windows_logits():
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_a_long_rows_logits_are_the_mean_of_its_windows_logits(pooling: str):
     torch.manual_seed(0)
-    classifier = BertForSequenceClassification(SMALL, num_labels=3).eval()  # 16 positions
+    classifier = BertForSequenceClassification(SMALL, num_labels=3, pooling=pooling).eval()  # 16 positions
     first, second, short = ([2, *range(5 + k, 19 + k), 3] for k in (0, 20, 10))
     tail = [2, 30, 31, 3]
     rows = pad_batch([first + second + tail, short], pad_id=0)  # 3 windows; 1 window and 2 of padding
@@ -421,6 +422,37 @@ def test_a_long_rows_logits_are_the_mean_of_its_windows_logits():
     torch.testing.assert_close(logits[0], alone.mean(dim=0))
     short_alone, _ = classifier(torch.tensor([short]))
     torch.testing.assert_close(logits[1], short_alone[0])
+
+
+def test_mean_pooling_classifies_the_mean_of_the_last_layers_states_over_the_real_tokens():
+    torch.manual_seed(0)
+    classifier = BertForSequenceClassification(SMALL, num_labels=3, pooling="mean").eval()
+    ids = torch.tensor([[2, 10, 11, 12, 3, 0, 0]])
+    logits, _ = classifier(ids)
+    states, pooled = classifier.bert(ids)
+    torch.testing.assert_close(logits[0], classifier.classifier(states[0, :5].mean(dim=0)))
+    assert not torch.allclose(logits[0], classifier.classifier(pooled[0]))  # not the [CLS] reading
+    torch.testing.assert_close(classifier(ids[:, :5])[0], logits)  # padding adds nothing
+    with pytest.raises(ValueError, match="pooling must be one of cls, mean"):
+        BertForSequenceClassification(SMALL, num_labels=3, pooling="max")
+
+
+def test_a_classifier_checkpoint_restores_its_pooling_and_an_older_one_reads_cls():
+    fields = {**SMALL.to_dict(), "num_classes": 3, "classifier_dropout": 0.1}
+    assert build_model("bert", {**fields, "classifier_pooling": "mean"}).pooling == "mean"
+    assert build_model("bert", fields).pooling == "cls"
+
+
+def test_the_pooling_flag_reaches_the_bert_classifier(tmp_path):
+    from training.classifier import resolve_arguments
+
+    def pooling(*flags: str) -> str:
+        return resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "bert", "--profile", "quick", "--out", str(tmp_path), *flags])).pooling
+
+    assert pooling() == "mean" and pooling("--pooling", "cls") == "cls"
+    with pytest.raises(ValueError, match="--pooling for bert is one of cls, mean"):
+        pooling("--pooling", "max")
 
 
 @pytest.fixture
