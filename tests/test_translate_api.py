@@ -45,33 +45,34 @@ def test_translates_english_to_chinese_in_a_batch_with_beam_search(client):
         assert_alignment(result)
 
 
-@pytest.mark.parametrize(("direction", "texts"), [
-    ("zh-en", ["我们明天见。", "他是我的老师。", "你好", "我爱龘。"]),
-    ("en-zh", ["I like tea.", "See you tomorrow, my teacher.", "Thank you."]),
-])
+BATCHES = [("zh-en", ["我们明天见。", "他是我的老师。", "你好", "我爱龘。"]),
+           ("en-zh", ["I like tea.", "See you tomorrow, my teacher.", "Thank you."])]
+
+
+def translated_by_the_recurrent_model(client, direction: str, texts: list[str], **options) -> list[dict]:
+    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12,
+                                                  "model": f"{direction}-recurrent", **options})
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+@pytest.mark.parametrize(("direction", "texts"), BATCHES)
 def test_each_translation_in_a_batch_is_the_models_own_greedy_decoding_of_it_alone(
         client, checkpoint_dir: Path, direction: str, texts: list[str]):
     model = reference.translator(checkpoint_dir, f"seq2seq-{direction}-recurrent")
-    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12,
-                                                  "model": f"{direction}-recurrent", "beam_size": 1})
-    assert response.status_code == 200, response.text
-    for text, result in zip(texts, response.json()["results"], strict=True):
+    results = translated_by_the_recurrent_model(client, direction, texts, beam_size=1)
+    for text, result in zip(texts, results, strict=True):
         tokens, attention = reference.greedy_translation(model, text, max_length=12)
         assert result["target_tokens"] == tokens, text
         torch.testing.assert_close(torch.tensor(result["attention"]), attention, atol=1e-4, rtol=0, msg=text)
 
 
-@pytest.mark.parametrize(("direction", "texts"), [
-    ("zh-en", ["我们明天见。", "他是我的老师。", "你好", "我爱龘。"]),
-    ("en-zh", ["I like tea.", "See you tomorrow, my teacher.", "Thank you."]),
-])
+@pytest.mark.parametrize(("direction", "texts"), BATCHES)
 def test_by_default_each_translation_in_a_batch_is_the_models_own_beam_search_of_it_alone(
         client, checkpoint_dir: Path, direction: str, texts: list[str]):
     model = reference.translator(checkpoint_dir, f"seq2seq-{direction}-recurrent")
-    response = client.post("/v1/translate", json={"texts": texts, "direction": direction, "max_length": 12,
-                                                  "model": f"{direction}-recurrent"})
-    assert response.status_code == 200, response.text
-    for text, result in zip(texts, response.json()["results"], strict=True):
+    results = translated_by_the_recurrent_model(client, direction, texts)
+    for text, result in zip(texts, results, strict=True):
         assert result["target_tokens"] == reference.beam_translation(model, text, BEAM_SIZE, 12, LENGTH_PENALTY), text
 
 
