@@ -11,6 +11,7 @@ import torch
 
 from models.beam import BeamOptions
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.pipelines import translation
 from models.pipelines.attention_image import attention_png
 from models.pipelines.translation import TranslationOptions, Translator, load
 from models.seq2seq import (
@@ -219,6 +220,22 @@ def test_max_length_bounds_the_output():
 
 
 # ---- the translator and its picture ------------------------------------------------------------------------
+
+
+def test_beam_search_takes_the_sentences_of_a_request_in_batches_of_bounded_rows(monkeypatch):
+    translator = tiny_translator()
+    texts = ["我爱你。他是学生。", "我们明天见。", "今天很冷。你好吗？", "他是学生。"]
+    options = TranslationOptions(beam_size=2, max_length=8)
+    alone = [translator.translate([text], options)[0] for text in texts]
+    steps: list[int] = []
+    search = translator.model.beam_search
+    monkeypatch.setattr(translation, "BEAM_ROWS", 5)  # two sentences of two beams a batch
+    monkeypatch.setattr(translator.model, "beam_search", lambda source, o: steps.append(len(o)) or search(source, o))
+    together = translator.translate(texts, options)
+    assert steps == [2, 2, 2]  # six sentences
+    for one, other in zip(alone, together, strict=True):
+        assert one.target_tokens == other.target_tokens
+        torch.testing.assert_close(torch.tensor(one.attention), torch.tensor(other.attention), atol=1e-5, rtol=0)
 
 
 def test_translation_has_one_attention_row_per_target_token_summing_to_one_and_lists_unknowns():

@@ -31,6 +31,9 @@ LENGTH_PENALTY = 2.0
 # default checkpoints (README, "Seq2seq translation with attention"), for 1.7-2.1x greedy's CPU per sentence;
 # Hugging Face's translation configurations default to 4 beams too.
 BEAM_SIZE = 4
+# Most hypotheses one step of beam search carries, whatever the batch: a step's rows hold their logits over
+# the vocabulary and their keys and values, so sentences beyond it are searched in further batches.
+BEAM_ROWS = 256
 
 
 def default_max_length(source_tokens: int) -> int:
@@ -202,9 +205,15 @@ class Translator:
             outputs = [out[:limit] for out, limit in zip(outputs, limits, strict=True)]
             maps = [alpha[:limit] if alpha is not None else None for alpha, limit in zip(maps, limits, strict=True)]
         else:
-            outputs, maps = self.model.beam_search(
-                pad_batch(ids, self.device),
-                [BeamOptions(options.beam_size, limit, options.min_length, options.length_penalty) for limit in limits])
+            per_batch = max(1, BEAM_ROWS // options.beam_size)
+            outputs, maps = [], []
+            for start in range(0, len(ids), per_batch):
+                found, found_maps = self.model.beam_search(
+                    pad_batch(ids[start:start + per_batch], self.device),
+                    [BeamOptions(options.beam_size, limit, options.min_length, options.length_penalty)
+                     for limit in limits[start:start + per_batch]])
+                outputs += found
+                maps += found_maps
         return [_Decoded(tokens, token_ids, [self.target_vocab.itos[i] for i in out], _heads(alpha))
                 for tokens, token_ids, out, alpha in zip(sources, ids, outputs, maps, strict=True)]
 
