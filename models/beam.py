@@ -54,6 +54,14 @@ class Hypothesis:
     rows: list[int] = field(compare=False)  # the decoder row whose distribution gave each produced token
     finished: bool = field(compare=False)  # ended with <eos> (else cut at max_length)
 
+    def along(self, per_step: list[torch.Tensor], source_length: int) -> torch.Tensor:
+        """What each step recorded (rows first, the source last) at the rows this hypothesis went through, one
+        per token it produced, cut to its sentence's ``source_length``: (len(tokens), ..., source_length)."""
+        if not self.tokens:
+            return per_step[0].new_zeros(0, *per_step[0].shape[1:-1], source_length)
+        rows = self.rows[:len(self.tokens)]
+        return torch.stack([per_step[t][row, ..., :source_length] for t, row in enumerate(rows)])
+
 
 class Finished:
     """The k best finished hypotheses (a min-heap on score: the worst is at the top)."""

@@ -460,9 +460,8 @@ class Seq2Seq(nn.Module):
         best = beam_search(step, BOS_ID, EOS_ID, options, source.device)
         if self.config.attention == "none":
             return [h.tokens for h in best], [None] * len(best)
-        return [h.tokens for h in best], [
-            torch.stack([alphas[t][row, :length] for t, row in enumerate(h.rows[:len(h.tokens)])]).float().cpu()
-            if h.tokens else torch.zeros(0, length) for h, length in zip(best, lengths, strict=True)]
+        return [h.tokens for h in best], [h.along(alphas, length).float().cpu()
+                                          for h, length in zip(best, lengths, strict=True)]
 
 
 # ---- loading ----------------------------------------------------------------------------------------

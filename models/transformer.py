@@ -244,10 +244,8 @@ class Transformer(nn.Module):
 
         best = beam_search(step, BOS_ID, EOS_ID, options, source.device)
         lengths = (source != PAD_ID).sum(1).tolist()
-        return [h.tokens for h in best], [
-            torch.stack([attention[t][row, ..., :length] for t, row in enumerate(h.rows[:len(h.tokens)])]).float().cpu()
-            if h.tokens else torch.zeros(0, *self.cross_attention_heads, length)
-            for h, length in zip(best, lengths, strict=True)]
+        return [h.tokens for h in best], [h.along(attention, length).float().cpu()
+                                          for h, length in zip(best, lengths, strict=True)]
 
 
 class TransformerSession:
