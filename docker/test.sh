@@ -3,6 +3,10 @@
 # /health, /ready listing the models, a fill-mask call, a flag given to `docker run` reaching the server,
 # an unknown flag refused, the server running as a non-root user, and no training dependencies in the image.
 #
+# Afterwards it removes the image and the stage images its build made (about 2.5 GB a run, which would
+# otherwise pile up from run to run on a CI machine); KEEP_IMAGE=1 keeps them, with the image as $TAG.
+# Before building it checks that Docker's data directory has MIN_FREE_GB (default 6) free.
+#
 # PYTHON_IMAGE and TORCH_INDEX are passed to the build when set. Otherwise:
 # - PYTHON_IMAGE is python:3.11-slim when it can be pulled, else docker/base-image.sh's image from Debian
 #   packages (made here when missing: root and debootstrap needed);
@@ -34,12 +38,33 @@ HOST_PORT=${HOST_PORT:-$(free_port)}
 
 docker info >/dev/null 2>&1 || { say "no Docker engine answers (docker info failed); start dockerd first"; exit 1; }
 
+# The build peaks at about 4.5 GB: torch in the base stage, the train extra and the checkpoints in another,
+# the service environment copied into the runtime image.
+MIN_FREE_GB=${MIN_FREE_GB:-6}
+docker_root=$(docker info --format '{{.DockerRootDir}}')
+free_gb=$(df -P -BG "$docker_root" 2>/dev/null | awk 'NR == 2 {print $4 + 0}')
+if [ -n "$free_gb" ] && [ "$free_gb" -lt "$MIN_FREE_GB" ]; then
+    say "$docker_root has $free_gb GB free; the build needs about $MIN_FREE_GB GB (MIN_FREE_GB)."
+    say "'docker image prune' removes untagged images, 'docker system df' shows what Docker holds."
+    exit 1
+fi
+
+# Every image present before the build, so that cleanup removes only the ones this run made.
+images_before=$(docker images --all --quiet --no-trunc | sort -u)
 work=$(mktemp -d)
 index_pid=""
 cleanup() {
     docker rm -f "$NAME" >/dev/null 2>&1 || true
     [ -n "$index_pid" ] && kill "$index_pid" 2>/dev/null || true
     rm -rf "$work"
+    if [ "${KEEP_IMAGE:-0}" != 1 ]; then
+        docker rmi "$TAG" >/dev/null 2>&1 || true
+        # The stage images are untagged; removing one removes the untagged layers under it that no other
+        # image uses (the base stage with torch among them), so the next run starts clean.
+        made=$(comm -13 <(echo "$images_before") <(docker images --quiet --no-trunc --filter dangling=true | sort -u))
+        [ -n "$made" ] && docker rmi $made >/dev/null 2>&1 || true
+        say "removed $TAG and the stage images of its build (KEEP_IMAGE=1 keeps them)"
+    fi
 }
 trap cleanup EXIT
 
