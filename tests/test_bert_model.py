@@ -34,6 +34,7 @@ from training.bert import (
     SpecialIds,
     collate,
     epoch_batches,
+    log_unigram_prior,
     make_pairs,
     mask_tokens,
     pair_batches,
@@ -346,6 +347,38 @@ def test_the_last_share_of_the_steps_packs_to_the_full_length():
     lengths = step_lengths(_documents() * 3, args)
     assert lengths[6:] == [32, 32] and all(16 < n <= 32 for n in lengths[2:6:3])
     assert [n for i, n in enumerate(lengths[:6]) if i % 3 != 2] == [16] * 4
+
+
+def test_the_mlm_bias_starts_from_the_smoothed_log_frequency_of_each_piece():
+    documents = [[[5, 5, 6], [5]], [[7, 5]]]  # piece 5 four times, 6 and 7 once, of a vocabulary of 9
+    prior = log_unigram_prior(documents, vocab_size=9)
+    expected = torch.ones(9)
+    expected[5], expected[6], expected[7] = 5, 2, 2
+    torch.testing.assert_close(prior, (expected / expected.sum()).log())
+    assert prior.exp().sum().item() == pytest.approx(1.0)
+
+
+def test_pretraining_starts_the_mlm_bias_at_the_training_lines_prior(tmp_path, monkeypatch):
+    starting_bias = {}
+    real_fit = trainer.loop.Run.fit
+
+    def fit(run, task, settings, **kwargs):
+        starting_bias["bias"] = task.model.mlm.bias.detach().clone()
+        return real_fit(run, task, settings, **kwargs)
+
+    monkeypatch.setattr(trainer.loop.Run, "fit", fit)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
+    trainer.train(build_parser().parse_args([
+        "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "ckpt"), "--max-steps", "1",
+        "--vocab-size", "200", "--device", "cpu", "--eval-pairs", "16", "--force"]))
+    bias = starting_bias["bias"]
+    tokenizer = load_tokenizer(load_checkpoint(tmp_path / "ckpt" / "bert"))
+    # The special pieces are on no line: the least likely at the start. "number" is on every line.
+    specials = [tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")]
+    assert all(bias[i] == bias.min() for i in specials)
+    assert bias[tokenizer.token_to_id("number")] > bias.median() + 3  # e³: twenty times the median piece's
+    assert bias.exp().sum().item() == pytest.approx(1.0, rel=1e-4)
 
 
 def test_a_tiny_model_learns_to_fill_masks(tokenizer):

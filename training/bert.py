@@ -230,6 +230,19 @@ def encode_documents(tokenizer: Tokenizer, documents: list[list[str]]) -> list[l
     return encoded
 
 
+def log_unigram_prior(documents: list[list[list[int]]], vocab_size: int) -> torch.Tensor:
+    """log p(token) over the training lines, add-one smoothed: the MLM decoder's starting bias.
+
+    Starting from the prior, the first steps need not learn which pieces are frequent before anything
+    else. measured (quick profile, seeds 0 / 1, see the README): validation masked-token top-1 0.214 / 0.209
+    -> 0.217 / 0.217, on word targets 0.150 / 0.145 -> 0.155 / 0.154.
+    """
+    counts = torch.ones(vocab_size)
+    ids = [piece for document in documents for line in document for piece in line]
+    counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=vocab_size).float()
+    return (counts / counts.sum()).log()
+
+
 def _random_segment(
     documents: list[list[list[int]]], exclude: int, length: int, rng: random.Random
 ) -> list[int]:
@@ -584,6 +597,8 @@ def train(args: argparse.Namespace) -> list[Path]:
         train_encoded, val_encoded = encode_documents(tokenizer, train_docs), encode_documents(tokenizer, val_docs)
         config = BertConfig(vocab_size=ids.vocab_size, pad_id=ids.pad, **{k: getattr(args, k) for k in MODEL_FIELDS})
         model = BertForPreTraining(config).to(run.device)
+        with torch.no_grad():  # a resumed run's saved weights replace it in run.fit
+            model.mlm.bias.copy_(log_unigram_prior(train_encoded, config.vocab_size))
         lengths = step_lengths(train_encoded, args)
         log.info("bert: %d training lines, %d steps (%d of them long)", sum(len(d) for d in train_encoded),
                  len(lengths), sum(n != short_position(args) for n in lengths))
