@@ -2,6 +2,7 @@
 
     python bench/seq2seq_vs_tutorial.py [--seconds S] [--direction zh-en|en-zh|both] [--out bench-out]
     python bench/seq2seq_vs_tutorial.py --checkpoint-dir checkpoints     # ours already trained: score it
+    python bench/seq2seq_vs_tutorial.py --reference --seeds 3            # the recipe alone, as its figure was stated
 
 The tutorial's recipe ("NLP From Scratch: Translation with a Sequence to Sequence Network and
 Attention"), written here from its description: a GRU encoder and a GRU decoder, embedding and hidden
@@ -20,6 +21,10 @@ same limit on output length; the validation split is printed beside the test spl
 side by side as two one-thread processes: on a quiet 2-core machine each has a core, and when other
 work loads the machine they share its slowdown (or, with ``--clock cpu``, each counts its own CPU
 seconds). The load average is printed before and after; read the figures with it.
+
+``--reference`` trains the recipe alone under the conditions its reference figure (zh→en test BLEU 7.6,
+chrF 24.1, after 120 s) was stated with: two threads (``--threads``), 120 s of wall clock (``--seconds``),
+a test split of 400 pairs and every other pair for training (no validation split), once per seed.
 """
 
 from __future__ import annotations
@@ -140,15 +145,30 @@ class TutorialRun:
     hypotheses: dict[str, list[str]]  # split name -> greedy translations of its sources
 
 
-def train_tutorial(direction: str, seconds: float, seed: int, clock: str) -> TutorialRun:
-    """The recipe, on our split's training pairs, for ``seconds`` on ``clock``; then the validation and test
-    splits translated."""
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
+REFERENCE_TEST_PAIRS = 400
+
+
+def tutorial_splits(direction: str, reference: bool, seed: int) -> tuple[list[tuple[str, str]], dict[str, list]]:
+    """(training pairs, {split name: pairs}): our split (seed 0), or the reference figure's (400 test pairs at
+    ``seed``, every other pair for training)."""
     pairs, provenance = load_pairs(None)
-    split = split_pairs(pairs, direction, 0, 0.1, provenance)
+    if not reference:
+        split = split_pairs(pairs, direction, 0, 0.1, provenance)
+        return split.train, {"validation": split.validation, "test": split.test}
+    oriented = [(zh, en) if direction == "zh-en" else (en, zh) for zh, en in pairs]
+    random.Random(seed).shuffle(oriented)
+    return oriented[REFERENCE_TEST_PAIRS:], {"test": oriented[:REFERENCE_TEST_PAIRS]}
+
+
+def train_tutorial(direction: str, seconds: float, seed: int, clock: str, threads: int = 1,
+                   reference: bool = False) -> TutorialRun:
+    """The recipe, on the training pairs of ``tutorial_splits``, for ``seconds`` on ``clock``; then the other
+    splits translated."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    train_pairs, splits = tutorial_splits(direction, reference, seed)
     source_language, target_language = languages(direction)
-    train = [(tokenize(s, source_language), tokenize(t, target_language)) for s, t in split.train]
+    train = [(tokenize(s, source_language), tokenize(t, target_language)) for s, t in train_pairs]
     source_vocab = build_vocab((s for s, _ in train), min_count=1)
     target_vocab = build_vocab((t for _, t in train), min_count=1)
     examples = [(encode(s, source_vocab), [BOS_ID, *encode(t, target_vocab), EOS_ID]) for s, t in train]
@@ -181,7 +201,7 @@ def train_tutorial(direction: str, seconds: float, seed: int, clock: str) -> Tut
                 hypotheses.append(detokenize([w for w in words if w not in SPECIALS], target_language))
         return hypotheses
 
-    return TutorialRun(steps, elapsed, cpu, {"validation": translate(split.validation), "test": translate(split.test)})
+    return TutorialRun(steps, elapsed, cpu, {name: translate(pairs) for name, pairs in splits.items()})
 
 
 # ---- the comparison ---------------------------------------------------------------------------------
@@ -194,7 +214,7 @@ def default_seconds() -> float:
 
 def start_tutorial(direction: str, args: argparse.Namespace, out: Path) -> subprocess.Popen:
     command = [sys.executable, __file__, "--tutorial-worker", "--direction", direction, "--seconds", str(args.seconds),
-               "--seed", str(args.seed), "--clock", args.clock, "--out", str(out)]
+               "--seed", str(args.seed), "--clock", args.clock, "--threads", str(args.threads), "--out", str(out)]
     return subprocess.Popen(command)
 
 
@@ -213,9 +233,7 @@ def score_ours(checkpoint: Path, pairs: list[tuple[str, str]], beam_size: int) -
 
 def compare(direction: str, args: argparse.Namespace) -> list[tuple[str, dict[str, dict]]]:
     """(label, {split: scores}) for the tutorial's greedy run, then ours greedy and beam 4."""
-    pairs, provenance = load_pairs(None)
-    split = split_pairs(pairs, direction, 0, 0.1, provenance)
-    splits = {"validation": split.validation, "test": split.test}
+    _, splits = tutorial_splits(direction, False, 0)
     tutorial_file = args.out / f"tutorial-{direction}.json"
     workers = [start_tutorial(direction, args, tutorial_file)]
     checkpoints = args.checkpoint_dir or args.out / "ours"
@@ -238,6 +256,27 @@ def compare(direction: str, args: argparse.Namespace) -> list[tuple[str, dict[st
     return rows
 
 
+def reference(direction: str, seconds: float, threads: int, seeds: int) -> int:
+    """The recipe alone on the reference figure's split, once per seed; test BLEU and chrF of each, and the mean."""
+    directions = ("zh-en", "en-zh") if direction == "both" else (direction,)
+    print(f"the tutorial recipe alone: {seconds:g} s of wall clock on {threads} thread(s), "
+          f"{REFERENCE_TEST_PAIRS} test pairs; load average {os.getloadavg()[0]:.2f}", flush=True)
+    for d in directions:
+        target_language = languages(d)[1]
+        bleus, chrfs = [], []
+        for seed in range(seeds):
+            run = train_tutorial(d, seconds, seed, "wall", threads, reference=True)
+            _, splits = tutorial_splits(d, True, seed)
+            scores = corpus_scores(run.hypotheses["test"], [t for _, t in splits["test"]], target_language)
+            bleus.append(scores["bleu"])
+            chrfs.append(scores["chrf"])
+            print(f"{d} seed {seed}: {run.steps} steps in {run.seconds:.0f} s, test BLEU {scores['bleu']:.2f}, "
+                  f"chrF {scores['chrf']:.2f}", flush=True)
+        print(f"{d} mean of {seeds}: test BLEU {sum(bleus) / seeds:.2f}, chrF {sum(chrfs) / seeds:.2f}")
+    print(f"load average now {os.getloadavg()[0]:.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=None, help="training budget of each (default: ours)")
@@ -248,11 +287,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out/seq2seq"))
     parser.add_argument("--checkpoint-dir", type=Path, default=None,
                         help="score ours from here (seq2seq-<direction>) instead of training it alongside")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the recipe's run (default: 1; 2 with --reference)")
+    parser.add_argument("--reference", action="store_true",
+                        help="the recipe alone, under the conditions of its reference figure (see above)")
+    parser.add_argument("--seeds", type=int, default=1, help="--reference: seeds 0..N-1, one run each")
     parser.add_argument("--tutorial-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.reference:
+        return reference(args.direction, args.seconds or 120.0, args.threads or 2, args.seeds)
+    args.threads = args.threads or 1
     args.seconds = args.seconds or default_seconds()
     if args.tutorial_worker:  # --out is the file of its translations
-        run = train_tutorial(args.direction, args.seconds, args.seed, args.clock)
+        run = train_tutorial(args.direction, args.seconds, args.seed, args.clock, args.threads)
         args.out.write_text(json.dumps(run.__dict__, ensure_ascii=False), encoding="utf-8")
         return 0
 
