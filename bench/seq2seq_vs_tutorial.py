@@ -160,13 +160,11 @@ def tutorial_splits(direction: str, reference: bool, seed: int) -> tuple[list[tu
     return oriented[REFERENCE_TEST_PAIRS:], {"test": oriented[:REFERENCE_TEST_PAIRS]}
 
 
-def train_tutorial(direction: str, seconds: float, seed: int, clock: str, threads: int = 1,
-                   reference: bool = False) -> TutorialRun:
-    """The recipe, on the training pairs of ``tutorial_splits``, for ``seconds`` on ``clock``; then the other
-    splits translated."""
+def train_tutorial(direction: str, train_pairs: list[tuple[str, str]], splits: dict[str, list], seconds: float,
+                   seed: int, clock: str, threads: int) -> TutorialRun:
+    """The recipe, on ``train_pairs``, for ``seconds`` on ``clock``; then the sources of ``splits`` translated."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    train_pairs, splits = tutorial_splits(direction, reference, seed)
     source_language, target_language = languages(direction)
     train = [(tokenize(s, source_language), tokenize(t, target_language)) for s, t in train_pairs]
     source_vocab = build_vocab((s for s, _ in train), min_count=1)
@@ -265,8 +263,8 @@ def reference(direction: str, seconds: float, threads: int, seeds: int) -> int:
         target_language = languages(d)[1]
         bleus, chrfs = [], []
         for seed in range(seeds):
-            run = train_tutorial(d, seconds, seed, "wall", threads, reference=True)
-            _, splits = tutorial_splits(d, True, seed)
+            train_pairs, splits = tutorial_splits(d, True, seed)
+            run = train_tutorial(d, train_pairs, splits, seconds, seed, "wall", threads)
             scores = corpus_scores(run.hypotheses["test"], [t for _, t in splits["test"]], target_language)
             bleus.append(scores["bleu"])
             chrfs.append(scores["chrf"])
@@ -301,7 +299,8 @@ def main() -> int:
     args.threads = args.threads or 1
     args.seconds = args.seconds or default_seconds()
     if args.tutorial_worker:  # --out is the file of its translations
-        run = train_tutorial(args.direction, args.seconds, args.seed, args.clock, args.threads)
+        run = train_tutorial(args.direction, *tutorial_splits(args.direction, False, 0), args.seconds, args.seed,
+                             args.clock, args.threads)
         args.out.write_text(json.dumps(run.__dict__, ensure_ascii=False), encoding="utf-8")
         return 0
 
