@@ -18,9 +18,14 @@ characters are the tokens, as in nanoGPT's shakespeare_char. The runs, one after
 4. Our tuned run: the same command with ``--compile``.
 
 Then the tokens/s levers at nanoGPT's shape, one after another in this process: the median time of a
-training step as the loop takes it, and with one thing changed at a time (fused AdamW, batches gathered
+training step as the loop takes it, and with one thing changed at a time (foreach AdamW, batches gathered
 ahead, the loss read once per 50 steps instead of every step, bf16 autocast, torch.compile; and
 nanoGPT's model in place of ours when its path is given).
+
+Last, the ceiling: one step's weight matrix products alone (each linear layer's forward product and its
+two backward ones, at nanoGPT's shape), timed in fp32 and in bf16. A step does all of them and more, so the
+batch's tokens over their time bound any trainer's tokens/s at this shape; each run's GFLOP/s counts
+training FLOPs as PaLM's appendix B does.
 
 Tokens/s is training tokens over training time: nanoGPT's iterations that evaluate are left out of its
 time; ours is the loop's figure. Every process uses ``--threads`` threads (one by default, on shared cores).
@@ -141,10 +146,56 @@ def run_ours(label: str, name: str, flags: tuple[str, ...], corpus: Path, out: P
     return Row(label, m["steps"], m["train_seconds"], wall, m["tokens_per_second"], m["val_bpc"])
 
 
+# ---- the ceiling: what the step's matrix products alone allow -----------------------------------------
+
+
+def flops_per_token(vocab_size: int) -> int:
+    """Training FLOPs per token at nanoGPT's shape, counted as PaLM's appendix B does: 6 per weight of every
+    matrix product (a block's 12·d² and the output layer's vocab·d), and 12·layers·d·T for attention's two
+    products over the whole T×T square."""
+    layers, d, T = SHAPE["n_layer"], SHAPE["n_embd"], SHAPE["block_size"]
+    return 6 * (12 * layers * d * d + vocab_size * d) + 12 * layers * d * T
+
+
+def weight_product_seconds(vocab_size: int, dtype: torch.dtype, repeats: int) -> float:
+    """Median seconds of one step's weight matrix products alone, at nanoGPT's shape in ``dtype``: each linear
+    layer's forward product and its two backward ones (the input's and the weight's gradient) on the batch's
+    rows. Nothing else of a step (attention, norms, GELU, softmax, AdamW) is in it, so rows / this is an
+    upper bound on any trainer's tokens/s at this shape and precision."""
+    rows, d = BATCH * SHAPE["block_size"], SHAPE["n_embd"]
+    shapes = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)] * SHAPE["n_layer"] + [(d, vocab_size)]
+    operands = [(torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(rows, n, dtype=dtype))
+                for k, n in shapes]
+
+    def step() -> None:
+        for x, w, g in operands:
+            x @ w.T  # forward
+            g @ w  # the input's gradient
+            g.T @ x  # the weight's gradient
+
+    step()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def ceiling(vocab_size: int, repeats: int) -> list[tuple[str, float]]:
+    """(precision, tokens/s that the weight products alone allow) in fp32 and bf16."""
+    rows = BATCH * SHAPE["block_size"]
+    results = [(name, rows / weight_product_seconds(vocab_size, dtype, repeats))
+               for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))]
+    for name, tokens in results:
+        print(f"  the weight products alone, {name}: at most {tokens:,.0f} tokens/s", flush=True)
+    return results
+
+
 # ---- the tokens/s levers ---------------------------------------------------------------------------------
 
 
-def step_seconds(model: torch.nn.Module, data: torch.Tensor, steps: int, *, fused: bool = False,
+def step_seconds(model: torch.nn.Module, data: torch.Tensor, steps: int, *, fused: bool = True,
                  ahead: bool = False, sync_every: int = 1, bf16: bool = False, compiled: bool = False) -> float:
     """Median seconds of a training step at nanoGPT's shape: windows gathered from ``data``, forward and
     backward, gradient clipping, AdamW, the loss read back; with the named lever changed."""
@@ -184,12 +235,12 @@ def levers(data: torch.Tensor, vocab_size: int, steps: int, nanogpt: Path | None
         return GPT(GPTConfig(vocab_size=vocab_size, **SHAPE))
 
     cases: list[tuple[str, Callable[[], float]]] = [
-        ("the loop's step (fp32, foreach AdamW)", lambda: step_seconds(ours(), data, steps)),
-        ("fused AdamW", lambda: step_seconds(ours(), data, steps, fused=True)),
+        ("the loop's step (fp32, fused AdamW)", lambda: step_seconds(ours(), data, steps)),
+        ("foreach AdamW (the loop's before)", lambda: step_seconds(ours(), data, steps, fused=False)),
         ("batches gathered ahead", lambda: step_seconds(ours(), data, steps, ahead=True)),
         ("loss read every 50 steps", lambda: step_seconds(ours(), data, steps, sync_every=50)),
         ("bf16 autocast", lambda: step_seconds(ours(), data, steps, bf16=True)),
-        ("torch.compile + fused AdamW", lambda: step_seconds(ours(), data, steps, fused=True, compiled=True)),
+        ("torch.compile", lambda: step_seconds(ours(), data, steps, compiled=True)),
     ]
     if nanogpt is not None:
         spec = importlib.util.spec_from_file_location("nanogpt_model", nanogpt / "model.py")
@@ -249,16 +300,25 @@ def main() -> int:
     tokenizer = train_tokenizer("char", train_docs, 0)
     torch.set_num_threads(args.threads)
     lever_rows = levers(encode(tokenizer, train_docs), tokenizer.vocab_size, args.lever_steps, args.nanogpt)
+    print("\nthe ceiling at nanoGPT's shape:", flush=True)
+    ceilings = ceiling(tokenizer.vocab_size, args.lever_steps)
+    flops = flops_per_token(tokenizer.vocab_size)
 
     anchor = rows[0]
     print(f"\nbudget {budget:.0f} s; load average now {os.getloadavg()[0]:.2f}; bench took "
           f"{time.perf_counter() - started:.0f} s")
-    print(f"| run | steps | train s | wall s | tokens/s | × {anchor.label.split(',')[0]} | val bits/char | Δ |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    name = anchor.label.split(",")[0]
+    print(f"| run | steps | train s | wall s | tokens/s | × {name} | GFLOP/s | val bits/char | Δ |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r.label} | {r.steps:,} | {r.train_seconds:.1f} | {r.wall_seconds:.1f} | "
               f"{r.tokens_per_second:,.0f} | {r.tokens_per_second / anchor.tokens_per_second:.2f} | "
-              f"{r.val_bpc:.3f} | {r.val_bpc - anchor.val_bpc:+.3f} |")
+              f"{r.tokens_per_second * flops / 1e9:.1f} | {r.val_bpc:.3f} | {r.val_bpc - anchor.val_bpc:+.3f} |")
+    print(f"\n| ceiling at nanoGPT's shape ({flops:,} training FLOPs a token) | tokens/s | × {name} |")
+    print("|---|---:|---:|")
+    for precision, tokens in ceilings:
+        print(f"| the step's weight products alone, {precision} | {tokens:,.0f} | "
+              f"{tokens / anchor.tokens_per_second:.2f} |")
     base = lever_rows[0][1]
     print("\n| lever at nanoGPT's shape | tokens/s | × the loop's step |")
     print("|---|---:|---:|")

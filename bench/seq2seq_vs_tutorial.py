@@ -24,7 +24,9 @@ seconds). The load average is printed before and after; read the figures with it
 
 ``--reference`` trains the recipe alone under the conditions its reference figure (zh→en test BLEU 7.6,
 chrF 24.1, after 120 s) was stated with: two threads (``--threads``), 120 s of wall clock (``--seconds``),
-a test split of 400 pairs and every other pair for training (no validation split), once per seed.
+a test split of 400 pairs and every other pair for training (no validation split), once per seed. With
+``--normalise`` the English of every pair is first what the tutorial's ``normalizeString`` makes of it
+(lower case, no accents, nothing but letters, ! and ?), for training and for the references scored.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,13 +152,24 @@ class TutorialRun:
 REFERENCE_TEST_PAIRS = 400
 
 
-def tutorial_splits(direction: str, reference: bool, seed: int) -> tuple[list[tuple[str, str]], dict[str, list]]:
+def tutorial_normalise(text: str) -> str:
+    """The tutorial's ``normalizeString``: lower case, accents stripped, a space before . ! ?, and every run
+    of characters other than letters, ! and ? (the full stop included) made one space."""
+    text = "".join(c for c in unicodedata.normalize("NFD", text.lower().strip()) if unicodedata.category(c) != "Mn")
+    text = re.sub(r"([.!?])", r" \1", text)
+    return re.sub(r"[^a-zA-Z!?]+", " ", text).strip()
+
+
+def tutorial_splits(direction: str, reference: bool, seed: int, normalise: bool = False
+                    ) -> tuple[list[tuple[str, str]], dict[str, list]]:
     """(training pairs, {split name: pairs}): our split (seed 0), or the reference figure's (400 test pairs at
-    ``seed``, every other pair for training)."""
+    ``seed``, every other pair for training), its English normalised as the tutorial's with ``normalise``."""
     pairs, provenance = load_pairs(None)
     if not reference:
         split = split_pairs(pairs, direction, 0, 0.1, provenance)
         return split.train, {"validation": split.validation, "test": split.test}
+    if normalise:
+        pairs = [(zh, tutorial_normalise(en)) for zh, en in pairs]
     oriented = [(zh, en) if direction == "zh-en" else (en, zh) for zh, en in pairs]
     random.Random(seed).shuffle(oriented)
     return oriented[REFERENCE_TEST_PAIRS:], {"test": oriented[:REFERENCE_TEST_PAIRS]}
@@ -254,16 +269,17 @@ def compare(direction: str, args: argparse.Namespace) -> list[tuple[str, dict[st
     return rows
 
 
-def reference(direction: str, seconds: float, threads: int, seeds: int) -> int:
+def reference(direction: str, seconds: float, threads: int, seeds: int, normalise: bool) -> int:
     """The recipe alone on the reference figure's split, once per seed; test BLEU and chrF of each, and the mean."""
     directions = ("zh-en", "en-zh") if direction == "both" else (direction,)
     print(f"the tutorial recipe alone: {seconds:g} s of wall clock on {threads} thread(s), "
-          f"{REFERENCE_TEST_PAIRS} test pairs; load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"{REFERENCE_TEST_PAIRS} test pairs{', English normalised as the tutorial' if normalise else ''}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
     for d in directions:
         target_language = languages(d)[1]
         bleus, chrfs = [], []
         for seed in range(seeds):
-            train_pairs, splits = tutorial_splits(d, True, seed)
+            train_pairs, splits = tutorial_splits(d, True, seed, normalise)
             run = train_tutorial(d, train_pairs, splits, seconds, seed, "wall", threads)
             scores = corpus_scores(run.hypotheses["test"], [t for _, t in splits["test"]], target_language)
             bleus.append(scores["bleu"])
@@ -290,12 +306,17 @@ def main() -> int:
     parser.add_argument("--reference", action="store_true",
                         help="the recipe alone, under the conditions of its reference figure (see above)")
     parser.add_argument("--seeds", type=int, default=1, help="--reference: seeds 0..N-1, one run each")
+    parser.add_argument("--normalise", action="store_true",
+                        help="--reference: the English of every pair as the tutorial's normalizeString leaves it, in "
+                             "training and in the references scored")
     parser.add_argument("--tutorial-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.reference:
-        return reference(args.direction, args.seconds or 120.0, args.threads or 2, args.seeds)
+        return reference(args.direction, args.seconds or 120.0, args.threads or 2, args.seeds, args.normalise)
+    if args.normalise:
+        parser.error("--normalise goes with --reference")
     args.threads = args.threads or 1
     args.seconds = args.seconds or default_seconds()
     if args.tutorial_worker:  # --out is the file of its translations

@@ -38,6 +38,7 @@ from training.bert import (
     make_pairs,
     mask_tokens,
     pair_batches,
+    sampled_pairs,
     schedule,
     share_of_loss,
     step_lengths,
@@ -286,6 +287,32 @@ def test_pairs_are_consecutive_lines_or_text_from_another_document():
             assert {t // 100 for t in pair.b} != {doc_a}
     many = make_pairs(documents * 50, max_position=16, rng=random.Random(1))
     assert sum(p.label == IS_NEXT for p in many) / len(many) == pytest.approx(0.5, abs=0.05)
+
+
+def test_sampled_pairs_start_at_random_lines_and_pack_like_an_epoch():
+    documents = _documents() * 50
+    pairs = sampled_pairs(documents, max_position=16, count=400, rng=random.Random(0))
+    assert len(pairs) == 400
+    assert pairs == sampled_pairs(documents, max_position=16, count=400, rng=random.Random(0))  # the seed's
+    for pair in pairs:
+        assert len(pair.a) + len(pair.b) + 3 <= 16 and pair.a and pair.b
+        if pair.label == IS_NEXT:
+            assert pair.b[0] == pair.a[-1] + 8
+    assert sum(p.label == IS_NEXT for p in pairs) / len(pairs) == pytest.approx(0.5, abs=0.08)
+    # A starts at any line that has another after it (A may lose its first lines to the budget when B is long)
+    assert {p.a[0] % 100 // 10 for p in pairs if len(p.a) + len(p.b) < 13} == set(range(8))
+
+
+def test_a_length_few_steps_use_is_drawn_without_building_an_epoch(monkeypatch):
+    built = []
+    real = trainer.make_pairs
+    monkeypatch.setattr(trainer, "make_pairs", lambda documents, n, rng: built.append(n) or real(documents, n, rng))
+    documents = _documents() * 3  # 324 tokens: an epoch at 16 is about 25 pairs, at 32 about 11
+    lengths = [16] * 8 + [32] + [16] * 8
+    batches = list(pair_batches(documents, lengths, 4, random.Random(0)))
+    assert built and set(built) == {16}  # 16 steps of 4 pairs read epochs at 16; the one step at 32 drew its pairs
+    assert [n for n, _ in batches] == lengths and len(batches[8][1]) == 4
+    assert all(len(p.a) + len(p.b) + 3 <= 32 for p in batches[8][1])
 
 
 def test_collate_builds_cls_a_sep_b_sep_with_segments_and_padding():

@@ -17,6 +17,7 @@ import argparse
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,36 +270,58 @@ def _truncate(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[
     return a, b
 
 
-def make_pairs(documents: list[list[list[int]]], max_position: int, rng: random.Random) -> list[Pair]:
-    """One epoch of sentence pairs (BERT §3.1, task #2).
+def _pair_at(
+    documents: list[list[list[int]]], doc: int, start: int, budget: int, rng: random.Random
+) -> tuple[Pair, int] | None:
+    """The pair whose A starts at line ``start`` of document ``doc``, and the line where the next pair of a
+    pass starts; None when fewer than two lines are left.
 
-    Consecutive lines are gathered until they fill ``max_position - 3`` tokens and split at a random line
-    boundary into A and B. Half the time B is replaced by text from another document (NOT_NEXT), and the
-    real continuation starts the next pair, as in BERT's data preparation. Each epoch draws new pairs.
-    """
+    Consecutive lines are gathered until they fill ``budget`` tokens and split at a random line boundary
+    into A and B. Half the time B is replaced by text from another document (NOT_NEXT), and the real
+    continuation starts the next pair, as in BERT's data preparation."""
+    lines = documents[doc]
+    end, total = start, 0
+    while end < len(lines) and (end - start < 2 or total + len(lines[end]) <= budget):
+        total += len(lines[end])
+        end += 1
+    if end - start < 2:
+        return None
+    split = rng.randint(start + 1, end - 1)
+    a = [t for line in lines[start:split] for t in line]
+    b = [t for line in lines[split:end] for t in line]
+    if rng.random() < 0.5:
+        label, following = IS_NEXT, end
+    else:
+        b = _random_segment(documents, doc, len(b), rng)
+        label, following = NOT_NEXT, split
+    a, b = _truncate(a, b, budget)
+    return Pair(a, b, label), following
+
+
+def make_pairs(documents: list[list[list[int]]], max_position: int, rng: random.Random) -> list[Pair]:
+    """One epoch of sentence pairs (BERT §3.1, task #2): each document read from its first line, pair after
+    pair (``_pair_at``), each packed to ``max_position``. Each epoch draws new pairs."""
     if len(documents) < 2:
         raise ValueError("sentence-pair training needs at least two documents")
-    budget = max_position - 3
     pairs: list[Pair] = []
-    for doc, lines in enumerate(documents):
-        i = 0
-        while i < len(lines) - 1:
-            j, total = i, 0
-            while j < len(lines) and (j - i < 2 or total + len(lines[j]) <= budget):
-                total += len(lines[j])
-                j += 1
-            if j - i < 2:
-                break
-            split = rng.randint(i + 1, j - 1)
-            a = [t for line in lines[i:split] for t in line]
-            b = [t for line in lines[split:j] for t in line]
-            if rng.random() < 0.5:
-                label, i = IS_NEXT, j
-            else:
-                b = _random_segment(documents, doc, len(b), rng)
-                label, i = NOT_NEXT, split
-            a, b = _truncate(a, b, budget)
-            pairs.append(Pair(a, b, label))
+    for doc in range(len(documents)):
+        start = 0
+        while (drawn := _pair_at(documents, doc, start, max_position - 3, rng)) is not None:
+            pair, start = drawn
+            pairs.append(pair)
+    return pairs
+
+
+def sampled_pairs(documents: list[list[list[int]]], max_position: int, count: int, rng: random.Random) -> list[Pair]:
+    """``count`` sentence pairs packed to ``max_position``, each starting at a line drawn uniformly from the
+    text's lines that have another after them: a few batches at a length without building a whole epoch."""
+    if len(documents) < 2:
+        raise ValueError("sentence-pair training needs at least two documents")
+    weights = [max(0, len(lines) - 1) for lines in documents]
+    pairs = []
+    for doc in rng.choices(range(len(documents)), weights=weights, k=count):
+        pair, _ = _pair_at(documents, doc, rng.randrange(weights[doc]), max_position - 3, rng)
+        pairs.append(pair)
     return pairs
 
 
@@ -417,6 +440,14 @@ def length_batches(
             yield [pairs[i] for i in indices]
 
 
+def sampled_batches(
+    documents: list[list[list[int]]], length: int, batch_size: int, rng: random.Random
+) -> Iterator[list[Pair]]:
+    """Endless batches of pairs packed to ``length``, each pair from a random line (``sampled_pairs``)."""
+    while True:
+        yield sampled_pairs(documents, length, batch_size, rng)
+
+
 def pair_batches(
     documents: list[list[list[int]]], lengths: Sequence[int], batch_size: int, rng: random.Random
 ) -> Iterator[tuple[int, list[Pair]]]:
@@ -425,8 +456,21 @@ def pair_batches(
     Short pairs make most steps cheap (attention is quadratic, and a short context teaches a small
     model to read neighbouring words sooner); the longer steps, spread over the whole run rather than
     BERT's final 10%, train every position, and NSP on longer inputs, at the full learning rate.
+
+    A length whose steps read at least about an epoch's pairs goes through epochs (``length_batches``);
+    one that fewer steps use, such as each of the lengths the longer steps draw, takes its pairs from
+    random lines (``sampled_batches``): building an epoch for a few batches took about 0.4 s a length,
+    and the quick profile's 3,500 batches 18.2 s rather than 4.6 s.
     """
-    streams = {n: length_batches(documents, n, batch_size, rng) for n in sorted(set(lengths))}
+    tokens = sum(len(line) for lines in documents for line in lines)
+    steps = Counter(lengths)
+
+    def stream(length: int) -> Iterator[list[Pair]]:
+        epoch_pairs = tokens / (length - 3)  # about: a pair packs up to length - 3 tokens
+        whole = steps[length] * batch_size >= epoch_pairs
+        return (length_batches if whole else sampled_batches)(documents, length, batch_size, rng)
+
+    streams = {n: stream(n) for n in sorted(steps)}
     for length in lengths:
         yield length, next(streams[length])
 
