@@ -149,12 +149,19 @@ def run_ours(label: str, name: str, flags: tuple[str, ...], corpus: Path, out: P
 # ---- the ceiling: what the step's matrix products alone allow -----------------------------------------
 
 
+def weight_shapes(vocab_size: int) -> list[tuple[int, int]]:
+    """(inputs, outputs) of every linear layer at nanoGPT's shape: each block's query-key-value, attention
+    output, and two feed-forward layers, then the output layer."""
+    d = SHAPE["n_embd"]
+    return [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)] * SHAPE["n_layer"] + [(d, vocab_size)]
+
+
 def flops_per_token(vocab_size: int) -> int:
     """Training FLOPs per token at nanoGPT's shape, counted as PaLM's appendix B does: 6 per weight of every
-    matrix product (a block's 12·d² and the output layer's vocab·d), and 12·layers·d·T for attention's two
-    products over the whole T×T square."""
-    layers, d, T = SHAPE["n_layer"], SHAPE["n_embd"], SHAPE["block_size"]
-    return 6 * (12 * layers * d * d + vocab_size * d) + 12 * layers * d * T
+    matrix product (``weight_shapes``), and 12·layers·d·T for attention's two products over the whole T×T
+    square."""
+    weights = sum(k * n for k, n in weight_shapes(vocab_size))
+    return 6 * weights + 12 * SHAPE["n_layer"] * SHAPE["n_embd"] * SHAPE["block_size"]
 
 
 def weight_product_seconds(vocab_size: int, dtype: torch.dtype, repeats: int) -> float:
@@ -162,10 +169,9 @@ def weight_product_seconds(vocab_size: int, dtype: torch.dtype, repeats: int) ->
     layer's forward product and its two backward ones (the input's and the weight's gradient) on the batch's
     rows. Nothing else of a step (attention, norms, GELU, softmax, AdamW) is in it, so rows / this is an
     upper bound on any trainer's tokens/s at this shape and precision."""
-    rows, d = BATCH * SHAPE["block_size"], SHAPE["n_embd"]
-    shapes = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)] * SHAPE["n_layer"] + [(d, vocab_size)]
+    rows = BATCH * SHAPE["block_size"]
     operands = [(torch.randn(rows, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(rows, n, dtype=dtype))
-                for k, n in shapes]
+                for k, n in weight_shapes(vocab_size)]
 
     def step() -> None:
         for x, w, g in operands:
