@@ -2,7 +2,11 @@
 
 The simple recurrent network keeps one hidden state and reads one input per step::
 
-    h_t = f(U h_{t-1} + W x_t + b),    y_t = V h_t                      (f = tanh)
+    h_t = f(U h_{t-1} + W x_t + b),    y_t = V h_t                      (f = tanh or ReLU)
+
+With f = ReLU, ``U`` starts at the identity (the IRNN; Le et al., 2015): the state is first carried
+forward unchanged and each step adds its input's share, so the gradient neither vanishes nor explodes
+through the early steps, as it does through a random ``U``.
 
 The LSTM adds a memory cell ``c`` written and read through three gates (σ the logistic function,
 ⊙ the elementwise product)::
@@ -47,6 +51,7 @@ from models.checkpoint import Checkpoint
 from models.subword import word_embedding, word_ids
 
 CELLS = ("rnn", "lstm", "gru")
+NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}  # the Elman RNN's f; the gated cells' is tanh
 PAD_ID = 0
 
 # An LSTM's state is (h, c); the RNN's and GRU's is h alone. Shapes (layers, batch, hidden).
@@ -69,9 +74,14 @@ class _Cell(nn.Module):
 
 
 class RNNCell(_Cell):
+    def __init__(self, W: nn.Parameter, U: nn.Parameter, b_W: nn.Parameter, b_U: nn.Parameter,
+                 nonlinearity: str = "tanh"):
+        super().__init__(W, U, b_W, b_U)
+        self.f = NONLINEARITIES[nonlinearity]
+
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        # h_t = tanh(U h_{t-1} + W x_t + b)
-        return torch.tanh(F.linear(h, self.U, self.b_U) + F.linear(x, self.W, self.b_W))
+        # h_t = f(U h_{t-1} + W x_t + b)
+        return self.f(F.linear(h, self.U, self.b_U) + F.linear(x, self.W, self.b_W))
 
 
 class LSTMCell(_Cell):
@@ -104,13 +114,27 @@ _FUSED: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn
 
 
 def fused_layer(cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
-                bidirectional: bool = False) -> nn.RNNBase:
+                bidirectional: bool = False, nonlinearity: str = "tanh") -> nn.RNNBase:
     """torch's fused multi-layer recurrence for ``cell`` (batch first; dropout between layers; with
-    ``bidirectional`` a second recurrence reads each layer's input backwards, its states beside the first's)."""
+    ``bidirectional`` a second recurrence reads each layer's input backwards, its states beside the first's).
+    The RNN's ``nonlinearity`` may be relu, its ``U`` then starting at the identity (IRNN)."""
     if cell not in _FUSED:
         raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
-    return _FUSED[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
-                        dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
+    check_nonlinearity(cell, nonlinearity)
+    options = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+    layer = _FUSED[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
+                         dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional, **options)
+    if nonlinearity == "relu":
+        for name, U in layer.named_parameters():
+            if name.startswith("weight_hh"):
+                nn.init.eye_(U)
+    return layer
+
+
+def check_nonlinearity(cell: str, nonlinearity: str) -> None:
+    if nonlinearity not in NONLINEARITIES or (cell != "rnn" and nonlinearity != "tanh"):
+        raise ValueError(f"nonlinearity must be tanh or relu for the rnn cell, tanh for lstm and gru; "
+                         f"got {nonlinearity!r} for {cell}")
 
 
 def cell_name(layer: nn.RNNBase) -> str:
@@ -122,8 +146,10 @@ def cells_of(layer: nn.RNNBase) -> list[_Cell]:
     if layer.bidirectional or not layer.bias:
         raise ValueError("cells_of reads unidirectional layers with biases")
     kind = _CELL_CLASSES[cell_name(layer)]
+    options = {"nonlinearity": layer.nonlinearity} if kind is RNNCell else {}
     return [
-        kind(*(getattr(layer, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+        kind(*(getattr(layer, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+             **options)
         for k in range(layer.num_layers)
     ]
 
@@ -169,6 +195,7 @@ class RNNClassifierConfig:
     dropout: float = 0.3
     pooling: str = "mean"  # over time: "last" (h_T), "max" or "mean" of every h_t
     bidirectional: bool = False  # each h_t the forward state beside the backward one (which reads t..T)
+    nonlinearity: str = "tanh"  # the rnn cell's f: tanh, or relu with U starting at the identity (IRNN)
     char_ngrams: tuple[int, ...] = ()  # (shortest, longest): add character n-grams (models/subword.py)
     ngram_buckets: int = 0  # hashed n-gram vectors, with char_ngrams
 
@@ -178,6 +205,7 @@ class RNNClassifierConfig:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if self.pooling not in ("last", "max", "mean"):
             raise ValueError(f"pooling must be last, max or mean, got {self.pooling!r}")
+        check_nonlinearity(self.cell, self.nonlinearity)
 
 
 class RNNClassifier(nn.Module):
@@ -190,7 +218,7 @@ class RNNClassifier(nn.Module):
         self.embedding = word_embedding(config.vocab_size, config.embed_dim, PAD_ID, config.char_ngrams,
                                         config.ngram_buckets)
         self.rnn = fused_layer(config.cell, config.embed_dim, config.hidden_size, config.num_layers,
-                               config.dropout, config.bidirectional)
+                               config.dropout, config.bidirectional, config.nonlinearity)
         self.dropout = nn.Dropout(config.dropout)
         self.V = nn.Linear(config.hidden_size * (2 if config.bidirectional else 1), config.num_classes)
 

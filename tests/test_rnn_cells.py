@@ -10,6 +10,8 @@ from models.rnn import (
     GRUCell,
     LSTMCell,
     RNNCell,
+    RNNClassifier,
+    RNNClassifierConfig,
     RNNLanguageModel,
     RNNLanguageModelConfig,
     cells_of,
@@ -18,9 +20,10 @@ from models.rnn import (
 )
 
 
-def random_layer(cell: str, input_size: int = 5, hidden_size: int = 7, num_layers: int = 2) -> nn.RNNBase:
+def random_layer(cell: str, input_size: int = 5, hidden_size: int = 7, num_layers: int = 2,
+                 nonlinearity: str = "tanh") -> nn.RNNBase:
     torch.manual_seed(0)
-    layer = fused_layer(cell, input_size, hidden_size, num_layers, dropout=0.0)
+    layer = fused_layer(cell, input_size, hidden_size, num_layers, dropout=0.0, nonlinearity=nonlinearity)
     with torch.no_grad():
         for p in layer.parameters():  # wider than torch's default init, so the gates saturate too
             p.uniform_(-1.0, 1.0)
@@ -32,10 +35,14 @@ def random_state(cell: str, num_layers: int = 2, batch: int = 3, hidden_size: in
     return (h, torch.randn_like(h)) if cell == "lstm" else h
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "irnn"])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_cells_equal_the_fused_layer_with_the_same_weights(cell: str, with_state: bool) -> None:
-    layer = random_layer(cell)
+    if cell == "irnn":
+        layer, cell = random_layer("rnn", nonlinearity="relu"), "rnn"
+        assert cells_of(layer)[0].f is torch.relu
+    else:
+        layer = random_layer(cell)
     x = torch.randn(3, 11, 5, dtype=torch.double)
     state = random_state(cell) if with_state else None
     expected_out, expected_state = layer(x, state)
@@ -69,6 +76,38 @@ def test_rnn_cell_is_the_elman_equation() -> None:
     x, h = torch.randn(2, 3, dtype=torch.double), torch.randn(2, 4, dtype=torch.double)
     expected = torch.tanh(h @ U.T + x @ W.T + b_W + b_U)
     torch.testing.assert_close(RNNCell(W, U, b_W, b_U)(x, h), expected)
+    rectified = torch.relu(h @ U.T + x @ W.T + b_W + b_U)
+    torch.testing.assert_close(RNNCell(W, U, b_W, b_U, nonlinearity="relu")(x, h), rectified)
+
+
+def test_irnn_starts_from_the_identity_and_carries_its_state() -> None:
+    layer = fused_layer("rnn", 3, 4, num_layers=2, dropout=0.0, nonlinearity="relu")
+    for k in range(2):
+        assert torch.equal(getattr(layer, f"weight_hh_l{k}"), torch.eye(4))
+    assert not torch.equal(fused_layer("rnn", 3, 4, 1, 0.0).weight_hh_l0, torch.eye(4))  # tanh keeps torch's
+    cell = cells_of(layer)[0]
+    with torch.no_grad():
+        cell.W.zero_(), cell.b_W.zero_(), cell.b_U.zero_()
+    h = torch.rand(2, 4)  # non-negative, as a ReLU state is: a step with no input returns it unchanged
+    torch.testing.assert_close(cell(torch.randn(2, 3), h), h)
+
+
+@pytest.mark.parametrize(("cell", "nonlinearity"), [("rnn", "sigmoid"), ("lstm", "relu"), ("gru", "relu")])
+def test_a_nonlinearity_the_cell_lacks_is_refused(cell: str, nonlinearity: str) -> None:
+    with pytest.raises(ValueError, match="nonlinearity"):
+        RNNClassifierConfig(vocab_size=10, num_classes=3, cell=cell, nonlinearity=nonlinearity)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        fused_layer(cell, 3, 4, 1, 0.0, nonlinearity=nonlinearity)
+
+
+def test_the_irnn_classifier_reads_padding_as_the_tanh_one_does() -> None:
+    torch.manual_seed(0)
+    model = RNNClassifier(RNNClassifierConfig(vocab_size=20, num_classes=3, cell="rnn", embed_dim=6,
+                                              hidden_size=5, nonlinearity="relu")).eval()
+    assert model.rnn.nonlinearity == "relu"
+    ids = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])
+    logits, _ = model(ids)
+    torch.testing.assert_close(logits[0], model(ids[:1, :3])[0][0])  # padding after a passage changes nothing
 
 
 def test_lstm_forget_gate_closed_and_input_gate_open_overwrites_the_memory() -> None:
