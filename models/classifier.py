@@ -91,9 +91,10 @@ class WordEncoder:
 class SubwordEncoder:
     """Text → WordPiece ids read by BERT as up to ``windows`` consecutive windows of ``max_len`` (the model's
     positions), each its own ``[CLS] … [SEP]``, concatenated: every window but the last is exactly ``max_len``
-    long, which is how ``BertForSequenceClassification`` tells them apart. Text beyond them is cut."""
+    long, which is how ``BertForSequenceClassification`` tells them apart. Text beyond them is cut (``windows``
+    None: every window of the text, for training to draw from)."""
 
-    def __init__(self, tokenizer: Tokenizer, max_len: int, windows: int = 1):
+    def __init__(self, tokenizer: Tokenizer, max_len: int, windows: int | None = 1):
         self.tokenizer = tokenizer
         self.max_len = max_len
         self.windows = windows
@@ -102,7 +103,9 @@ class SubwordEncoder:
         self.window_tokens = max_len - 2  # text per window, between its [CLS] and [SEP]
 
     def encode(self, text: str) -> list[int]:
-        pieces = self.tokenizer.encode(text, add_special_tokens=False).ids[:self.window_tokens * self.windows]
+        pieces = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self.windows is not None:
+            pieces = pieces[:self.window_tokens * self.windows]
         starts = range(0, max(1, len(pieces)), self.window_tokens)
         return [i for start in starts for i in (self.cls_id, *pieces[start:start + self.window_tokens], self.sep_id)]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.checkpoint import Checkpoint, load_checkpoint
-from models.classifier import ARCHITECTURES, WordEncoder, build_model, build_vocab, pad_batch
+from models.classifier import ARCHITECTURES, SubwordEncoder, WordEncoder, build_model, build_vocab, pad_batch
 from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
 from models.pipelines.classification import load
@@ -18,6 +18,7 @@ from models.tokenizers import words
 from training.classifier import (
     MIN_PASSAGE_WORDS,
     Augmentation,
+    RandomWindows,
     class_weights,
     classification_metrics,
     genre_passages,
@@ -374,6 +375,35 @@ def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> N
     assert [Augmentation(crop_words=5, word_dropout=0.2).apply(ids) for _ in range(3)] == first
 
 
+def test_bert_training_reads_whole_windows_of_a_passage_drawn_anywhere_in_it() -> None:
+    # A passage of three whole windows of 4 ids and a short fourth, as SubwordEncoder cuts it: [CLS] … [SEP].
+    windows = [[101, 10 * k + 1, 10 * k + 2, 102] for k in range(3)] + [[101, 31, 102]]
+    ids = [i for window in windows for i in window]
+    generator = torch.Generator().manual_seed(0)
+    drawn = [RandomWindows(size=4, windows=1).apply(ids, generator) for _ in range(60)]
+    assert all(window in windows for window in drawn)
+    assert {tuple(window) for window in drawn} == {tuple(window) for window in windows}  # every one, the last too
+    pairs = {tuple(RandomWindows(size=4, windows=2).apply(ids, generator)) for _ in range(60)}
+    assert pairs == {tuple(windows[k] + windows[k + 1]) for k in range(3)}  # consecutive, never past the end
+    assert RandomWindows(size=4, windows=5).apply(ids, generator) == ids  # fewer windows than asked: all of them
+    torch.manual_seed(1)
+    first = [RandomWindows(size=4, windows=1).apply(ids) for _ in range(5)]
+    torch.manual_seed(1)
+    assert [RandomWindows(size=4, windows=1).apply(ids) for _ in range(5)] == first  # torch's state, as on resume
+
+
+def test_a_subword_encoder_without_a_window_limit_keeps_the_whole_text(tmp_path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: 4 + i for i, w in enumerate("abcdefghij")}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    text = " ".join("abcdefghij")
+    assert SubwordEncoder(tokenizer, max_len=5, windows=1).encode(text) == [2, 4, 5, 6, 3]
+    whole = SubwordEncoder(tokenizer, max_len=5, windows=None).encode(text)
+    assert whole == [2, 4, 5, 6, 3, 2, 7, 8, 9, 3, 2, 10, 11, 12, 3, 2, 13, 3]
+
+
 @pytest.mark.parametrize(("flags", "error"), [
     (["--char-ngrams", "5-3"], SystemExit),
     (["--char-ngrams", "three"], SystemExit),
@@ -381,6 +411,7 @@ def test_augmentation_reads_a_random_window_and_drops_words_but_never_all() -> N
     (["--word-dropout", "1.0"], r"--word-dropout must be in \[0, 1\)"),
     (["--crop-words", "-1"], "--crop-words must be 0"),
     (["--windows", "2"], "--windows is for the BERT classifier"),
+    (["--random-window"], "--random-window is for the BERT classifier"),
     (["--min-plays", "0"], "--min-plays must be at least 1"),
 ])
 def test_bad_ngram_and_augmentation_values_are_refused(tmp_path, flags: list[str], error) -> None:
@@ -463,8 +494,8 @@ def test_label_smoothing_moves_that_much_of_each_target_to_every_class_alike(smo
 
     model = small_model("mlp")
     passages, targets = [[5, 6, 7], [8, 9], [10, 11, 12, 13]], [0, 2, 1]
-    args = Namespace(batch_size=3, seed=0, crop_words=0, word_dropout=0.0, label_smoothing=smoothing,
-                     class_weights="none")
+    args = Namespace(batch_size=3, seed=0, crop_words=0, word_dropout=0.0, random_window=None,
+                     label_smoothing=smoothing, class_weights="none")
     task = ClassificationTask(model, (passages, targets), (passages, targets), Splits([], [], [], ["a", "b", "c"], {}),
                               0, args, torch.device("cpu"))
     log_p = torch.log_softmax(model(pad_batch(passages, 0))[0], dim=-1)

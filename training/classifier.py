@@ -146,9 +146,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # the paper's [CLS]: its longer pretraining is unmeasured here.
     "bert": {
         "tiny": {"epochs": 1, "max_passages": 200, "batch_size": 16, "lr": 5e-4, "class_weights": "balanced",
-                 "weight_decay": 0.01, "dropout": 0.1, "windows": 2, "pooling": "mean"},
+                 "weight_decay": 0.01, "dropout": 0.1, "windows": 2, "pooling": "mean", "random_window": True},
         "quick": {"epochs": 2, "batch_size": 32, "lr": 1e-3, "class_weights": "balanced", "weight_decay": 0.01,
-                  "dropout": 0.1, "windows": 1, "pooling": "mean"},
+                  "dropout": 0.1, "windows": 1, "pooling": "mean", "random_window": True},
         "full": {"epochs": 3, "batch_size": 32, "lr": 1e-4, "class_weights": "balanced", "weight_decay": 0.01,
                  "dropout": 0.1, "windows": 1, "pooling": "cls"},
     },
@@ -215,6 +215,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", type=int, default=None,
                         help="bert: read a passage as up to this many windows of the model's positions, their "
                              "logits averaged")
+    parser.add_argument("--random-window", action=argparse.BooleanOptionalAction, default=None,
+                        help="bert, training: read --windows consecutive windows of each passage starting at one "
+                             "drawn at random, a new draw at every reading (validation and test read the first)")
     add_name_arguments(parser, "the architecture, e.g. gru")
     loop.add_arguments(parser)
 
@@ -439,6 +442,21 @@ def class_weights(targets: list[int], n_classes: int, how: str) -> torch.Tensor 
 
 
 @dataclass(frozen=True)
+class RandomWindows:
+    """BERT's training passages, encoded whole as windows of ``size`` ids (``SubwordEncoder``): ``windows``
+    consecutive ones of a passage, starting at one drawn at random each time it is read, as ``--crop-words``
+    draws the word-level networks' windows (the last window may be shorter, and is drawn like the others)."""
+
+    size: int
+    windows: int
+
+    def apply(self, ids: list[Token], generator: torch.Generator | None = None) -> list[Token]:
+        starts = max(1, math.ceil(len(ids) / self.size) - self.windows + 1)
+        first = int(torch.randint(starts, (), generator=generator)) * self.size
+        return ids[first:first + self.windows * self.size]
+
+
+@dataclass(frozen=True)
 class Augmentation:
     """What training passages lose at random, each time they are read (validation and test read them whole):
     a window of ``crop_words`` words (0: all), and each word with probability ``word_dropout``."""
@@ -467,7 +485,8 @@ class ClassificationTask:
                  args: argparse.Namespace, device: torch.device):
         self.model, self.train, self.validation, self.labels = model, train, validation, splits.labels
         self.pad_id, self.device, self.batch_size, self.seed = pad_id, device, args.batch_size, args.seed
-        self.augmentation = Augmentation(args.crop_words or 0, args.word_dropout or 0.0)
+        self.augmentation = (RandomWindows(model.config.max_position, args.windows) if args.random_window
+                             else Augmentation(args.crop_words or 0, args.word_dropout or 0.0))
         self.label_smoothing = args.label_smoothing or 0.0
         weights = class_weights(train[1], len(splits.labels), args.class_weights)
         self.weights = weights.to(device) if weights is not None else None
@@ -521,8 +540,9 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
         if args.pooling not in BERT_POOLINGS:
             raise ValueError(f"--pooling for bert is one of {', '.join(BERT_POOLINGS)}, got {args.pooling!r}")
         return args
-    if args.windows is not None:
-        raise ValueError("--windows is for the BERT classifier (--arch bert)")
+    for flag in ("windows", "random_window"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} is for the BERT classifier (--arch bert)")
     if args.char_ngrams and args.ngram_buckets < 1:
         raise ValueError(f"--ngram-buckets must be at least 1 with --char-ngrams, got {args.ngram_buckets}")
     if not args.char_ngrams:
@@ -553,10 +573,15 @@ def train(args: argparse.Namespace) -> list[Path]:
         parts = setup(args, splits)
         model = parts.model.to(run.device)
 
-        def encoded(rows: list[tuple[str, str]]) -> tuple[list[list[Token]], list[int]]:
-            return [parts.encoder.encode(text) for _, text in rows], [index[label] for label, _ in rows]
+        def encoded(rows: list[tuple[str, str]], encoder: WordEncoder | SubwordEncoder = parts.encoder
+                    ) -> tuple[list[list[Token]], list[int]]:
+            return [encoder.encode(text) for _, text in rows], [index[label] for label, _ in rows]
 
-        train_set, val_set, test_set = encoded(splits.train), encoded(splits.validation), encoded(splits.test)
+        # Training draws its windows from whole passages; validation and test read the first.
+        train_encoder = (SubwordEncoder(parts.encoder.tokenizer, parts.encoder.max_len, windows=None)
+                         if args.random_window else parts.encoder)
+        train_set = encoded(splits.train, train_encoder)
+        val_set, test_set = encoded(splits.validation), encoded(splits.test)
         log.info("%s: %d/%d/%d passages", model_id, len(train_set[0]), len(val_set[0]), len(test_set[0]))
         epoch = math.ceil(len(train_set[0]) / args.batch_size)
         steps = loop.total_steps(args, epoch)
