@@ -392,7 +392,7 @@ def test_bert_training_reads_whole_windows_of_a_passage_drawn_anywhere_in_it() -
     assert [RandomWindows(size=4, windows=1).apply(ids) for _ in range(5)] == first  # torch's state, as on resume
 
 
-def test_a_subword_encoder_without_a_window_limit_keeps_the_whole_text(tmp_path) -> None:
+def test_a_subword_encoder_without_a_window_limit_keeps_the_whole_text() -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: 4 + i for i, w in enumerate("abcdefghij")}}

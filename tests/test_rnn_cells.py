@@ -87,7 +87,8 @@ def test_irnn_starts_from_the_identity_and_carries_its_state() -> None:
     assert not torch.equal(fused_layer("rnn", 3, 4, 1, 0.0).weight_hh_l0, torch.eye(4))  # tanh keeps torch's
     cell = cells_of(layer)[0]
     with torch.no_grad():
-        cell.W.zero_(), cell.b_W.zero_(), cell.b_U.zero_()
+        for parameter in (cell.W, cell.b_W, cell.b_U):
+            parameter.zero_()
     h = torch.rand(2, 4)  # non-negative, as a ReLU state is: a step with no input returns it unchanged
     torch.testing.assert_close(cell(torch.randn(2, 3), h), h)
 
@@ -100,14 +101,14 @@ def test_a_nonlinearity_the_cell_lacks_is_refused(cell: str, nonlinearity: str) 
         fused_layer(cell, 3, 4, 1, 0.0, nonlinearity=nonlinearity)
 
 
-def test_the_irnn_classifier_reads_padding_as_the_tanh_one_does() -> None:
+def test_padding_after_a_passage_changes_nothing_for_the_irnn_classifier() -> None:
     torch.manual_seed(0)
     model = RNNClassifier(RNNClassifierConfig(vocab_size=20, num_classes=3, cell="rnn", embed_dim=6,
                                               hidden_size=5, nonlinearity="relu")).eval()
     assert model.rnn.nonlinearity == "relu"
     ids = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])
     logits, _ = model(ids)
-    torch.testing.assert_close(logits[0], model(ids[:1, :3])[0][0])  # padding after a passage changes nothing
+    torch.testing.assert_close(logits[0], model(ids[:1, :3])[0][0])
 
 
 def test_lstm_forget_gate_closed_and_input_gate_open_overwrites_the_memory() -> None:
