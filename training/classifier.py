@@ -222,7 +222,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "logits averaged")
     parser.add_argument("--random-window", action=argparse.BooleanOptionalAction, default=None,
                         help="bert, training: read --windows consecutive windows of each passage starting at one "
-                             "drawn at random, a new draw at every reading (validation and test read the first)")
+                             "drawn at random, a new draw at every reading (validation and test read the first "
+                             "--windows)")
     add_name_arguments(parser, "the architecture, e.g. gru")
     loop.add_arguments(parser)
 
