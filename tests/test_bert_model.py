@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
+import types
 from pathlib import Path
 
 import pytest
@@ -375,6 +377,23 @@ def test_the_last_share_of_the_steps_packs_to_the_full_length():
     assert lengths[6:] == [32, 32] and all(16 < n <= 32 for n in lengths[2:6:3])
     assert [n for i, n in enumerate(lengths[:6]) if i % 3 != 2] == [16] * 4
 
+
+
+def test_a_run_on_the_clock_packs_to_the_full_length_once_its_final_share_of_the_seconds_is_spent():
+    spent = iter([0.0, 0.3, 0.6, 0.85, 0.9, 0.95])  # the run's share of --max-seconds at each step
+    run = types.SimpleNamespace(budget_spent=0.0)
+    final = trainer.final_phase(run, argparse.Namespace(long_share=0.1))
+
+    def clocked() -> bool:
+        run.budget_spent = next(spent)
+        return final()
+
+    lengths = [16] * 8 + [32] * 2  # the steps' plan: its final phase would start at step 8
+    batches = list(itertools.islice(pair_batches(_documents() * 3, lengths, 4, random.Random(0), clocked), 6))
+    assert [n for n, _ in batches] == [16, 16, 16, 16, 32, 32]  # the clock's 90% came first
+    assert all(len(p.a) + len(p.b) + 3 <= 32 for _, pairs in batches[4:] for p in pairs)
+    run.budget_spent = 0.99  # without a final phase the clock changes nothing
+    assert not trainer.final_phase(run, argparse.Namespace(long_share=0.0))()
 
 def test_the_mlm_bias_starts_from_the_smoothed_log_frequency_of_each_piece():
     documents = [[[5, 5, 6], [5]], [[7, 5]]]  # piece 5 four times, 6 and 7 once, of a vocabulary of 9

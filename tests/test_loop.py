@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from models.catalog import default_recipes
+from models.catalog import CATALOG, default_recipes
 from models.checkpoint import load_checkpoint
 from training import gpt
-from training.cli import build_parser, default_fingerprints, family_module, main
-from training.loop import Schedule, state_dir, total_steps
+from training.cli import build_parser, default_arguments, default_fingerprints, family_module, main
+from training.loop import Batch, Run, Schedule, Settings, state_dir, total_steps
 from training.recipe import recipe
 
 from .conftest import interrupted_after_saving, run_training
@@ -69,6 +71,47 @@ def test_a_gpt_run_given_max_seconds_trains_until_the_clock_runs_out_and_decays_
     lr = json.loads((state_dir(tmp_path, "gpt-clock") / "history.json").read_text())["lr"]
     assert max(lr) == pytest.approx(1e-2) and lr[-1] < 1.5e-3  # the cosine reached its floor when time ran out
 
+
+
+def test_a_task_reads_the_share_of_its_seconds_that_the_run_has_spent(tmp_path: Path):
+    args = parse("lm", "--cell", "rnn", "--profile", "tiny", "--out", str(tmp_path), "--max-seconds", "0.3",
+                 "--eval-interval", "0")
+    spent: list[float] = []
+
+    class Clocked:
+        model = torch.nn.Linear(1, 1)
+
+        def batches(self) -> Iterator[Batch]:
+            while True:
+                spent.append(run.budget_spent)
+                time.sleep(0.02)
+                yield Batch(torch.ones(1, 1), 1, 1)
+
+        def loss(self, model: torch.nn.Module, data: torch.Tensor, rows: list[int]) -> torch.Tensor:
+            return model(data[rows]).sum()
+
+        def validate(self, model: torch.nn.Module) -> dict[str, float]:
+            return {}
+
+    with Run(args, "lm-clocked") as run:
+        run.fit(Clocked(), Settings(None, Schedule(1e-3)), rebuild={})
+    assert spent[0] == 0.0 and spent == sorted(spent) and 0.5 < spent[-1] < 1.0  # each step's, before it trains
+
+
+def test_the_quick_profiles_stop_on_the_clock_so_that_make_serve_trains_in_under_fifteen_minutes():
+    """On the machine the profiles were measured on, their steps or epochs end each run (their seconds are
+    about 1.2x what those take there); on a slower one the seconds do, so that the default training keeps
+    within make serve's 15 minutes on 2 cores: the runs' budgets, the side-by-side ones counted once,
+    leave two minutes for word2vec, the tokenizers and the final evaluations."""
+    parser = build_parser()
+    budgets: dict[str, float] = {}
+    for entry in (e for e in CATALOG if e.default and e.family != "word2vec"):  # word2vec: seconds of epochs
+        seconds = default_arguments(parser, entry, "quick", Path("checkpoints")).max_seconds
+        assert seconds > 0, f"{entry.id}: the quick profile has no --max-seconds"
+        together = getattr(family_module(entry.family), "ONE_THREAD", False)  # one process per core
+        key = entry.family if together else entry.id
+        budgets[key] = max(budgets.get(key, 0.0), seconds)
+    assert sum(budgets.values()) <= 13 * 60, budgets
 
 def test_a_recipe_is_what_a_run_learns_not_where_or_how_fast_it_runs(tmp_path: Path):
     base = recipe(parse("lm", "--cell", "gru", "--profile", "tiny", "--out", str(tmp_path / "a")))

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,10 +89,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     # profile's 0.205 (0.140, 0.708) in 238 s. Learning rates 7e-4 and 2e-3, Adam's beta2 0.98, decaying over
     # the last 50%, whole-word masking, 3 layers with a feed-forward of 256, and [MASK] for every selected token
     # did worse.
+    # The steps end the run on the AVX-512 machine (about 165 s); on a slower one the clock does (make serve's
+    # budget, see the README's Training), its final phase and decay following the clock.
     "quick": {"epochs": 6, "max_steps": 3500, "vocab_size": 8000, "max_position": 64, "short_position": 32,
               "long_every": 10, "long_share": 0.1, "dim": 128, "n_layers": 2, "n_heads": 4, "ffn_dim": 256,
               "norm": "pre", "dropout": 0.0, "batch_size": 32, "lr": 1e-3, "decay": 0.1, "eval_pairs": None,
-              "mask_probability": 0.3},
+              "mask_probability": 0.3, "max_seconds": 190.0},
     # A GPU run.
     "full": {"epochs": 40, "vocab_size": 8000, "max_position": 128, "short_position": 64,
              "dim": 256, "n_layers": 6, "n_heads": 8, "ffn_dim": 1024, "dropout": 0.1, "batch_size": 128,
@@ -449,9 +451,12 @@ def sampled_batches(
 
 
 def pair_batches(
-    documents: list[list[list[int]]], lengths: Sequence[int], batch_size: int, rng: random.Random
+    documents: list[list[list[int]]], lengths: Sequence[int], batch_size: int, rng: random.Random,
+    final_phase: Callable[[], bool] = lambda: False,
 ) -> Iterator[tuple[int, list[Pair]]]:
-    """(packing length, pairs) for each step, following the per-step ``lengths``.
+    """(packing length, pairs) for each step, following the per-step ``lengths``; once ``final_phase()``
+    says so (a run on the clock that has reached its final phase before its steps do), every later step
+    packs to the longest of them.
 
     Short pairs make most steps cheap (attention is quadratic, and a short context teaches a small
     model to read neighbouring words sooner); the longer steps, spread over the whole run rather than
@@ -471,7 +476,9 @@ def pair_batches(
         return (length_batches if whole else sampled_batches)(documents, length, batch_size, rng)
 
     streams = {n: stream(n) for n in sorted(steps)}
+    longest = max(lengths)
     for length in lengths:
+        length = longest if final_phase() else length
         yield length, next(streams[length])
 
 
@@ -483,7 +490,8 @@ def step_lengths(documents: list[list[list[int]]], args: argparse.Namespace) -> 
     """Each step's packing length: ``--epochs`` passes over the text at ``--short-position`` (capped by
     ``--max-steps``), except every ``--long-every``-th step, packed to a length drawn uniformly from
     above the short one up to ``--max-position``, so inputs of every length are seen, and the last
-    ``--long-share`` of the steps, packed to ``--max-position`` (BERT's final phase at 512 tokens)."""
+    ``--long-share`` of the steps, packed to ``--max-position`` (BERT's final phase at 512 tokens); on a
+    budget of seconds that phase starts at that share of the budget if it comes first (``final_phase``)."""
     short = short_position(args)
     per_epoch = math.ceil(len(make_pairs(documents, short, random.Random(args.seed))) / args.batch_size)
     total = loop.total_steps(args, per_epoch)
@@ -523,22 +531,30 @@ def schedule(args: argparse.Namespace, total_steps: int) -> loop.Schedule:
     return loop.Schedule(args.lr, 0.0, warmup, "linear", min(1.0, max(0.0, hold)))
 
 
+def final_phase(run: loop.Run, args: argparse.Namespace) -> Callable[[], bool]:
+    """Whether the run has spent the share of its ``--max-seconds`` before the final ``--long-share``: on a
+    machine slower than the profile's steps assume, the clock ends the run before its steps do, and the
+    final phase at ``--max-position`` (where next-sentence prediction on full-length pairs is learnt)
+    must still come. Every process reads rank 0's clock, so all pack alike."""
+    return lambda: args.long_share > 0 and run.budget_spent >= 1 - args.long_share
+
+
 class PretrainingTask:
     """MLM + NSP on sentence pairs packed to each step's length, masked as BERT does; every process draws
     and masks the same global batch (pairs and masks come from the seed) and trains on its rows."""
 
     def __init__(self, model: BertForPreTraining, tokenizer: Tokenizer, train: list[list[list[int]]],
                  validation: list[list[list[int]]], lengths: list[int], args: argparse.Namespace,
-                 device: torch.device):
+                 device: torch.device, final: Callable[[], bool] = lambda: False):
         self.model, self.tokenizer, self.train, self.validation = model, tokenizer, train, validation
-        self.lengths, self.device, self.ids = lengths, device, SpecialIds.of(tokenizer)
+        self.lengths, self.final, self.device, self.ids = lengths, final, device, SpecialIds.of(tokenizer)
         self.batch_size, self.seed, self.eval_pairs = args.batch_size, args.seed, args.eval_pairs
         self.mask_probability, self.mask_split = args.mask_probability, tuple(args.mask_split)
         self.continuation = continuation_pieces(tokenizer) if args.whole_word else None
 
     def batches(self) -> Iterator[loop.Batch[dict[str, torch.Tensor]]]:
         masks = torch.Generator().manual_seed(self.seed)
-        for _, pairs in pair_batches(self.train, self.lengths, self.batch_size, random.Random(self.seed)):
+        for _, pairs in pair_batches(self.train, self.lengths, self.batch_size, random.Random(self.seed), self.final):
             batch = collate(pairs, self.ids, masks, self.mask_probability, self.mask_split, self.continuation)
             yield loop.Batch(batch, len(pairs), int(batch["attention_mask"].sum()))
 
@@ -646,7 +662,8 @@ def train(args: argparse.Namespace) -> list[Path]:
         lengths = step_lengths(train_encoded, args)
         log.info("bert: %d training lines, %d steps (%d of them long)", sum(len(d) for d in train_encoded),
                  len(lengths), sum(n != short_position(args) for n in lengths))
-        task = PretrainingTask(model, tokenizer, train_encoded, val_encoded, lengths, args, run.device)
+        task = PretrainingTask(model, tokenizer, train_encoded, val_encoded, lengths, args, run.device,
+                               final_phase(run, args))
         settings = loop.Settings(len(lengths), schedule(args, len(lengths)), betas=tuple(args.betas), eps=1e-6)
         trained = run.fit(task, settings,
                           rebuild={"model_config": config.to_dict(), "tokenizer": tokenizer.to_str()})

@@ -322,6 +322,9 @@ class Run:
         self.dist: Distributed
         self.state: dict[str, Any] | None = None
         self.precision = "fp32"
+        # The share of --max-seconds spent (0 without a budget): the learning rate follows it, and a task whose
+        # data has phases (BERT's final one at its longest inputs) may follow it too.
+        self.budget_spent = 0.0
 
     def __enter__(self) -> Run:
         self.dist = setup(self.args.device)
@@ -402,10 +405,11 @@ class Run:
         stop = (limit is not None and run.step >= limit) or (settings.selection is not None
                                                              and self._patience_spent(run, settings))
         while not stop:
+            self.budget_spent = elapsed / budget if budget else 0.0
             batch = next(batches, None)
             if batch is None:
                 break
-            lr = settings.schedule.rate(run.step, settings.max_steps, elapsed / budget if budget else 0.0)
+            lr = settings.schedule.rate(run.step, settings.max_steps, self.budget_spent)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = self._step(forward, task, batch, optimizer)
