@@ -89,7 +89,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # profile's 0.205 (0.140, 0.708) in 238 s. Learning rates 7e-4 and 2e-3, Adam's beta2 0.98, decaying over
     # the last 50%, whole-word masking, 3 layers with a feed-forward of 256, and [MASK] for every selected token
     # did worse.
-    # The steps end the run on the AVX-512 machine (about 165 s); on a slower one the clock does (make serve's
+    # The steps end the run on the AVX-512 machine (170 s of training); on a slower one the clock does (make serve's
     # budget, see the README's Training), its final phase and decay following the clock.
     "quick": {"epochs": 6, "max_steps": 3500, "vocab_size": 8000, "max_position": 64, "short_position": 32,
               "long_every": 10, "long_share": 0.1, "dim": 128, "n_layers": 2, "n_heads": 4, "ffn_dim": 256,

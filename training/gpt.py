@@ -43,8 +43,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              "eval_interval": 0, "train_chars": 400_000, "val_chars": 100_000, "max_seconds": 30.0},
     # make serve: a 512-token context. Measured under 180 s: 192 wide beats 128 (2.70 against 2.77 bits/char)
     # at the same speed, 256 is too slow (2.83), and batch 4 beats 8 (2.65 against 2.70): at this budget
-    # optimizer steps matter more than batch size. The 400 steps end the run on the AVX-512 machine (about
-    # 87 s); on a slower one the 100 s do (make serve's budget, see the README's Training).
+    # optimizer steps matter more than batch size. The 400 steps end the run on the AVX-512 machine (97 s with
+    # the evaluations); on a slower one the 100 s do (make serve's budget, see the README's Training).
     "quick": {"tokenizer": "bpe", "vocab_size": 2048, "n_layer": 4, "n_head": 6, "n_embd": 192, "block_size": 512,
               "batch_size": 4, "max_steps": 400, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 30,
               "eval_interval": 100, "eval_batches": 4, "max_seconds": 100.0},

@@ -44,8 +44,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {**_MODEL, "hidden_size": 64, "block_size": 64, "batch_size": 16, "max_steps": 40, "lr": 1e-2,
              "min_lr": 1e-3, "warmup_steps": 4, "eval_interval": 20, "train_chars": 200_000, "val_chars": 20_000,
              "max_seconds": 20.0},
-    # make serve: the 250 steps end each run on the AVX-512 machine (the GRU's slowest, about 40 s); on a slower
-    # one the 50 s do (make serve's budget, see the README's Training)
+    # make serve: the 250 steps end each run on the AVX-512 machine (the GRU's slowest, about 35 s: 427 steps in
+    # the leaderboard's 60 s); on a slower one the 50 s do (make serve's budget, see the README's Training)
     "quick": {**_MODEL, "hidden_size": 256, "max_steps": 250, "lr": 5e-3, "min_lr": 5e-4, "warmup_steps": 20,
               "eval_interval": 50, "max_seconds": 50.0},
     # one GPU
