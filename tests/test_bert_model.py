@@ -378,7 +378,6 @@ def test_the_last_share_of_the_steps_packs_to_the_full_length():
     assert [n for i, n in enumerate(lengths[:6]) if i % 3 != 2] == [16] * 4
 
 
-
 def test_a_run_on_the_clock_packs_to_the_full_length_once_its_final_share_of_the_seconds_is_spent():
     spent = iter([0.0, 0.3, 0.6, 0.85, 0.9, 0.95])  # the run's share of --max-seconds at each step
     run = types.SimpleNamespace(budget_spent=0.0)
@@ -394,6 +393,7 @@ def test_a_run_on_the_clock_packs_to_the_full_length_once_its_final_share_of_the
     assert all(len(p.a) + len(p.b) + 3 <= 32 for _, pairs in batches[4:] for p in pairs)
     run.budget_spent = 0.99  # without a final phase the clock changes nothing
     assert not trainer.final_phase(run, argparse.Namespace(long_share=0.0))()
+
 
 def test_the_mlm_bias_starts_from_the_smoothed_log_frequency_of_each_piece():
     documents = [[[5, 5, 6], [5]], [[7, 5]]]  # piece 5 four times, 6 and 7 once, of a vocabulary of 9
