@@ -452,9 +452,9 @@ def sampled_batches(
 
 def pair_batches(
     documents: list[list[list[int]]], lengths: Sequence[int], batch_size: int, rng: random.Random,
-    final_phase: Callable[[], bool] = lambda: False,
+    final: Callable[[], bool] = lambda: False,
 ) -> Iterator[tuple[int, list[Pair]]]:
-    """(packing length, pairs) for each step, following the per-step ``lengths``; once ``final_phase()``
+    """(packing length, pairs) for each step, following the per-step ``lengths``; once ``final()``
     says so (a run on the clock that has reached its final phase before its steps do), every later step
     packs to the longest of them.
 
@@ -478,7 +478,7 @@ def pair_batches(
     streams = {n: stream(n) for n in sorted(steps)}
     longest = max(lengths)
     for length in lengths:
-        length = longest if final_phase() else length
+        length = longest if final() else length
         yield length, next(streams[length])
 
 
