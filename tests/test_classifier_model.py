@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 from pathlib import Path
 
@@ -411,6 +412,7 @@ def test_a_subword_encoder_without_a_window_limit_keeps_the_whole_text() -> None
     (["--word-dropout", "1.0"], r"--word-dropout must be in \[0, 1\)"),
     (["--crop-words", "-1"], "--crop-words must be 0"),
     (["--windows", "2"], "--windows is for the BERT classifier"),
+    (["--train-windows", "2"], "--train-windows is for the BERT classifier"),
     (["--random-window"], "--random-window is for the BERT classifier"),
     (["--min-plays", "0"], "--min-plays must be at least 1"),
 ])
@@ -445,12 +447,31 @@ def test_a_labeled_file_has_no_plays_to_count(tmp_path) -> None:
     assert resolve_arguments(build_parser().parse_args(command)).min_plays == 1  # whatever the profile says
 
 
-def test_bert_reads_at_least_one_window(tmp_path) -> None:
+@pytest.mark.parametrize("flag", ["--windows", "--train-windows"])
+def test_bert_reads_at_least_one_window(tmp_path, flag: str) -> None:
     from training.classifier import resolve_arguments
 
-    with pytest.raises(ValueError, match="--windows must be at least 1, got 0"):
+    with pytest.raises(ValueError, match=f"{flag} must be at least 1, got 0"):
         resolve_arguments(build_parser().parse_args(
-            ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--windows", "0"]))
+            ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), flag, "0"]))
+
+
+def test_bert_trains_on_train_windows_and_reads_windows(tmp_path) -> None:
+    from models.bert import BertConfig, BertForSequenceClassification
+    from training.classifier import ClassificationTask, RandomWindows, Splits, resolve_arguments
+
+    def resolved(*flags: str) -> argparse.Namespace:
+        return resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "bert", "--profile", "full", "--out", str(tmp_path), *flags]))
+
+    assert (resolved("--windows", "3").train_windows, resolved("--windows", "3", "--train-windows", "2").train_windows
+            ) == (3, 2)  # --windows unless given
+    args = resolved("--windows", "4", "--train-windows", "2", "--random-window")
+    model = BertForSequenceClassification(BertConfig(vocab_size=16, max_position=8, dim=8, n_layers=1, n_heads=2,
+                                                     ffn_dim=16), num_labels=2)
+    rows = ([[1, 2, 3]], [0])
+    task = ClassificationTask(model, rows, rows, Splits([], [], [], ["a", "b"], {}), 0, args, torch.device("cpu"))
+    assert task.augmentation == RandomWindows(size=8, windows=2)
 
 
 def test_a_classifier_with_char_ngrams_keeps_its_best_epoch_and_loads_to_the_same_scores(tmp_path) -> None:
