@@ -456,7 +456,7 @@ def test_bert_reads_at_least_one_window(tmp_path, flag: str) -> None:
             ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), flag, "0"]))
 
 
-def test_bert_trains_on_train_windows_and_reads_windows(tmp_path) -> None:
+def test_bert_draws_train_windows_of_a_training_passage_and_they_default_to_windows(tmp_path) -> None:
     from models.bert import BertConfig, BertForSequenceClassification
     from training.classifier import ClassificationTask, RandomWindows, Splits, resolve_arguments
 
