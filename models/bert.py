@@ -202,6 +202,21 @@ def init_weights(module: nn.Module) -> None:
         table.copy_(sinusoids(*table.shape) * EMBEDDING_STD * 2**0.5)
 
 
+@dataclass
+class MLMCandidates:
+    """Sampled softmax (Jean et al., 2015), a training-time shortcut: the decoder scores only these token
+    ids (sorted, every target among them) rather than the whole vocabulary. Each logit is lowered by the log
+    of the probability that its token is a candidate, so that a rare token, seldom among them, is pushed
+    down as often in expectation as the full softmax pushes it."""
+
+    ids: torch.Tensor  # (C,) sorted token ids
+    log_inclusion: torch.Tensor  # (C,) log P(the id is drawn among the candidates)
+
+    def index_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each token's column among the candidates' logits."""
+        return torch.searchsorted(self.ids, tokens)
+
+
 class MaskedLMHead(nn.Module):
     """Predicts the original token at a position: dense + GELU + LN, then a decoder onto the vocabulary."""
 
@@ -211,11 +226,16 @@ class MaskedLMHead(nn.Module):
         self.norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(self, h: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, token_embedding: torch.Tensor, candidates: MLMCandidates | None = None
+                ) -> torch.Tensor:
         # Weight tying: the decoder is the input embedding matrix, so a token is read and written with the
         # same vector (fewer parameters, better small-data MLM), as in BERT. Passing it in, rather than
         # registering it twice, keeps one copy in the state dict and an honest parameter count.
-        return F.linear(self.norm(F.gelu(self.transform(h))), token_embedding, self.bias)
+        features = self.norm(F.gelu(self.transform(h)))
+        if candidates is None:
+            return F.linear(features, token_embedding, self.bias)
+        ids = candidates.ids
+        return F.linear(features, token_embedding[ids], self.bias[ids]) - candidates.log_inclusion
 
 
 class BertForPreTraining(nn.Module):
@@ -236,14 +256,16 @@ class BertForPreTraining(nn.Module):
         attention_mask: torch.Tensor | None = None,
         mlm_labels: torch.Tensor | None = None,
         nsp_labels: torch.Tensor | None = None,
+        mlm_candidates: MLMCandidates | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Returns ``(mlm_logits, nsp_logits (B, 2), loss)``.
 
         Without ``mlm_labels`` the MLM logits cover every position, (B, T, vocab). With them (original
         token at selected positions, ``IGNORE`` elsewhere) the head runs on the selected positions only,
         (N_selected, vocab) in row-major order: the other ~85% would cost a vocabulary-sized matmul each
-        just to be ignored. ``loss`` = MLM cross-entropy + NSP cross-entropy (either when its labels are
-        given), else None.
+        just to be ignored. With ``mlm_candidates`` too, the vocabulary axis is the candidates' (sampled
+        softmax, for training). ``loss`` = MLM cross-entropy + NSP cross-entropy (either when its labels
+        are given), else None.
         """
         hidden, pooled = self.bert(input_ids, segment_ids, attention_mask)
         nsp_logits = self.nsp(pooled)
@@ -253,8 +275,11 @@ class BertForPreTraining(nn.Module):
             mlm_logits = self.mlm(hidden, embedding)
         else:
             selected = mlm_labels != IGNORE
-            mlm_logits = self.mlm(hidden[selected], embedding)
-            loss = F.cross_entropy(mlm_logits.float(), mlm_labels[selected])
+            mlm_logits = self.mlm(hidden[selected], embedding, mlm_candidates)
+            targets = mlm_labels[selected]
+            if mlm_candidates is not None:
+                targets = mlm_candidates.index_of(targets)
+            loss = F.cross_entropy(mlm_logits.float(), targets)
         if nsp_labels is not None:
             nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels)
             loss = nsp_loss if loss is None else loss + nsp_loss

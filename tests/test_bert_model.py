@@ -23,6 +23,7 @@ from models.bert import (
     BertConfig,
     BertForPreTraining,
     BertForSequenceClassification,
+    MLMCandidates,
     load,
     load_tokenizer,
 )
@@ -40,6 +41,7 @@ from training.bert import (
     make_pairs,
     mask_tokens,
     pair_batches,
+    sample_candidates,
     sampled_pairs,
     schedule,
     share_of_loss,
@@ -239,10 +241,10 @@ def test_training_replaces_its_selected_tokens_as_the_mask_split_says(tokenizer)
                  for i in range(0, len(LINES), 16)]
     config = BertConfig(vocab_size=ids.vocab_size, max_position=32, dim=32, n_layers=1, n_heads=2, ffn_dim=64)
     args = argparse.Namespace(batch_size=8, seed=0, eval_pairs=None, mask_probability=0.4, mask_split=(1.0, 0.0),
-                              whole_word=False)
+                              whole_word=False, sampled_softmax=0)
     task = trainer.PretrainingTask(BertForPreTraining(config), tokenizer, documents, documents, [32] * 3, args,
                                    torch.device("cpu"))
-    batch = next(task.batches()).data
+    batch = next(task.batches()).data.rows
     selected = batch["mlm_labels"] != IGNORE
     assert selected.any() and (batch["input_ids"][selected] == ids.mask).all()
     assert (batch["input_ids"] == ids.mask).sum() == selected.sum()
@@ -255,14 +257,14 @@ def test_training_masks_at_its_own_rate_and_the_evaluation_at_fifteen_percent(to
     config = BertConfig(vocab_size=ids.vocab_size, max_position=32, dim=32, n_layers=1, n_heads=2, ffn_dim=64)
     model = BertForPreTraining(config)
     args = argparse.Namespace(batch_size=8, seed=0, eval_pairs=None, mask_probability=0.4, mask_split=(0.8, 0.1),
-                              whole_word=False)
+                              whole_word=False, sampled_softmax=0)
     task = trainer.PretrainingTask(model, tokenizer, documents, documents, [32] * 3, args, torch.device("cpu"))
 
     def rounded(batch: dict[str, torch.Tensor], rate: float) -> torch.Tensor:
         maskable = batch["attention_mask"] & (batch["input_ids"] != ids.cls) & (batch["input_ids"] != ids.sep)
         return (maskable.sum(dim=1) * rate).round()
 
-    batch = next(task.batches()).data  # masking replaces no [CLS] or [SEP] and draws none
+    batch = next(task.batches()).data.rows  # masking replaces no [CLS] or [SEP] and draws none
     assert ((batch["mlm_labels"] != IGNORE).sum(dim=1) == rounded(batch, 0.4)).all()
     pairs = make_pairs(documents, config.max_position, random.Random(trainer.EVAL_SEED))
     evaluation = collate(pairs, ids, torch.Generator())
@@ -349,6 +351,68 @@ def test_shares_of_the_loss_add_up_to_the_batch_loss_however_the_rows_are_split(
                 seen += rows if weight else []
         assert sorted(seen) == list(range(5))
         assert total == pytest.approx(whole.item(), abs=1e-5)
+
+
+
+def test_the_sampled_softmax_over_every_id_is_the_full_softmax():
+    model = small_model()
+    pairs = make_pairs([[[5 + (7 * d + i) % 45 for i in range(j, j + 3)] for j in range(9)] for d in range(4)],
+                       max_position=16, rng=random.Random(0))[:5]
+    batch = collate(pairs, SpecialIds(pad=0, cls=2, sep=3, mask=4, n_special=5, vocab_size=50),
+                    torch.Generator().manual_seed(0))
+    full_logits, _, full = model(**batch)
+    every_id = MLMCandidates(torch.arange(50), torch.zeros(50))
+    sampled_logits, _, sampled = model(**batch, mlm_candidates=every_id)
+    torch.testing.assert_close(sampled_logits, full_logits)
+    assert sampled.item() == pytest.approx(full.item(), abs=1e-6)
+    # Fewer candidates: each row's logits are the full row's at those ids, less their log inclusion.
+    some = MLMCandidates(torch.tensor([5, 9, 17, 30, 44]), torch.tensor([0.0, -0.5, -1.0, -2.0, -0.1]))
+    selected = batch["mlm_labels"] != IGNORE
+    labels = torch.where(selected, torch.tensor(17), batch["mlm_labels"])  # a target among the candidates
+    logits, _, loss = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"], labels,
+                            mlm_candidates=some)
+    torch.testing.assert_close(logits, full_logits[:, some.ids] - some.log_inclusion)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.full((len(logits),), 2)).item(), abs=1e-5)
+
+
+def test_sampled_candidates_hold_the_targets_and_each_ids_true_log_probability_of_being_drawn():
+    unigram = torch.tensor([0.0] * 5 + [0.4, 0.2, 0.1] + [0.3 / 12] * 12)  # 5 special ids, 15 pieces
+    formula = 1 - (1 - unigram[5:]) ** 6 * (1 - 1 / 15) ** 4  # missed by 6 targets and by 4 uniform draws
+    generator, draws = torch.Generator().manual_seed(0), 4000
+    seen = torch.zeros(len(unigram))
+    for _ in range(draws):
+        targets = torch.multinomial(unigram, 6, replacement=True, generator=generator)
+        candidates = sample_candidates(targets, unigram, 4, n_special=5, generator=generator)
+        assert torch.equal(candidates.ids, candidates.ids.unique())  # sorted, once each
+        assert set(targets.tolist()) <= set(candidates.ids.tolist()) and candidates.ids.min() >= 5
+        torch.testing.assert_close(candidates.log_inclusion.exp(), formula[candidates.ids - 5])
+        seen[candidates.ids] += 1
+    # How often each piece was drawn, against the formula (two standard errors of 4,000 draws: at most 0.016).
+    torch.testing.assert_close(seen[5:] / draws, formula, atol=0.02, rtol=0)
+
+
+def test_the_sampled_softmax_flag_reaches_the_training_batches(tmp_path, monkeypatch):
+    tasks = []
+    real_fit = trainer.loop.Run.fit
+
+    def fit(run, task, settings, **kwargs):
+        tasks.append(task)
+        return real_fit(run, task, settings, **kwargs)
+
+    monkeypatch.setattr(trainer.loop.Run, "fit", fit)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
+    trainer.train(build_parser().parse_args([
+        "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "ckpt"), "--max-steps", "2",
+        "--vocab-size", "200", "--device", "cpu", "--eval-pairs", "16", "--sampled-softmax", "16", "--force"]))
+    batch = next(tasks[0].batches()).data
+    targets = batch.rows["mlm_labels"][batch.rows["mlm_labels"] != IGNORE]
+    assert set(targets.tolist()) <= set(batch.candidates.ids.tolist())
+    assert len(batch.candidates.ids) <= targets.unique().numel() + 16
+    assert torch.all(batch.candidates.log_inclusion <= 0)
+    # The evaluation scores the whole vocabulary all the same.
+    metrics = json.loads((tmp_path / "ckpt" / "bert" / "metrics.json").read_text())
+    assert metrics["masked_tokens"] > 0 and 0 <= metrics["mlm_top1"] <= 1
 
 
 def test_schedule_warms_up_holds_then_decays_to_zero():
