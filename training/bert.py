@@ -93,8 +93,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Then a sampled softmax (2026-11-30, the 2-core AVX2 machine, 190 s on two threads, seeds 0 / 1, the README's
     # table): the decoder scores the batch's targets and 128 random ids rather than 8,000, so the same seconds make
     # 1.4x the steps: MLM top-1 0.179 / 0.194 -> 0.209 / 0.209 (words 0.112 / 0.131 -> 0.145 / 0.146); 512 random
-    # ids 0.202 / 0.208, 2,048 0.195. The clock ends the run (max_steps only bounds a fast machine's), its final
-    # phase and decay following it.
+    # ids 0.202 / 0.208, 2,048 0.195, 32 0.207 / 0.210; with 128, three layers 0.198 / 0.201. The clock ends the
+    # run (max_steps only bounds a fast machine's), its final phase and decay following it.
     "quick": {"epochs": 6, "max_steps": 8000, "vocab_size": 8000, "max_position": 64, "short_position": 32,
               "long_every": 10, "long_share": 0.1, "dim": 128, "n_layers": 2, "n_heads": 4, "ffn_dim": 256,
               "norm": "pre", "dropout": 0.0, "batch_size": 32, "lr": 1e-3, "decay": 0.1, "eval_pairs": None,
