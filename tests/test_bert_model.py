@@ -332,13 +332,21 @@ def test_collate_builds_cls_a_sep_b_sep_with_segments_and_padding():
     assert not labelled[:, 0].any() and not labelled[0, 3].any() and not labelled[1, 5].any()
 
 
-def test_shares_of_the_loss_add_up_to_the_batch_loss_however_the_rows_are_split():
-    model = small_model()
+def five_pairs() -> dict[str, torch.Tensor]:
+    """A masked batch of five pairs for ``small_model``'s vocabulary of 50."""
     pairs = make_pairs([[[5 + (7 * d + i) % 45 for i in range(j, j + 3)] for j in range(9)] for d in range(4)],
                        max_position=16, rng=random.Random(0))[:5]
-    batch = collate(pairs, SpecialIds(pad=0, cls=2, sep=3, mask=4, n_special=5, vocab_size=50),
-                    torch.Generator().manual_seed(0))
-    _, _, whole = model(**batch)
+    return collate(pairs, SpecialIds(pad=0, cls=2, sep=3, mask=4, n_special=5, vocab_size=50),
+                   torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_shares_of_the_loss_add_up_to_the_batch_loss_however_the_rows_are_split(sampled: bool):
+    model, batch = small_model(), five_pairs()
+    targets = batch["mlm_labels"][batch["mlm_labels"] != IGNORE]
+    candidates = sample_candidates(targets, torch.full((50,), 1 / 45), 8, 5, torch.Generator().manual_seed(0)) \
+        if sampled else None
+    _, _, whole = model(**batch, mlm_candidates=candidates)
     n_masked = int((batch["mlm_labels"] != IGNORE).sum())
     for world_size in (1, 2, 7):  # 7 processes for 5 rows: two of them train row 0 with weight 0
         total, seen = 0.0, []
@@ -346,20 +354,15 @@ def test_shares_of_the_loss_add_up_to_the_batch_loss_however_the_rows_are_split(
             for rows, weight in Distributed(rank, world_size, 0, torch.device("cpu")).micro_batches(5, 2):
                 piece = {k: v[torch.tensor(rows)] for k, v in batch.items()}
                 mlm, nsp, _ = model(piece["input_ids"], piece["segment_ids"], piece["attention_mask"],
-                                    piece["mlm_labels"])
-                total += weight * share_of_loss(mlm, nsp, piece, n_masked, len(pairs)).item()
+                                    piece["mlm_labels"], mlm_candidates=candidates)
+                total += weight * share_of_loss(mlm, nsp, piece, n_masked, 5, candidates).item()
                 seen += rows if weight else []
         assert sorted(seen) == list(range(5))
         assert total == pytest.approx(whole.item(), abs=1e-5)
 
 
-
 def test_the_sampled_softmax_over_every_id_is_the_full_softmax():
-    model = small_model()
-    pairs = make_pairs([[[5 + (7 * d + i) % 45 for i in range(j, j + 3)] for j in range(9)] for d in range(4)],
-                       max_position=16, rng=random.Random(0))[:5]
-    batch = collate(pairs, SpecialIds(pad=0, cls=2, sep=3, mask=4, n_special=5, vocab_size=50),
-                    torch.Generator().manual_seed(0))
+    model, batch = small_model(), five_pairs()
     full_logits, _, full = model(**batch)
     every_id = MLMCandidates(torch.arange(50), torch.zeros(50))
     sampled_logits, _, sampled = model(**batch, mlm_candidates=every_id)
@@ -391,21 +394,29 @@ def test_sampled_candidates_hold_the_targets_and_each_ids_true_log_probability_o
     torch.testing.assert_close(seen[5:] / draws, formula, atol=0.02, rtol=0)
 
 
-def test_the_sampled_softmax_flag_reaches_the_training_batches(tmp_path, monkeypatch):
-    tasks = []
+def pretrain_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *flags: str
+                  ) -> tuple[trainer.PretrainingTask, torch.Tensor]:
+    """Pretrains the tiny profile on LINES into ``tmp_path/ckpt``: the task the loop was given and the MLM bias
+    it started from."""
+    seen = {}
     real_fit = trainer.loop.Run.fit
 
     def fit(run, task, settings, **kwargs):
-        tasks.append(task)
+        seen["task"], seen["bias"] = task, task.model.mlm.bias.detach().clone()
         return real_fit(run, task, settings, **kwargs)
 
     monkeypatch.setattr(trainer.loop.Run, "fit", fit)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
     trainer.train(build_parser().parse_args([
-        "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "ckpt"), "--max-steps", "2",
-        "--vocab-size", "200", "--device", "cpu", "--eval-pairs", "16", "--sampled-softmax", "16", "--force"]))
-    batch = next(tasks[0].batches()).data
+        "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "ckpt"), "--vocab-size", "200",
+        "--device", "cpu", "--eval-pairs", "16", "--force", *flags]))
+    return seen["task"], seen["bias"]
+
+
+def test_the_sampled_softmax_flag_reaches_the_training_batches(tmp_path, monkeypatch):
+    task, _ = pretrain_tiny(tmp_path, monkeypatch, "--max-steps", "2", "--sampled-softmax", "16")
+    batch = next(task.batches()).data
     targets = batch.rows["mlm_labels"][batch.rows["mlm_labels"] != IGNORE]
     assert set(targets.tolist()) <= set(batch.candidates.ids.tolist())
     assert len(batch.candidates.ids) <= targets.unique().numel() + 16
@@ -469,20 +480,7 @@ def test_the_mlm_bias_starts_from_the_smoothed_log_frequency_of_each_piece():
 
 
 def test_pretraining_starts_the_mlm_bias_at_the_training_lines_prior(tmp_path, monkeypatch):
-    starting_bias = {}
-    real_fit = trainer.loop.Run.fit
-
-    def fit(run, task, settings, **kwargs):
-        starting_bias["bias"] = task.model.mlm.bias.detach().clone()
-        return real_fit(run, task, settings, **kwargs)
-
-    monkeypatch.setattr(trainer.loop.Run, "fit", fit)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
-    trainer.train(build_parser().parse_args([
-        "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "ckpt"), "--max-steps", "1",
-        "--vocab-size", "200", "--device", "cpu", "--eval-pairs", "16", "--force"]))
-    bias = starting_bias["bias"]
+    _, bias = pretrain_tiny(tmp_path, monkeypatch, "--max-steps", "1")
     tokenizer = load_tokenizer(load_checkpoint(tmp_path / "ckpt" / "bert"))
     # The special pieces are on no line: the least likely at the start. "number" is on every line.
     specials = [tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")]
