@@ -414,6 +414,15 @@ def pretrain_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *flags: str
     return seen["task"], seen["bias"]
 
 
+def test_a_negative_sampled_softmax_is_refused(tmp_path):
+    args = build_parser().parse_args(["bert", "--profile", "tiny", "--out", str(tmp_path), "--sampled-softmax", "-1"])
+    with pytest.raises(ValueError, match="--sampled-softmax must be 0"):
+        trainer.resolve_arguments(args)
+    quick = trainer.resolve_arguments(build_parser().parse_args(["bert", "--profile", "quick", "--out", str(tmp_path)]))
+    full = trainer.resolve_arguments(build_parser().parse_args(["bert", "--profile", "full", "--out", str(tmp_path)]))
+    assert (quick.sampled_softmax, full.sampled_softmax) == (128, 0)
+
+
 def test_the_sampled_softmax_flag_reaches_the_training_batches(tmp_path, monkeypatch):
     task, _ = pretrain_tiny(tmp_path, monkeypatch, "--max-steps", "2", "--sampled-softmax", "16")
     batch = next(task.batches()).data

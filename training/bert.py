@@ -681,7 +681,10 @@ def _corpus(args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]],
 
 
 def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    return loop.resolve(args, {**DEFAULTS, **PROFILES[args.profile]})
+    loop.resolve(args, {**DEFAULTS, **PROFILES[args.profile]})
+    if args.sampled_softmax < 0:
+        raise ValueError(f"--sampled-softmax must be 0 (the whole vocabulary) or more, got {args.sampled_softmax}")
+    return args
 
 
 def train(args: argparse.Namespace) -> list[Path]:
