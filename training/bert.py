@@ -585,7 +585,9 @@ class PretrainingTask:
         self.mask_probability, self.mask_split = args.mask_probability, tuple(args.mask_split)
         self.continuation = continuation_pieces(tokenizer) if args.whole_word else None
         self.sampled_softmax = args.sampled_softmax
-        self.unigram = log_unigram_prior(train, self.ids.vocab_size).exp() if args.sampled_softmax else None
+        # The pieces' log-prior: where the MLM bias starts, and how likely each piece is to be a sampled target.
+        self.prior = log_unigram_prior(train, self.ids.vocab_size)
+        self.unigram = self.prior.exp()
 
     def batches(self) -> Iterator[loop.Batch[PretrainingBatch]]:
         masks = torch.Generator().manual_seed(self.seed)
@@ -703,13 +705,13 @@ def train(args: argparse.Namespace) -> list[Path]:
         train_encoded, val_encoded = encode_documents(tokenizer, train_docs), encode_documents(tokenizer, val_docs)
         config = BertConfig(vocab_size=ids.vocab_size, pad_id=ids.pad, **{k: getattr(args, k) for k in MODEL_FIELDS})
         model = BertForPreTraining(config).to(run.device)
-        with torch.no_grad():  # a resumed run's saved weights replace it in run.fit
-            model.mlm.bias.copy_(log_unigram_prior(train_encoded, config.vocab_size))
         lengths = step_lengths(train_encoded, args)
         log.info("bert: %d training lines, %d steps (%d of them long)", sum(len(d) for d in train_encoded),
                  len(lengths), sum(n != short_position(args) for n in lengths))
         task = PretrainingTask(model, tokenizer, train_encoded, val_encoded, lengths, args, run.device,
                                final_phase(run, args))
+        with torch.no_grad():  # a resumed run's saved weights replace it in run.fit
+            model.mlm.bias.copy_(task.prior)
         settings = loop.Settings(len(lengths), schedule(args, len(lengths)), betas=tuple(args.betas), eps=1e-6)
         trained = run.fit(task, settings,
                           rebuild={"model_config": config.to_dict(), "tokenizer": tokenizer.to_str()})
