@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import random
 from pathlib import Path
 
@@ -92,6 +93,33 @@ def test_the_mlps_bag_can_be_the_max_of_its_word_vectors_or_both(pooling: str) -
     vectors = model.embedding(ids)[0]
     bag = {"max": vectors.amax(dim=0), "mean-max": torch.cat([vectors.mean(dim=0), vectors.amax(dim=0)])}[pooling]
     torch.testing.assert_close(model._bag(padded)[0], bag)
+
+
+@pytest.mark.parametrize("pooling", ["weighted", "weighted-max"])
+def test_the_mlps_weighted_mean_starts_as_the_mean_and_weighs_each_word_by_its_learned_score(pooling: str) -> None:
+    model = small_model("mlp", pooling=pooling)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    vectors = model.embedding(ids)[0]
+    width = vectors.shape[-1]
+    torch.testing.assert_close(model._bag(padded)[0, :width], vectors.mean(dim=0))  # every score starts at zero
+    with torch.no_grad():
+        model.word_scores[6] = math.log(3.0)  # word 6 counts three times as much as each other word
+    expected = (vectors[0] + 3 * vectors[1] + vectors[2] + vectors[3]) / 6
+    torch.testing.assert_close(model._bag(padded)[0, :width], expected)
+    torch.testing.assert_close(model(padded)[0], model(ids)[0])  # the padding has no weight
+    torch.testing.assert_close(model(ids)[0], model(ids.flip(1))[0])  # still a bag
+    if pooling == "weighted-max":
+        torch.testing.assert_close(model._bag(padded)[0, width:], vectors.amax(dim=0))
+    # the scores learn: a loss reaches the score of every word of the passage, and of no other word
+    model(ids, torch.tensor([1]))[1].backward()
+    assert model.word_scores.grad[[5, 6, 7, 8]].abs().min() > 0 and model.word_scores.grad[9:].abs().max() == 0
+
+
+def test_only_the_weighted_bags_have_word_scores() -> None:
+    assert small_model("mlp", pooling="mean-max").word_scores is None
+    assert "word_scores" not in small_model("mlp", pooling="mean").state_dict()
+    assert small_model("mlp", pooling="weighted").word_scores.shape == (50,)
 
 
 def test_mlp_is_a_bag_word_order_does_not_matter() -> None:
@@ -198,7 +226,8 @@ def test_labeled_file_is_split_80_10_10_reproducibly(tmp_path) -> None:
         labeled_splits(path)
 
 
-def test_training_on_a_labeled_file_writes_a_loadable_checkpoint(tmp_path) -> None:
+@pytest.mark.parametrize("pooling", ["mean", "weighted-max"])
+def test_training_on_a_labeled_file_writes_a_loadable_checkpoint(tmp_path, pooling: str) -> None:
     rng = random.Random(0)
     rows = []
     for _ in range(120):
@@ -208,7 +237,7 @@ def test_training_on_a_labeled_file_writes_a_loadable_checkpoint(tmp_path) -> No
     data = tmp_path / "toy.tsv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     args = build_parser().parse_args(["classifier", "--arch", "mlp", "--labeled", str(data), "--profile", "tiny",
-                                      "--epochs", "8", "--out", str(tmp_path / "ck"), "--force"])
+                                      "--epochs", "8", "--pooling", pooling, "--out", str(tmp_path / "ck"), "--force"])
     from training.classifier import train
 
     (path,) = train(args)
@@ -220,6 +249,7 @@ def test_training_on_a_labeled_file_writes_a_loadable_checkpoint(tmp_path) -> No
     (result,) = classifier.classify(["ship wave salt tide wave"])
     assert result["label"] == "sea"
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert ("word_scores" in checkpoint.state_dict) == (pooling == "weighted-max")
 
 
 @pytest.fixture(scope="module")
@@ -548,6 +578,6 @@ def test_the_mlps_bag_is_the_one_chosen_for_its_start_unless_asked(tmp_path) -> 
         return resolve_arguments(build_parser().parse_args(
             ["classifier", "--arch", "mlp", "--profile", "quick", "--out", str(tmp_path), *flags])).pooling
 
-    assert pooling() == pooling("--embeddings", "word2vec") == "mean-max"
+    assert pooling() == pooling("--embeddings", "word2vec") == "weighted-max"
     assert pooling("--embeddings", "random") == "mean"
     assert pooling("--embeddings", "random", "--pooling", "max") == "max"
