@@ -58,7 +58,7 @@ class MLPClassifier(nn.Module):
         self.embedding = word_embedding(config.vocab_size, config.embed_dim, PAD_ID, config.char_ngrams,
                                         config.ngram_buckets)
         layers: list[nn.Module] = []
-        # One score per vocabulary word, for the weighted mean only (other bags keep their checkpoints' tensors).
+        # One score per vocabulary word, for the weighted bags only: the other bags' checkpoints stay as they were.
         self.word_scores = nn.Parameter(torch.zeros(config.vocab_size)) if config.pooling.startswith("weighted") \
             else None
         width = config.embed_dim * (2 if config.pooling.endswith("-max") else 1)
