@@ -98,7 +98,7 @@ _TINY = {**_WORDS, "epochs": 1, "embed_dim": 32, "max_len": 64, "max_passages": 
 # Then the TextCNN trains 3 epochs rather than 6 (its learning rate decaying over them): validation 0.761 -> 0.762
 # over seeds 0-9, a draw, in half the time (55 -> 30 s on one thread); its best epoch had been the 2nd to the 6th,
 # the training loss falling to 0.09 while validation stayed level. 2 epochs 0.749, 4 epochs 0.759; with 3,
-# learning rates 1e-3 and 4e-3 0.746 and 0.758, max and mean pooling side by side 0.761, kernels of 1-3 words
+# learning rates 1e-3 and 4e-3 0.746 and 0.760, max and mean pooling side by side 0.761, kernels of 1-3 words
 # 0.755, 100 kernels of each size 0.757 (seeds 0-4 each, against 0.764).
 # Measured and left out (means of seeds 0-2, against the profile before): bidirectional recurrences of state 64
 # (RNN +0.007, LSTM +0.015, GRU +0.002, little more than a state of 64 alone, at 1.6-2x the time), max pooling
