@@ -9,6 +9,8 @@ unknown-word ids (or BERT's WordPiece tokenizer), padding a batch, and the loade
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -21,9 +23,10 @@ from models.cnn import CNNConfig, TextCNN
 from models.mlp import MLPClassifier, MLPConfig
 from models.rnn import CELLS, RNNClassifier, RNNClassifierConfig
 from models.subword import NO_NGRAM, spelled
-from models.tokenizers import WordVocab, words
+from models.tokenizers import WORD_PATTERN, WordVocab, words
 
 VOCAB_FILE = "vocab.json"
+KNOWN_WORDS_FILE = "known_words.json"  # a BERT classifier's words, when it reads the others as [MASK]
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1: the word-level networks' PAD_ID is 0
 Token = int | tuple[int, ...]  # a word id, or a spelled word (models.subword.spelled)
 ARCHITECTURES = ("mlp", "cnn", *CELLS)  # word-level; "bert" brings its own tokenizer
@@ -88,22 +91,39 @@ class WordEncoder:
         return [spelled(self.vocab.stoi.get(w, self.unk_id), w, self.ngrams, self.ngram_buckets) for w in found]
 
 
+# A word as ``words`` finds it, found in the text as written, so that it can be replaced in place.
+_WORD_IN_TEXT = re.compile(WORD_PATTERN.pattern, re.IGNORECASE)
+
+
 class SubwordEncoder:
     """Text → WordPiece ids read by BERT as up to ``windows`` consecutive windows of ``max_len`` (the model's
     positions), each its own ``[CLS] … [SEP]``, concatenated: every window but the last is exactly ``max_len``
     long, which is how ``BertForSequenceClassification`` tells them apart. Text beyond them is cut (``windows``
-    None: every window of the text, for training to draw from)."""
+    None: every window of the text, for training to draw from).
 
-    def __init__(self, tokenizer: Tokenizer, max_len: int, windows: int | None = 1):
+    With ``known_words``, any other word is read as ``[MASK]``, as the word-level networks read a word outside
+    their vocabulary as ``<unk>``: the names of one training play then teach no genre that an unseen play's
+    names could not."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int, windows: int | None = 1,
+                 known_words: Collection[str] | None = None):
         self.tokenizer = tokenizer
         self.max_len = max_len
         self.windows = windows
+        self.known_words = frozenset(known_words) if known_words is not None else None
         self.pad_id = tokenizer.token_to_id("[PAD]")
         self.cls_id, self.sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
         self.window_tokens = max_len - 2  # text per window, between its [CLS] and [SEP]
 
+    def mask_unknown_words(self, text: str) -> str:
+        """``text`` with every word outside ``known_words`` replaced by ``[MASK]`` (all of them known: as it is)."""
+        known = self.known_words
+        if known is None:
+            return text
+        return _WORD_IN_TEXT.sub(lambda m: m.group(0) if m.group(0).lower() in known else "[MASK]", text)
+
     def encode(self, text: str) -> list[int]:
-        pieces = self.tokenizer.encode(text, add_special_tokens=False).ids
+        pieces = self.tokenizer.encode(self.mask_unknown_words(text), add_special_tokens=False).ids
         if self.windows is not None:
             pieces = pieces[:self.window_tokens * self.windows]
         starts = range(0, max(1, len(pieces)), self.window_tokens)
@@ -138,9 +158,11 @@ def load_encoder(checkpoint: Checkpoint) -> WordEncoder | SubwordEncoder:
     """The text-to-ids encoder a ``clf-<arch>`` checkpoint names in ``config["tokenizer"]``."""
     spec = checkpoint.config["tokenizer"]
     if spec["type"] == "wordpiece":
-        # A checkpoint from before windows reads the first window only.
+        # A checkpoint from before windows reads the first window only; one from before known words, every word.
+        known = spec.get("known_words")
         return SubwordEncoder(Tokenizer.from_file(str(checkpoint.file(spec["file"]))), spec["max_len"],
-                              spec.get("windows", 1))
+                              spec.get("windows", 1),
+                              json.loads(checkpoint.file(known).read_text("utf-8")) if known else None)
     model = checkpoint.config["model"]
     return WordEncoder(WordVocab.from_file(checkpoint.file(spec["file"])), spec["max_len"],
                        model.get("char_ngrams", ()), model.get("ngram_buckets", 0))

@@ -560,6 +560,16 @@ def test_a_long_text_is_encoded_as_windows_each_cls_text_sep(tokenizer):
     assert short == [cls, *tokenizer.encode("love", add_special_tokens=False).ids, sep]
 
 
+def test_a_word_outside_the_known_words_is_read_as_mask_whatever_its_case(tokenizer):
+    encoder = SubwordEncoder(tokenizer, max_len=16, known_words={"love", "and", "death", "o'er"})
+    assert encoder.mask_unknown_words("ROMEO: Love, and DEATH o'er Verona!") == "[MASK]: Love, and DEATH o'er [MASK]!"
+    mask = tokenizer.token_to_id("[MASK]")
+    ids = encoder.encode("love and zqxj")
+    assert ids == SubwordEncoder(tokenizer, max_len=16).encode("love and [MASK]") and ids[-2] == mask
+    assert encoder.encode("love and vbnm") == ids  # two unknown words read alike
+    assert SubwordEncoder(tokenizer, max_len=16).mask_unknown_words("zqxj") == "zqxj"  # no known words: all kept
+
+
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_a_long_rows_logits_are_the_mean_of_its_windows_logits(pooling: str):
     torch.manual_seed(0)

@@ -458,6 +458,18 @@ def test_bad_ngram_and_augmentation_values_are_refused(tmp_path, flags: list[str
         resolve_arguments(build_parser().parse_args(command))
 
 
+def test_bert_counts_plays_too(tmp_path) -> None:
+    from training.classifier import resolve_arguments
+
+    def min_plays(*flags: str) -> int:
+        return resolve_arguments(build_parser().parse_args(
+            ["classifier", "--arch", "bert", "--profile", "quick", "--out", str(tmp_path), *flags])).min_plays
+
+    assert (min_plays(), min_plays("--min-plays", "3")) == (2, 3)
+    with pytest.raises(ValueError, match="--min-plays must be at least 1, got 0"):
+        min_plays("--min-plays", "0")
+
+
 def test_word_level_flags_are_refused_for_bert(tmp_path) -> None:
     from training.classifier import resolve_arguments
 
@@ -466,12 +478,13 @@ def test_word_level_flags_are_refused_for_bert(tmp_path) -> None:
             ["classifier", "--arch", "bert", "--profile", "tiny", "--out", str(tmp_path), "--char-ngrams", "3-5"]))
 
 
-def test_a_labeled_file_has_no_plays_to_count(tmp_path) -> None:
+@pytest.mark.parametrize("arch", ["gru", "bert"])
+def test_a_labeled_file_has_no_plays_to_count(tmp_path, arch: str) -> None:
     from training.classifier import resolve_arguments
 
     data = tmp_path / "mine.tsv"
     data.write_text("a\tone text\nb\tanother\na\ta third\n", encoding="utf-8")
-    command = ["classifier", "--arch", "gru", "--labeled", str(data), "--profile", "quick", "--out", str(tmp_path)]
+    command = ["classifier", "--arch", arch, "--labeled", str(data), "--profile", "quick", "--out", str(tmp_path)]
     with pytest.raises(ValueError, match="--min-plays counts the training plays"):
         resolve_arguments(build_parser().parse_args([*command, "--min-plays", "2"]))
     assert resolve_arguments(build_parser().parse_args(command)).min_plays == 1  # whatever the profile says

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -87,6 +88,15 @@ def test_a_batch_answers_each_position_as_that_text_alone_and_as_the_checkpoint_
         assert result["label"] == alone["label"] == max(expected[text], key=expected[text].get)
         assert result["probabilities"] == pytest.approx(expected[text], abs=1e-5)
         assert alone["probabilities"] == pytest.approx(expected[text], abs=1e-5)
+
+
+def test_bert_reads_the_words_of_fewer_than_two_training_plays_alike(client: httpx.Client, checkpoint_dir: Path
+                                                                    ) -> None:
+    known = set(json.loads((checkpoint_dir / "clf-bert" / "known_words.json").read_text(encoding="utf-8")))
+    assert {"king", "lord", "the"} <= known and "zqxj" not in known
+    answers = [client.post("/v1/classify", json={"text": f"{name}: the king is dead, my lord", "model": "bert"}
+                           ).json()["results"][0]["probabilities"] for name in ("Zqxj", "Vbnm")]
+    assert answers[0] == pytest.approx(answers[1], abs=1e-6)  # both [MASK], though their WordPieces differ
 
 
 def test_text_without_known_words_still_gets_an_answer(client: httpx.Client) -> None:
