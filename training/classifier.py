@@ -404,6 +404,8 @@ class Setup:
 
 def setup(args: argparse.Namespace, splits: Splits) -> Setup:
     n_classes = len(splits.labels)
+    # The words a network reads: BERT reads the others as [MASK], a word-level network has no others.
+    known = words_of_plays(args.min_plays) if args.min_plays > 1 else None
     if args.arch == "bert":
         from models.bert import BertForSequenceClassification, load_tokenizer
 
@@ -411,7 +413,6 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
         tokenizer = load_tokenizer(pretrained)
         model = BertForSequenceClassification.from_pretrained(pretrained, n_classes, classifier_dropout=args.dropout,
                                                               pooling=args.pooling)
-        known = sorted(words_of_plays(args.min_plays)) if args.min_plays > 1 else None
         encoder = SubwordEncoder(tokenizer, pretrained.config["model"]["max_position"], args.windows, known)
         return Setup(model, encoder,
                      {**pretrained.config["model"], "num_classes": n_classes, "classifier_dropout": args.dropout,
@@ -419,10 +420,10 @@ def setup(args: argparse.Namespace, splits: Splits) -> Setup:
                      {"type": "wordpiece", "file": "tokenizer.json", "max_len": encoder.max_len,
                       "windows": encoder.windows, "min_plays": args.min_plays,
                       **({"known_words": KNOWN_WORDS_FILE} if known else {})},
-                     {"tokenizer.json": tokenizer.to_str(), **({KNOWN_WORDS_FILE: json.dumps(known)} if known else {})},
+                     {"tokenizer.json": tokenizer.to_str(),
+                      **({KNOWN_WORDS_FILE: json.dumps(sorted(known))} if known else {})},
                      {"initialised_from": {"id": pretrained.id, "data": pretrained.config.get("data")}})
-    vocab = build_vocab((text for _, text in splits.train), args.min_count,
-                        words_of_plays(args.min_plays) if args.min_plays > 1 else None)
+    vocab = build_vocab((text for _, text in splits.train), args.min_count, known)
     provenance: dict[str, Any] = {}
     # The config's fields are the flags of the same names.
     hyperparameters = {f.name: getattr(args, f.name) for f in fields(config_class(args.arch))
