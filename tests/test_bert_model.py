@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from models.attention import SelfAttention
 from models.bert import (
+    EMBEDDING_STD,
     IGNORE,
     IS_NEXT,
     MASK,
@@ -394,24 +395,30 @@ def test_sampled_candidates_hold_the_targets_and_each_ids_true_log_probability_o
     torch.testing.assert_close(seen[5:] / draws, formula, atol=0.02, rtol=0)
 
 
+def tiny_corpus(path: Path) -> Path:
+    """LINES, numbered, as a corpus file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
+    return path
+
+
 def pretrain_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *flags: str
-                  ) -> tuple[trainer.PretrainingTask, torch.Tensor]:
-    """Pretrains the tiny profile on LINES into ``tmp_path/ckpt``: the task the loop was given and the MLM bias
-    it started from."""
+                  ) -> tuple[trainer.PretrainingTask, dict[str, torch.Tensor]]:
+    """Pretrains the tiny profile on LINES into ``tmp_path/ckpt``: the task the loop was given and the weights
+    the model started from."""
     seen = {}
     real_fit = trainer.loop.Run.fit
 
     def fit(run, task, settings, **kwargs):
-        seen["task"], seen["bias"] = task, task.model.mlm.bias.detach().clone()
+        seen["task"], seen["start"] = task, {k: v.detach().clone() for k, v in task.model.state_dict().items()}
         return real_fit(run, task, settings, **kwargs)
 
     monkeypatch.setattr(trainer.loop.Run, "fit", fit)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"{line} number {i}" for i, line in enumerate(LINES * 30)) + "\n")
+    corpus = tiny_corpus(tmp_path / "corpus.txt")
     trainer.train(build_parser().parse_args([
         "bert", "--profile", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "ckpt"), "--vocab-size", "200",
         "--device", "cpu", "--eval-pairs", "16", "--force", *flags]))
-    return seen["task"], seen["bias"]
+    return seen["task"], seen["start"]
 
 
 def test_a_negative_sampled_softmax_is_refused(tmp_path):
@@ -489,13 +496,61 @@ def test_the_mlm_bias_starts_from_the_smoothed_log_frequency_of_each_piece():
 
 
 def test_pretraining_starts_the_mlm_bias_at_the_training_lines_prior(tmp_path, monkeypatch):
-    _, bias = pretrain_tiny(tmp_path, monkeypatch, "--max-steps", "1")
+    _, start = pretrain_tiny(tmp_path, monkeypatch, "--max-steps", "1")
+    bias = start["mlm.bias"]
     tokenizer = load_tokenizer(load_checkpoint(tmp_path / "ckpt" / "bert"))
     # The special pieces are on no line: the least likely at the start. "number" is on every line.
     specials = [tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")]
     assert all(bias[i] == bias.min() for i in specials)
     assert bias[tokenizer.token_to_id("number")] > bias.median() + 3  # e³: twenty times the median piece's
     assert bias.exp().sum().item() == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def lines_word2vec(tmp_path_factory) -> Path:
+    """A word2vec checkpoint of LINES, 12-dimensional (the tiny BERT is 64 wide)."""
+    tmp_path = tmp_path_factory.mktemp("word2vec")
+    run_training("word2vec", "--profile", "tiny", "--corpus", str(tiny_corpus(tmp_path / "corpus.txt")),
+                 "--min-count", "1", "--dim", "12", "--out", str(tmp_path / "ck"))
+    return tmp_path / "ck" / "word2vec-sg-corpus"
+
+
+def test_pieces_that_are_word2vec_words_start_at_their_vectors_turned_into_the_models_width(
+        tmp_path, monkeypatch, lines_word2vec):
+    _, random_start = pretrain_tiny(tmp_path / "random", monkeypatch, "--max-steps", "1")
+    _, start = pretrain_tiny(tmp_path / "linked", monkeypatch, "--max-steps", "1", "--embeddings", "word2vec",
+                             "--word2vec", str(lines_word2vec))
+    checkpoint = load_checkpoint(tmp_path / "linked" / "ckpt" / "bert")
+    vectors = load_checkpoint(lines_word2vec)
+    known = json.loads((lines_word2vec / "vocab.json").read_text())["itos"]
+    pieces = load_tokenizer(checkpoint).get_vocab()
+    shared = sorted(w for w in known if w in pieces)
+    assert {"king", "queen", "love", "death"} <= set(shared)
+    assert checkpoint.config["data"]["initialised_from"] == {
+        "id": "word2vec-sg-corpus", "data": vectors.config["data"], "pieces": len(shared)}
+    rows = start["bert.embeddings.token.weight"][[pieces[w] for w in shared]]
+    table = vectors.state_dict["input_embeddings.weight"]
+    scaled = table[[known.index(w) for w in shared]] * (EMBEDDING_STD / table.std())
+    # An orthogonal map keeps every length and angle: the dot products of the pieces are the vectors'.
+    torch.testing.assert_close(rows @ rows.T, scaled @ scaled.T, rtol=1e-4, atol=1e-7)
+    # Every other piece (the "##" ones, the special tokens, words word2vec lacks) keeps its random start.
+    others = sorted(set(pieces.values()) - {pieces[w] for w in shared})
+    random_table = random_start["bert.embeddings.token.weight"]
+    torch.testing.assert_close(start["bert.embeddings.token.weight"][others], random_table[others])
+    assert not torch.allclose(rows, random_table[[pieces[w] for w in shared]])
+
+
+def test_word2vec_embeddings_need_the_checkpoint_and_the_flag(tmp_path, lines_word2vec):
+    def resolved(*flags: str) -> argparse.Namespace:
+        return trainer.resolve_arguments(build_parser().parse_args(["bert", "--out", str(tmp_path), *flags]))
+
+    with pytest.raises(ValueError, match="--word2vec is for the word2vec vectors; give --embeddings word2vec"):
+        resolved("--profile", "tiny", "--word2vec", str(lines_word2vec))
+    with pytest.raises(FileNotFoundError, match="python -m training word2vec"):  # no <out>/word2vec-sg
+        trainer.train(resolved("--profile", "tiny", "--embeddings", "word2vec", "--max-steps", "1",
+                               "--corpus", str(tiny_corpus(tmp_path / "corpus.txt"))))
+    assert (resolved("--profile", "tiny").embeddings, resolved("--profile", "quick").embeddings) == ("random",
+                                                                                                   "word2vec")
 
 
 def test_a_tiny_model_learns_to_fill_masks(tokenizer):

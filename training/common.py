@@ -97,6 +97,15 @@ def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
     return tqdm(iterable, **kwargs)
 
 
+def pretrained_checkpoint_path(given: Path | None, out: str | Path, checkpoint_id: str, instead: str) -> Path:
+    """The checkpoint a run starts from: the one ``given``, else ``out/<checkpoint_id>``, which must exist."""
+    path = given if given is not None else Path(out) / checkpoint_id
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no {checkpoint_id} checkpoint at {path}; train it first with `python -m training "
+                                f"{checkpoint_id.split('-')[0]}`, {instead}")
+    return path
+
+
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups: matrices (weights, embeddings) decay; biases and LayerNorm gains do not."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -14,7 +14,8 @@ character, with their validation loss plotted against training time.
 
 Everything it trains goes to ``<out>/.leaderboard/`` (hidden from the service, so served checkpoints
 are never replaced), except that an existing ``<out>/bert`` is fine-tuned rather than pretrained
-again and an existing ``<out>/word2vec-sg`` gives the word2vec vectors. The table replaces whatever is
+again and an existing ``<out>/word2vec-sg`` gives the word2vec vectors (to the word-level classifiers, and to
+BERT's pretraining where its profile starts from them). The table replaces whatever is
 between ``MARKERS`` in the README (a section is added if they are missing); the plots and a JSON of every
 figure go to ``docs/``.
 """
@@ -28,6 +29,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,13 +140,20 @@ def tfidf_baseline(seed: int) -> dict[str, Any]:
             "C": c, "features": len(vectorizer.vocabulary_), "test": test_metrics}
 
 
-def _pretrained(args: argparse.Namespace, runs: Path, command: str, served: Path) -> Path:
+def _pretrained(args: argparse.Namespace, runs: Path, command: str, served: Path, extra: Sequence[str] = ()) -> Path:
     """The served checkpoint (``<out>/bert``, ``<out>/word2vec-sg``) if there is one, else one trained once
     for the leaderboard: every seed of the classifiers that start from it shares it."""
     if (served / "config.json").is_file():
         return served
     mine = runs / served.name
-    return mine if _reusable(args, mine, args.seed) else _run([command, *_common(args, runs)])
+    return mine if _reusable(args, mine, args.seed) else _run([command, *_common(args, runs), *extra])
+
+
+def _bert_starts_from_word2vec(profile: str) -> bool:
+    """Whether BERT's pretraining profile starts its WordPiece embeddings from word2vec."""
+    from training.bert import PROFILES
+
+    return PROFILES[profile].get("embeddings") == "word2vec"
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -179,19 +188,21 @@ def classifier_row(args: argparse.Namespace, runs: Path, arch: str, model: str, 
 
 def classification_rows(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
     rows = [{"model": "TF-IDF + logistic regression (baseline)", "id": "tfidf-lr", **tfidf_baseline(args.seed)}]
-    word2vec = None if "word2vec" in args.skip else _pretrained(args, runs, "word2vec",
-                                                                Path(args.out) / "word2vec-sg")
+    bert_word2vec = "bert" not in args.skip and _bert_starts_from_word2vec(args.profile)
+    word2vec = (_pretrained(args, runs, "word2vec", Path(args.out) / "word2vec-sg")
+                if "word2vec" not in args.skip or bert_word2vec else None)
     for arch in ALL_ARCHITECTURES:
         if arch in args.skip:
             continue
         if arch == "bert":
-            bert = _pretrained(args, runs, "bert", Path(args.out) / "bert")
+            bert = _pretrained(args, runs, "bert", Path(args.out) / "bert",
+                               ["--word2vec", str(word2vec)] if bert_word2vec else [])
             pretraining = load_checkpoint(bert).metrics.get("train_seconds")
             rows.append(classifier_row(args, runs, arch, NAMES[arch], ["--bert", str(bert)], arch,
                                        f"+ {pretraining:.0f} s pretraining" if pretraining else ""))
             continue
         rows.append(classifier_row(args, runs, arch, NAMES[arch], ["--embeddings", "random"], arch))
-        if word2vec is not None:
+        if "word2vec" not in args.skip:
             linked = ["--embeddings", "word2vec", "--word2vec", str(word2vec),
                       "--embed-dim", str(load_checkpoint(word2vec).config["model"]["dim"])]
             rows.append(classifier_row(args, runs, arch, f"{NAMES[arch]} + word2vec", linked, f"{arch}-word2vec"))
